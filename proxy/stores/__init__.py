@@ -1,0 +1,1 @@
+"""Cache backends behind one ``Store`` protocol (see ``base.py``)."""
