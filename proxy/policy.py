@@ -288,7 +288,7 @@ class RouteSpec(RouteSettings):
 class Admin(_Model):
     token: str | None = Field(None, description="Bearer token for the admin API")
     purge_from: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
-        default_factory=lambda: [
+        default_factory=lambda: [  # type: ignore[arg-type]
             ipaddress.IPv4Network("127.0.0.0/8"),
             ipaddress.IPv6Network("::1/128"),
         ],
@@ -331,7 +331,7 @@ class Policy(_Model):
     origin: str = Field(description="the upstream API; the only place requests go")
     admin: Admin = Admin()
     backends: dict[str, Backend] = Field(
-        default_factory=lambda: {"local": MemoryBackend(type="memory")}
+        default_factory=lambda: {"local": MemoryBackend(type="memory")}  # type: ignore[arg-type]
     )
     defaults: RouteSettings = RouteSettings()
     routes: list[RouteSpec] = Field(default_factory=list)
@@ -526,7 +526,14 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
 
 
 _UNION_TAGS: Final = frozenset(
-    {"memory", "redis", "memcached", "tiered", "list[int]", "dict[int,function-before[parse_duration(), float]]"}
+    {
+        "memory",
+        "redis",
+        "memcached",
+        "tiered",
+        "list[int]",
+        "dict[int,function-before[parse_duration(), float]]",
+    }
 )
 
 
@@ -535,12 +542,11 @@ def _data_loc(raw: tuple[str | int, ...], data: Any) -> tuple[str | int, ...]:
     out: list[str | int] = []
     node = data
     for part in raw:
-        if isinstance(node, dict) and part in node:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
             out.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            out.append(part)
-            node = node[part]
+            node = node[part]  # type: ignore[index]
         elif isinstance(node, dict | list):
             # union tags ("redis", "list[str]") and missing/extra keys
             if isinstance(part, str) and not _is_tag(part) and isinstance(node, dict):
@@ -581,10 +587,13 @@ def _model_at(loc: tuple[str | int, ...], data: Any) -> type[BaseModel] | None:
     if loc[:1] == ("backends",) and len(loc) >= 2 and isinstance(data.get("backends"), dict):
         node = data["backends"].get(loc[1])
         kind = node.get("type") if isinstance(node, dict) else None
-        model = {"memory": MemoryBackend, "redis": RedisBackend}.get(str(kind)) or {
+        kinds: dict[str, type[BaseModel]] = {
+            "memory": MemoryBackend,
+            "redis": RedisBackend,
             "memcached": MemcachedBackend,
             "tiered": TieredBackend,
-        }.get(str(kind))
+        }
+        model = kinds.get(str(kind))
         loc = loc[2:]
     for part in loc:
         if isinstance(part, int):

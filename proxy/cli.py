@@ -1,0 +1,168 @@
+"""Command line: ``sidecache run | validate``. Parses arguments, maps errors to exit codes.
+
+``run`` validates the policy and binds both listeners before anything else, so a
+bad file or a taken port fails fast with exit 2 (policy) or 1 (bind). With
+``--workers N`` it forks N processes that share the proxy port through SO_REUSEPORT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+from proxy import __version__
+from proxy.errors import PolicyError
+from proxy.policy import LoadedPolicy, describe, load_policy, parse_policy
+from proxy.server import bind, parse_address, serve
+
+EXIT_POLICY = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidecache", description="caching reverse proxy")
+    parser.add_argument("--version", action="version", version=f"sidecache {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="start the proxy")
+    run.add_argument("--policy", required=True, help="policy YAML file")
+    run.add_argument("--listen", default="0.0.0.0:8080", help="proxy HOST:PORT")
+    run.add_argument("--admin-listen", default="127.0.0.1:9090", help="admin HOST:PORT")
+    run.add_argument("--origin", help="origin URL (overrides the policy file)")
+    run.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    validate = commands.add_parser("validate", help="check a policy file")
+    validate.add_argument("file")
+    return parser
+
+
+def _load(path: str, origin: str | None) -> LoadedPolicy:
+    loaded = load_policy(path)
+    if origin:
+        # Re-validate with the override so a bad --origin is reported like a bad file.
+        text = open(path, encoding="utf-8").read()  # noqa: SIM115
+        loaded = parse_policy(text, path)
+        policy = loaded.policy.model_validate({**loaded.policy.model_dump(), "origin": origin})
+        loaded = replace(loaded, policy=policy)
+    return loaded
+
+
+def _report(error: PolicyError) -> int:
+    for issue in error.issues:
+        print(issue, file=sys.stderr)
+    print(f"{len(error.issues)} error(s); the policy was not loaded", file=sys.stderr)
+    return EXIT_POLICY
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_policy(args.file)
+    except PolicyError as error:
+        return _report(error)
+    print(f"{args.file}: ok: {loaded.summary()}")
+    for route in loaded.routes:
+        print(f"  {describe(route)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        loaded = _load(args.policy, args.origin)
+    except PolicyError as error:
+        return _report(error)
+    except ValueError as error:
+        print(f"--origin: {error}", file=sys.stderr)
+        return EXIT_POLICY
+    if args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return EXIT_POLICY
+    try:
+        listen, admin = parse_address(args.listen), parse_address(args.admin_listen)
+        reuse = args.workers > 1
+        proxy_sock = bind(listen, reuse_port=reuse)
+        admin_sock = bind(admin, reuse_port=reuse)
+    except (ValueError, OSError) as error:
+        print(f"cannot listen: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"sidecache {__version__} listening on {args.listen} (admin {args.admin_listen}), "
+        f"{loaded.summary()}, workers {args.workers}",
+        flush=True,
+    )
+    if args.workers == 1:
+        _run_worker(loaded, proxy_sock, admin_sock)
+        return 0
+    return _supervise(args, loaded, listen, admin, proxy_sock, admin_sock)
+
+
+def _run_worker(loaded: LoadedPolicy, proxy_sock: object, admin_sock: object) -> None:
+    import uvloop
+
+    uvloop.run(serve(loaded, proxy_sock, admin_sock))  # type: ignore[arg-type]
+
+
+def _supervise(
+    args: argparse.Namespace,
+    loaded: LoadedPolicy,
+    listen: tuple[str, int],
+    admin: tuple[str, int],
+    proxy_sock: object,
+    admin_sock: object,
+) -> int:
+    """Fork workers that share the ports (SO_REUSEPORT); forward signals; reap them."""
+    children: dict[int, int] = {}
+
+    def spawn(index: int) -> None:
+        own_proxy = proxy_sock if index == 0 else bind(listen, reuse_port=True)
+        own_admin = admin_sock if index == 0 else bind(admin, reuse_port=True)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _run_worker(loaded, own_proxy, own_admin)
+            finally:
+                os._exit(0)
+        children[pid] = index
+
+    for index in range(args.workers):
+        spawn(index)
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum in (signal.SIGTERM, signal.SIGINT)
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        if pid not in children:
+            continue
+        index = children.pop(pid)
+        if not stopping:
+            print(f"worker {pid} exited ({status}); restarting", file=sys.stderr, flush=True)
+            time.sleep(0.2)
+            spawn(index)
+        elif os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM):
+            code = 1
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "validate":
+        return cmd_validate(args)
+    return cmd_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

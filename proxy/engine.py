@@ -1,0 +1,752 @@
+"""The lookup → fetch → store state machine, on ``Exchange`` in and ``ProxyResponse`` out.
+
+The engine decides what a request gets: a stored response (HIT), a stale one while a
+refresh runs (STALE), the origin's answer stored or streamed (MISS), or the origin's
+answer untouched (BYPASS). It never sees aiohttp's server types nor a library's
+exception: stores raise ``StoreError`` (a miss, or 503 where a route fails closed),
+the origin raises ``OriginError`` (stale if allowed, else 502/504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from proxy import __version__
+from proxy.cachecontrol import (
+    EMPTY,
+    CacheControl,
+    accepts_gzip,
+    parse_cache_control,
+    parse_field_list,
+    parse_http_date,
+    parse_vary,
+)
+from proxy.clock import Clock, SystemClock
+from proxy.coalesce import Coalescer
+from proxy.entry import (
+    CachedResponse,
+    EntryError,
+    VaryMarker,
+    compress,
+    decode,
+    encode,
+    encode_marker,
+)
+from proxy.errors import OriginError, OriginTimeout, StoreError
+from proxy.freshness import (
+    HOP_BY_HOP,
+    StoreDecision,
+    Usability,
+    assess,
+    decide_storage,
+    first_header,
+    freshen_headers,
+    header_values,
+    initial_age,
+    invalidation_targets,
+    storable_headers,
+)
+from proxy.keys import derive_key, path_tags, route_tag, user_tag, variant_key, variant_of
+from proxy.origin import OriginClient, OriginResponse
+from proxy.policy import LoadedPolicy
+from proxy.routing import Route, Router
+from proxy.stores.base import Store
+
+log = logging.getLogger("sidecache")
+
+Headers = tuple[tuple[str, str], ...]
+CACHEABLE_METHODS: Final = frozenset({"GET", "HEAD"})
+_COMPRESSIBLE: Final = ("text/", "json", "xml", "javascript", "ecmascript", "svg", "csv", "yaml")
+_NOT_FORWARDED: Final = HOP_BY_HOP | {"host"}
+_CONDITIONALS: Final = (
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "if-range",
+    "range",
+)
+VIA: Final = f"1.1 sidecache/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One client request, as the engine sees it (no server types)."""
+
+    method: str
+    path: str
+    query: str
+    headers: Headers
+    host: str = ""
+    client: str = ""
+    scheme: str = "http"
+    body: AsyncIterable[bytes] | None = None
+    hmap: Mapping[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def build(
+        method: str,
+        path: str,
+        query: str,
+        headers: Headers,
+        *,
+        host: str = "",
+        client: str = "",
+        scheme: str = "http",
+        body: AsyncIterable[bytes] | None = None,
+    ) -> Exchange:
+        hmap: dict[str, str] = {}
+        for name, value in headers:
+            lowered = name.lower()
+            hmap[lowered] = f"{hmap[lowered]}, {value}" if lowered in hmap else value
+        return Exchange(method, path, query, headers, host, client, scheme, body, hmap)
+
+    @property
+    def target(self) -> str:
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+
+@dataclass(slots=True)
+class ProxyResponse:
+    """What goes back to the client: a body in memory or a stream."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+    # For HEAD answered from cache: the Content-Length a GET would have had.
+    head_length: int | None = None
+
+
+@dataclass(slots=True)
+class Fill:
+    """The outcome of one origin fetch for a cacheable request."""
+
+    entry: CachedResponse | None  # stored (or storable) response, shareable with followers
+    live: ProxyResponse | None = None  # the leader's own answer when not shareable
+    status: int = 0
+
+
+class Engine:
+    """Routes, looks up, fetches, stores. One per worker process."""
+
+    def __init__(
+        self,
+        loaded: LoadedPolicy,
+        stores: Mapping[str, Store],
+        origin: OriginClient,
+        clock: Clock | None = None,
+    ) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.origin = origin
+        self.stores = dict(stores)
+        self.coalescer: Coalescer[Fill] = Coalescer(self.clock)
+        self._refreshing: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self.apply(loaded)
+
+    def apply(self, loaded: LoadedPolicy) -> None:
+        """Swap in a new policy's routes (stores are the caller's to rebuild)."""
+        self.loaded = loaded
+        self.router = Router(loaded.routes)
+
+    # ------------------------------------------------------------------ entry point
+
+    async def handle(self, ex: Exchange) -> ProxyResponse:
+        route, params = self.router.match(ex.method, ex.host.partition(":")[0], ex.path)
+        cfg = route.config
+        if not cfg.cache:
+            return await self._pass(ex, route, "bypass", "route")
+        if ex.method not in CACHEABLE_METHODS:
+            return await self._pass(ex, route, "method", None)
+        if (ex.body is not None and ex.hmap.get("content-length", "0") != "0") or (
+            "transfer-encoding" in ex.hmap
+        ):
+            return await self._pass(ex, route, "request", "body")  # fat GET: never keyed
+        request_cc = EMPTY
+        if cfg.client_cache_control == "honor" and "cache-control" in ex.hmap:
+            request_cc = parse_cache_control([ex.hmap["cache-control"]])
+        elif cfg.client_cache_control == "honor" and "no-cache" in ex.hmap.get("pragma", ""):
+            request_cc = CacheControl({"no-cache": None})
+        identity = ""
+        if cfg.cache_authorized and "authorization" in ex.hmap:
+            identity = hashlib.blake2b(
+                ex.hmap["authorization"].encode(), digest_size=16
+            ).hexdigest()
+        key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap, identity)
+        store = self.stores[cfg.backend]
+        try:
+            found = await self._lookup(store, key, ex)
+        except StoreError as exc:
+            if cfg.store_failure == "closed":
+                return _plain(503, "cache unavailable", route, "detail=store-down")
+            log.debug("store lookup failed: %s", exc)
+            found = None
+        return await self._answer(ex, route, params, key, store, found, request_cc)
+
+    async def _answer(
+        self,
+        ex: Exchange,
+        route: Route,
+        params: dict[str, str],
+        key: str,
+        store: Store,
+        found: tuple[CachedResponse, str] | None,
+        request_cc: CacheControl,
+    ) -> ProxyResponse:
+        now = self.clock.time()
+        stale: CachedResponse | None = None
+        if found is not None:
+            entry, entry_key = found
+            usability = assess(
+                entry.lifetime,
+                entry.age(now),
+                no_cache=entry.no_cache,
+                must_revalidate=entry.must_revalidate,
+                request_cc=request_cc,
+            )
+            if usability in (Usability.FRESH, Usability.STALE_ALLOWED):
+                label = "HIT" if usability is Usability.FRESH else "STALE"
+                return self._from_cache(ex, route, entry, now, label, "hit")
+            stale = entry
+            if usability is Usability.STALE and self._within_swr(entry, now):
+                self._refresh_in_background(ex, route, params, key, entry_key, store, entry)
+                return self._from_cache(ex, route, entry, now, "STALE", "fwd=stale")
+        if request_cc.has("only-if-cached"):
+            return _plain(504, "not cached", route, "fwd=miss; detail=only-if-cached")
+        if ex.method == "HEAD" and stale is None:
+            return await self._pass(ex, route, "uri-miss", None)
+        return await self._miss(ex, route, params, key, store, stale)
+
+    # ------------------------------------------------------------------ lookup
+
+    async def _lookup(
+        self, store: Store, key: str, ex: Exchange
+    ) -> tuple[CachedResponse, str] | None:
+        raw = await store.get(key)
+        if raw is None:
+            return None
+        try:
+            value = decode(raw)
+        except EntryError:
+            return None  # corrupt or foreign: a miss, overwritten by the next fill
+        if isinstance(value, VaryMarker):
+            vkey = variant_key(key, variant_of(value.fields, ex.hmap))
+            raw = await store.get(vkey)
+            if raw is None:
+                return None
+            try:
+                value = decode(raw)
+            except EntryError:
+                return None
+            if isinstance(value, VaryMarker):
+                return None
+            if value.variant != variant_of(tuple(n for n, _ in value.variant), ex.hmap):
+                return None
+            return value, vkey
+        if value.variant:
+            return None  # a variant under a primary key: stale layout, refetch
+        return value, key
+
+    def _within_swr(self, entry: CachedResponse, now: float) -> bool:
+        if entry.must_revalidate or entry.no_cache:
+            return False
+        return entry.age(now) < entry.lifetime + entry.stale_while_revalidate
+
+    def _within_sie(self, entry: CachedResponse | None, now: float) -> bool:
+        if entry is None or entry.must_revalidate:
+            return False
+        return entry.age(now) < entry.lifetime + entry.stale_if_error
+
+    # ------------------------------------------------------------------ misses
+
+    async def _miss(
+        self,
+        ex: Exchange,
+        route: Route,
+        params: dict[str, str],
+        key: str,
+        store: Store,
+        stale: CachedResponse | None,
+    ) -> ProxyResponse:
+        cfg = route.config
+        coalesce = cfg.coalesce.enabled and not self.coalescer.is_uncacheable(key)
+        if coalesce:
+            flight = self.coalescer.in_flight(key)
+            if flight is not None and flight.waiters < cfg.coalesce.max_waiters:
+                fill = await self.coalescer.follow(flight, cfg.coalesce.timeout)
+                if fill is not None and fill.entry is not None:
+                    now = self.clock.time()
+                    return self._from_cache(ex, route, fill.entry, now, "HIT", "collapsed")
+                # leader failed, timed out, or its answer was private: go on our own
+                return await self._own_fill(ex, route, params, key, store, stale)
+            if flight is None:
+                task = self.coalescer.lead(
+                    key, lambda: self._fill(ex, route, params, key, store, stale)
+                )
+                fill = await _claim(task)
+                return self._deliver(ex, route, fill, key)
+        return await self._own_fill(ex, route, params, key, store, stale)
+
+    async def _own_fill(
+        self,
+        ex: Exchange,
+        route: Route,
+        params: dict[str, str],
+        key: str,
+        store: Store,
+        stale: CachedResponse | None,
+    ) -> ProxyResponse:
+        fill = await self._fill(ex, route, params, key, store, stale)
+        return self._deliver(ex, route, fill, key)
+
+    def _deliver(self, ex: Exchange, route: Route, fill: Fill, key: str) -> ProxyResponse:
+        if fill.live is not None:
+            if fill.entry is None and fill.status and fill.status < 500:
+                self.coalescer.mark_uncacheable(key, route.config.coalesce.hit_for_miss)
+            return fill.live
+        assert fill.entry is not None
+        return self._from_cache(ex, route, fill.entry, self.clock.time(), "MISS", "stored")
+
+    async def _fill(
+        self,
+        ex: Exchange,
+        route: Route,
+        params: dict[str, str],
+        key: str,
+        store: Store,
+        stale: CachedResponse | None,
+    ) -> Fill:
+        """Fetch from the origin (conditionally when a stale copy has validators)."""
+        cfg = route.config
+        headers = self._forward_headers(ex, route, strip_conditionals=True)
+        if stale is not None:
+            headers += _validators(stale)
+        request_time = self.clock.time()
+        try:
+            response = await self.origin.request("GET", ex.target, headers, None, cfg.timeout)
+        except OriginError as exc:
+            if self._within_sie(stale, self.clock.time()):
+                assert stale is not None
+                live = self._from_cache(ex, route, stale, self.clock.time(), "STALE", "fwd=stale")
+                return Fill(None, live, 0)
+            return Fill(None, _origin_failed(exc, route), 0)
+        response_time = self.clock.time()
+        if response.status >= 500 and self._within_sie(stale, response_time):
+            assert stale is not None
+            response.release()
+            live = self._from_cache(ex, route, stale, response_time, "STALE", "fwd=stale")
+            return Fill(None, live, 0)
+        if response.status == 304 and stale is not None:
+            response.release()
+            return await self._freshen(
+                ex, route, params, key, store, stale, response, request_time, response_time
+            )
+        decision = decide_storage(
+            cfg, "GET", ex.hmap, response.status, response.headers, response_time
+        )
+        if not decision.store:
+            return Fill(None, self._live(ex, route, response, decision.reason), response.status)
+        body, complete = await response.read_up_to(cfg.max_object_size)
+        if not complete:
+            live = self._live(ex, route, response, "size", head=body)
+            return Fill(None, live, response.status)
+        response.release()
+        entry = self._make_entry(ex, route, response, body, decision, request_time, response_time)
+        await self._store(ex, route, params, key, store, entry, decision.storage_ttl)
+        return Fill(entry, None, response.status)
+
+    async def _freshen(
+        self,
+        ex: Exchange,
+        route: Route,
+        params: dict[str, str],
+        key: str,
+        store: Store,
+        stale: CachedResponse,
+        response: OriginResponse,
+        request_time: float,
+        response_time: float,
+    ) -> Fill:
+        """RFC 9111 §4.3.4: a 304 freshens the stored response with the new fields."""
+        cfg = route.config
+        merged = freshen_headers(stale.headers, response.headers)
+        decision = decide_storage(cfg, "GET", ex.hmap, stale.status, merged, response_time)
+        entry = replace(
+            stale,
+            headers=storable_headers(merged, decision.strip),
+            request_time=request_time,
+            response_time=response_time,
+            initial_age=initial_age(response.headers, request_time, response_time),
+            lifetime=decision.lifetime,
+            stale_while_revalidate=decision.stale_while_revalidate,
+            stale_if_error=decision.stale_if_error,
+            must_revalidate=decision.must_revalidate,
+            no_cache=decision.no_cache,
+        )
+        if decision.store:
+            await self._store(ex, route, params, key, store, entry, decision.storage_ttl)
+        return Fill(entry, None, 304)
+
+    def _make_entry(
+        self,
+        ex: Exchange,
+        route: Route,
+        response: OriginResponse,
+        body: bytes,
+        decision: StoreDecision,
+        request_time: float,
+        response_time: float,
+    ) -> CachedResponse:
+        cfg = route.config
+        headers = storable_headers(response.headers, decision.strip)
+        encoding: str | None = None
+        stored_body = body
+        compression = cfg.compression
+        if (
+            compression.algorithm == "gzip"
+            and len(body) >= compression.min_size
+            and first_header(headers, "Content-Encoding") is None
+            and _compressible(first_header(headers, "Content-Type"))
+        ):
+            stored_body = compress(body, compression.level)
+            encoding = "gzip"
+        vary = parse_vary(header_values(headers, "Vary"))
+        return CachedResponse(
+            status=response.status,
+            headers=headers,
+            body=stored_body,
+            body_encoding=encoding,
+            request_time=request_time,
+            response_time=response_time,
+            initial_age=initial_age(response.headers, request_time, response_time),
+            lifetime=decision.lifetime,
+            stale_while_revalidate=decision.stale_while_revalidate,
+            stale_if_error=decision.stale_if_error,
+            must_revalidate=decision.must_revalidate,
+            no_cache=decision.no_cache,
+            tags=self._tags(route, response.headers),
+            variant=variant_of(vary, ex.hmap) if vary else (),
+        )
+
+    def _tags(self, route: Route, headers: list[tuple[str, str]]) -> tuple[str, ...]:
+        tags: list[str] = []
+        for name in route.config.tag_headers:
+            tags += parse_field_list(header_values(headers, name))
+        return tuple(tags[:64])
+
+    async def _store(
+        self,
+        ex: Exchange,
+        route: Route,
+        params: dict[str, str],
+        key: str,
+        store: Store,
+        entry: CachedResponse,
+        ttl: float,
+    ) -> None:
+        cfg = route.config
+        tags = [route_tag(cfg.name), *path_tags(ex.path)]
+        tags += [user_tag(t) for t in entry.tags]
+        for template in cfg.tags:
+            try:
+                tags.append(user_tag(template.format(**params)))
+            except (KeyError, IndexError, ValueError):
+                continue
+        try:
+            if entry.variant:
+                fields = tuple(name for name, _ in entry.variant)
+                await store.set(key, encode_marker(VaryMarker(fields)), ttl, tags)
+                await store.set(variant_key(key, entry.variant), encode(entry), ttl, tags)
+            else:
+                await store.set(key, encode(entry), ttl, tags)
+        except StoreError as exc:
+            log.debug("store write failed: %s", exc)
+
+    # ------------------------------------------------------------------ background refresh
+
+    def _refresh_in_background(
+        self,
+        ex: Exchange,
+        route: Route,
+        params: dict[str, str],
+        key: str,
+        entry_key: str,
+        store: Store,
+        stale: CachedResponse,
+    ) -> None:
+        """RFC 5861 §3: one refresh per key while others are served the stale copy."""
+        if key in self._refreshing or self.coalescer.in_flight(key) is not None:
+            return
+        self._refreshing.add(key)
+
+        async def refresh() -> None:
+            try:
+                task = self.coalescer.lead(
+                    key, lambda: self._fill(ex, route, params, key, store, stale)
+                )
+                fill = await task
+                if fill.live is not None and fill.live.stream is not None:
+                    await _drain(fill.live.stream)
+            except Exception:  # a failed refresh leaves the stale copy to its windows
+                log.debug("background refresh failed", exc_info=True)
+            finally:
+                self._refreshing.discard(key)
+
+        task = asyncio.ensure_future(refresh())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ pass-through
+
+    async def _pass(
+        self, ex: Exchange, route: Route, fwd: str, detail: str | None
+    ) -> ProxyResponse:
+        cfg = route.config
+        headers = self._forward_headers(ex, route, strip_conditionals=False)
+        try:
+            response = await self.origin.request(
+                ex.method, ex.target, headers, ex.body, cfg.timeout
+            )
+        except OriginError as exc:
+            return _origin_failed(exc, route)
+        if ex.method not in CACHEABLE_METHODS and 200 <= response.status < 400:
+            await self._invalidate_after_unsafe(ex, route, response.headers)
+        label = "BYPASS" if fwd in ("bypass", "method", "request") else "MISS"
+        status = f"fwd={fwd}; fwd-status={response.status}"
+        if detail:
+            status += f"; detail={detail}"
+        return self._live(ex, route, response, None, label=label, cache_status=status)
+
+    async def _invalidate_after_unsafe(
+        self, ex: Exchange, route: Route, headers: list[tuple[str, str]]
+    ) -> None:
+        """RFC 9111 §4.4, plus the route's ``invalidates`` list."""
+        paths = [ex.path, *invalidation_targets(ex.method, 200, headers, self.origin.host)]
+        tags = [f"p:{p.split('?')[0].rstrip('/') or '/'}" for p in paths]
+        for target in route.config.invalidates:
+            tags.append(f"p:{target.rstrip('/')}" if target.startswith("/") else route_tag(target))
+        for store in self.stores.values():
+            try:
+                await store.purge_tags(tags)
+            except StoreError:
+                continue
+
+    # ------------------------------------------------------------------ responses
+
+    def _forward_headers(
+        self, ex: Exchange, route: Route, *, strip_conditionals: bool
+    ) -> list[tuple[str, str]]:
+        """RFC 9110 §7.6: drop hop-by-hop fields, set Host and X-Forwarded-*, add Via."""
+        cfg = route.config
+        connection = {t.strip().lower() for t in ex.hmap.get("connection", "").split(",")}
+        allowed = {h.lower() for h in cfg.forward_headers}
+        drop = set(_NOT_FORWARDED) | connection | {"x-forwarded-for", "x-forwarded-proto"}
+        drop |= {h.lower() for h in cfg.strip_headers} - allowed
+        if strip_conditionals:
+            drop |= set(_CONDITIONALS)
+        out = [(k, v) for k, v in ex.headers if k.lower() not in drop]
+        out.append(("Host", self.origin.host))
+        forwarded_for = ex.hmap.get("x-forwarded-for")
+        if ex.client:
+            forwarded_for = f"{forwarded_for}, {ex.client}" if forwarded_for else ex.client
+        if forwarded_for:
+            out.append(("X-Forwarded-For", forwarded_for))
+        out.append(("X-Forwarded-Proto", ex.scheme))
+        if ex.host and "x-forwarded-host" not in allowed:
+            out.append(("X-Forwarded-Host", ex.host))
+        via = ex.hmap.get("via")
+        out.append(("Via", f"{via}, {VIA}" if via else VIA))
+        return out
+
+    def _live(
+        self,
+        ex: Exchange,
+        route: Route,
+        response: OriginResponse,
+        reason: str | None,
+        *,
+        head: bytes = b"",
+        label: str = "MISS",
+        cache_status: str | None = None,
+    ) -> ProxyResponse:
+        """Stream the origin's answer through, untouched but for hop-by-hop fields."""
+        connection = {
+            t.strip().lower()
+            for v in header_values(response.headers, "Connection")
+            for t in v.split(",")
+        }
+        drop = HOP_BY_HOP | connection
+        headers = [(k, v) for k, v in response.headers if k.lower() not in drop]
+        if cache_status is None:
+            cache_status = f"fwd=uri-miss; fwd-status={response.status}"
+            if reason:
+                cache_status += f"; detail={reason}"
+        headers += _cache_headers(label, cache_status)
+        if ex.method == "HEAD" or response.status in (204, 304) or response.status < 200:
+            response.release()
+            return ProxyResponse(response.status, headers)
+        return ProxyResponse(response.status, headers, stream=response.iter_rest(head))
+
+    def _from_cache(
+        self,
+        ex: Exchange,
+        route: Route,
+        entry: CachedResponse,
+        now: float,
+        label: str,
+        status: str,
+    ) -> ProxyResponse:
+        """A stored response with Age (RFC 9111 §4.2.3, §5.1) and Cache-Status."""
+        age = int(entry.age(now))
+        headers = [(k, v) for k, v in entry.headers if k.lower() != "content-length"]
+        if entry.body_encoding == "gzip" and accepts_gzip(ex.hmap.get("accept-encoding", "")):
+            body = entry.body
+            headers = _as_gzip(headers)
+        else:
+            body = entry.plain_body()
+        ttl = int(entry.lifetime - entry.age(now))
+        if status == "hit":
+            detail = f"hit; ttl={ttl}"
+        elif status == "stored":
+            detail = f"fwd=uri-miss; fwd-status={entry.status}; stored; ttl={ttl}"
+        elif status == "collapsed":
+            detail = f"fwd=uri-miss; fwd-status={entry.status}; collapsed; ttl={ttl}"
+        else:
+            detail = f"{status}; ttl={ttl}"
+        headers.append(("Age", str(age)))
+        headers += _cache_headers(label, detail)
+        if _not_modified(ex.hmap, entry) and entry.status == 200:
+            kept = {
+                "etag",
+                "last-modified",
+                "cache-control",
+                "expires",
+                "vary",
+                "date",
+                "content-location",
+                "age",
+                "x-cache",
+                "cache-status",
+            }
+            return ProxyResponse(304, [(k, v) for k, v in headers if k.lower() in kept])
+        if ex.method == "HEAD":
+            return ProxyResponse(entry.status, headers, head_length=len(body))
+        return ProxyResponse(entry.status, headers, body)
+
+    async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await self.origin.aclose()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _cache_headers(label: str, status: str) -> list[tuple[str, str]]:
+    return [("X-Cache", label), ("Cache-Status", f"sidecache; {status}")]
+
+
+def _plain(code: int, text: str, route: Route, status: str) -> ProxyResponse:
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
+    headers += _cache_headers("MISS", status)
+    return ProxyResponse(code, headers, f"{text}\n".encode())
+
+
+def _origin_failed(exc: OriginError, route: Route) -> ProxyResponse:
+    code = 504 if isinstance(exc, OriginTimeout) else 502
+    log.warning("origin error on route %s: %s", route.name, exc)
+    return _plain(
+        code,
+        "origin " + ("timeout" if code == 504 else "unreachable"),
+        route,
+        f"fwd=uri-miss; detail={'origin-timeout' if code == 504 else 'origin-down'}",
+    )
+
+
+def _validators(entry: CachedResponse) -> list[tuple[str, str]]:
+    """RFC 9111 §4.3.1: validate a stored response with its ETag and Last-Modified."""
+    out = []
+    etag = entry.header("ETag")
+    if etag:
+        out.append(("If-None-Match", etag))
+    modified = entry.header("Last-Modified")
+    if modified:
+        out.append(("If-Modified-Since", modified))
+    return out
+
+
+def _not_modified(request: Mapping[str, str], entry: CachedResponse) -> bool:
+    """RFC 9110 §13.1.2/§13.1.3 evaluated against a stored response (weak comparison)."""
+    inm = request.get("if-none-match")
+    if inm is not None:
+        etag = entry.header("ETag")
+        if etag is None:
+            return False
+        if inm.strip() == "*":
+            return True
+        mine = etag.removeprefix("W/")
+        return any(t.strip().removeprefix("W/") == mine for t in inm.split(","))
+    ims = parse_http_date(request.get("if-modified-since"))
+    if ims is None:
+        return False
+    modified = parse_http_date(entry.header("Last-Modified") or entry.header("Date"))
+    return modified is not None and modified <= ims
+
+
+def _compressible(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    lowered = content_type.lower()
+    return any(marker in lowered for marker in _COMPRESSIBLE)
+
+
+def _as_gzip(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Serve our stored gzip as is: Content-Encoding, Vary and a weakened ETag (the
+    representation differs from the origin's bytes, RFC 9110 §8.8.3)."""
+    out: list[tuple[str, str]] = []
+    vary_done = False
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "etag" and not value.startswith("W/"):
+            value = "W/" + value
+        elif lowered == "vary":
+            if "accept-encoding" not in value.lower():
+                value = f"{value}, Accept-Encoding"
+            vary_done = True
+        out.append((name, value))
+    out.append(("Content-Encoding", "gzip"))
+    if not vary_done:
+        out.append(("Vary", "Accept-Encoding"))
+    return out
+
+
+async def _claim(task: asyncio.Task[Fill]) -> Fill:
+    """Await a detached fill; if our client goes away, release what nobody will read."""
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def release(done: asyncio.Task[Fill]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return
+            live = done.result().live
+            if live is not None and live.stream is not None:
+                _DRAINS.add(drain := asyncio.ensure_future(_drain(live.stream)))
+                drain.add_done_callback(_DRAINS.discard)
+
+        task.add_done_callback(release)
+        raise
+
+
+_DRAINS: set[asyncio.Future[None]] = set()
+
+
+async def _drain(stream: AsyncIterator[bytes]) -> None:
+    async for _ in stream:
+        pass

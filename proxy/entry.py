@@ -1,0 +1,179 @@
+"""The stored envelope: ``CachedResponse`` and its msgpack codec with body compression.
+
+What a store keeps under a key is either a response or a Vary marker (the list of
+request headers that select a variant stored under a second key). Decoding is
+strict: anything that is not a well-formed envelope of this version raises
+``EntryError``, which the engine treats as a miss and overwrites.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgpack
+
+VERSION: Final = 1
+_KIND_RESPONSE: Final = 0
+_KIND_VARY: Final = 1
+
+Headers = tuple[tuple[str, str], ...]
+
+
+class EntryError(ValueError):
+    """A stored value is not a valid sidecache envelope (corrupt, foreign or old)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResponse:
+    """A stored response and the facts freshness needs (RFC 9111 §4.2.3).
+
+    ``body`` is stored compressed when ``body_encoding`` is ``"gzip"``; the origin's own
+    ``Content-Encoding`` (if any) stays in ``headers`` and is never touched.
+    """
+
+    status: int
+    headers: Headers
+    body: bytes
+    body_encoding: str | None
+    request_time: float
+    response_time: float
+    initial_age: float
+    lifetime: float
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+    must_revalidate: bool = False
+    no_cache: bool = False
+    tags: tuple[str, ...] = ()
+    # The request headers this variant was selected by: ((name, normalized value), ...)
+    variant: Headers = ()
+    _plain: list[bytes] = field(default_factory=list, compare=False, repr=False)
+
+    def age(self, now: float) -> float:
+        """current_age (RFC 9111 §4.2.3): corrected initial age plus resident time."""
+        return self.initial_age + max(0.0, now - self.response_time)
+
+    def plain_body(self) -> bytes:
+        """The body as the origin sent it (decompressing our storage encoding once)."""
+        if self.body_encoding is None:
+            return self.body
+        if not self._plain:
+            self._plain.append(zlib.decompress(self.body, wbits=31))
+        return self._plain[0]
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lowered:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class VaryMarker:
+    """Stored under the primary key when responses vary: the header names to select by."""
+
+    fields: tuple[str, ...]
+
+
+def compress(body: bytes, level: int) -> bytes:
+    """gzip framing, so a stored body can go to a client that accepts gzip as it is."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return compressor.compress(body) + compressor.flush()
+
+
+def encode(entry: CachedResponse) -> bytes:
+    """Pack a response envelope (msgpack, one array; no pickles, no class names)."""
+    flat: list[str] = []
+    for name, value in entry.headers:
+        flat += (name, value)
+    variant: list[str] = []
+    for name, value in entry.variant:
+        variant += (name, value)
+    return msgpack.packb(
+        [
+            VERSION,
+            _KIND_RESPONSE,
+            entry.status,
+            flat,
+            entry.body,
+            entry.body_encoding or "",
+            entry.request_time,
+            entry.response_time,
+            entry.initial_age,
+            entry.lifetime,
+            entry.stale_while_revalidate,
+            entry.stale_if_error,
+            (1 if entry.must_revalidate else 0) | (2 if entry.no_cache else 0),
+            list(entry.tags),
+            variant,
+        ],
+        use_bin_type=True,
+    )
+
+
+def encode_marker(marker: VaryMarker) -> bytes:
+    return msgpack.packb([VERSION, _KIND_VARY, list(marker.fields)], use_bin_type=True)
+
+
+def decode(raw: bytes) -> CachedResponse | VaryMarker:
+    """Unpack an envelope, validating every field; raise ``EntryError`` otherwise."""
+    try:
+        data = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise EntryError(f"not a msgpack envelope: {exc}") from None
+    if not isinstance(data, list) or len(data) < 3 or data[0] != VERSION:
+        raise EntryError("not a sidecache envelope of this version")
+    try:
+        if data[1] == _KIND_VARY:
+            fields = data[2]
+            if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+                raise EntryError("bad vary marker")
+            return VaryMarker(tuple(fields))
+        return _decode_response(data)
+    except (TypeError, IndexError, ValueError) as exc:
+        raise EntryError(f"malformed envelope: {exc}") from None
+
+
+def _pairs(flat: object) -> Headers:
+    if not isinstance(flat, list) or len(flat) % 2 or not all(isinstance(x, str) for x in flat):
+        raise EntryError("bad header list")
+    return tuple(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _decode_response(data: list[object]) -> CachedResponse:
+    if data[1] != _KIND_RESPONSE or len(data) != 15:
+        raise EntryError("unknown envelope kind")
+    (_, _, status, headers, body, encoding, req, resp, age, life, swr, sie, flags, tags, var) = data
+    if not isinstance(status, int) or not 100 <= status <= 599:
+        raise EntryError("bad status")
+    if not isinstance(body, bytes) or not isinstance(encoding, str):
+        raise EntryError("bad body")
+    if encoding not in ("", "gzip"):
+        raise EntryError("unknown body encoding")
+    numbers = (req, resp, age, life, swr, sie)
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in numbers):
+        raise EntryError("bad times")
+    if not isinstance(flags, int) or not isinstance(tags, list):
+        raise EntryError("bad flags")
+    if not all(isinstance(t, str) for t in tags):
+        raise EntryError("bad tags")
+    if encoding and body[:2] != b"\x1f\x8b":
+        raise EntryError("body is not gzip")
+    return CachedResponse(
+        status=status,
+        headers=_pairs(headers),
+        body=body,
+        body_encoding=encoding or None,
+        request_time=float(req),  # type: ignore[arg-type]
+        response_time=float(resp),  # type: ignore[arg-type]
+        initial_age=float(age),  # type: ignore[arg-type]
+        lifetime=float(life),  # type: ignore[arg-type]
+        stale_while_revalidate=float(swr),  # type: ignore[arg-type]
+        stale_if_error=float(sie),  # type: ignore[arg-type]
+        must_revalidate=bool(flags & 1),
+        no_cache=bool(flags & 2),
+        tags=tuple(tags),
+        variant=_pairs(var),
+    )

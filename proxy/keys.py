@@ -1,0 +1,120 @@
+"""Cache keys: what identifies a stored response, digested into ``sc:{route}:<hex>``.
+
+The key covers the method class (GET and HEAD share), the host, the path, the
+normalized query (sorted; filtered as the route's ``key.query`` says) and the
+values of the route's ``key.headers`` and ``key.cookies``. It is a blake2b digest:
+keys carry untrusted URL parts in a shared cache, so a fast non-cryptographic hash
+would let a client forge collisions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
+from urllib.parse import parse_qsl, quote
+
+from proxy.cachecontrol import normalize_accept_encoding
+from proxy.policy import KeySpec, QueryExclude
+
+PREFIX: Final = "sc"
+
+
+def normalize_query(query: str, spec: KeySpec) -> str:
+    """Sorted ``name=value`` pairs, filtered by ``key.query`` (list, exclude or ignore)."""
+    rule = spec.query
+    if rule == "ignore" or not query:
+        return ""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if isinstance(rule, list):
+        wanted = set(rule)
+        pairs = [p for p in pairs if p[0] in wanted]
+    elif isinstance(rule, QueryExclude):
+        unwanted = set(rule.exclude)
+        pairs = [p for p in pairs if p[0] not in unwanted]
+    pairs.sort()
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+
+
+def _cookie(headers: Mapping[str, str], name: str) -> str:
+    for part in headers.get("cookie", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return ""
+
+
+def derive_key(
+    route: str,
+    host: str,
+    path: str,
+    query: str,
+    spec: KeySpec,
+    headers: Mapping[str, str],
+    identity: str = "",
+) -> str:
+    """The primary key of a request. ``headers`` maps lowercased names to values."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(host.encode("utf-8", "surrogateescape"))
+    digest.update(b"\0")
+    digest.update(path.encode("utf-8", "surrogateescape"))
+    digest.update(b"\0")
+    digest.update(normalize_query(query, spec).encode())
+    for name in spec.headers:
+        digest.update(b"\0h")
+        digest.update(headers.get(name.lower(), "").encode("utf-8", "surrogateescape"))
+    for name in spec.cookies:
+        digest.update(b"\0c")
+        digest.update(_cookie(headers, name).encode("utf-8", "surrogateescape"))
+    if identity:
+        digest.update(b"\0i")
+        digest.update(identity.encode("utf-8", "surrogateescape"))
+    return f"{PREFIX}:{route}:{digest.hexdigest()}"
+
+
+def normalize_header(name: str, value: str | None) -> str:
+    """A request header value as Vary compares it (RFC 9111 §4.1): whitespace folded,
+    Accept-Encoding reduced to the codings that change our answer."""
+    if name == "accept-encoding":
+        return normalize_accept_encoding(value)
+    if value is None:
+        return ""
+    return " ".join(value.split())
+
+
+def variant_of(fields: Sequence[str], headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The (name, normalized value) pairs of a request for the given Vary fields."""
+    return tuple((name, normalize_header(name, headers.get(name))) for name in fields)
+
+
+def variant_key(primary: str, variant: Iterable[tuple[str, str]]) -> str:
+    """The key of one Vary variant, under its primary key."""
+    digest = hashlib.blake2b(digest_size=12)
+    for name, value in variant:
+        digest.update(name.encode())
+        digest.update(b"\0")
+        digest.update(value.encode("utf-8", "surrogateescape"))
+        digest.update(b"\0")
+    return f"{primary}:v:{digest.hexdigest()}"
+
+
+def path_tags(path: str) -> tuple[str, ...]:
+    """Index tags for prefix purges: one per leading path segment run.
+
+    ``/api/products/7`` → ``p:/api``, ``p:/api/products``, ``p:/api/products/7``; a purge
+    of prefix ``/api/products`` purges tag ``p:/api/products``.
+    """
+    segments = [s for s in path.split("/") if s][:8]
+    tags, current = [], ""
+    for segment in segments:
+        current += "/" + segment
+        tags.append("p:" + current)
+    return tuple(tags) or ("p:/",)
+
+
+def route_tag(route: str) -> str:
+    return "r:" + route
+
+
+def user_tag(tag: str) -> str:
+    return "t:" + tag

@@ -1,0 +1,187 @@
+"""The fail-open wrapper around a shared store: per-operation deadline, circuit breaker, counters.
+
+``GuardedStore`` owns the deadline of every backend operation and the backend's
+breaker. It raises ``StoreError`` (never a library exception) and leaves the choice of
+"miss" or "skipped write" to the engine. It never retries and never sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal, TypeVar
+
+from proxy.clock import Clock, SystemClock
+from proxy.errors import StoreError, StoreTimeout, StoreUnavailable
+from proxy.stores.base import Store, StoreStats
+
+T = TypeVar("T")
+BreakerState = Literal["closed", "open", "half_open"]
+OPERATIONS: Final = (
+    "get",
+    "get_many",
+    "set",
+    "delete",
+    "purge_tags",
+    "lock",
+    "unlock",
+    "ping",
+)
+
+
+@dataclass(slots=True)
+class OpCounters:
+    """Running totals for one operation of one backend (read by metrics)."""
+
+    ops: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    rejected: int = 0  # refused at once because the breaker was open
+
+
+class GuardedStore:
+    """A ``Store`` whose every call has a deadline and goes through a circuit breaker.
+
+    Breaker: ``closed`` → ``open`` after ``breaker_failures`` consecutive failures
+    (errors and timeouts alike); while open, calls raise ``StoreUnavailable`` at once
+    without touching the backend. After ``breaker_cooldown`` seconds one call is let
+    through (``half_open``); its success closes the breaker, its failure reopens it.
+    ``ping`` answers ``False`` instead of raising, so health checks can call it freely.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        timeout: float,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 5.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if timeout <= 0 or breaker_failures < 1 or breaker_cooldown <= 0:
+            raise ValueError("timeout and cooldown must be > 0, failures >= 1")
+        self.inner = store
+        self.name = store.name
+        self.shared = store.shared
+        self.timeout = timeout
+        self.breaker_failures = breaker_failures
+        self.breaker_cooldown = breaker_cooldown
+        self.counters = {op: OpCounters() for op in OPERATIONS}
+        self.opened_total = 0  # how many times the breaker has opened
+        self._clock = clock or SystemClock()
+        self._state: BreakerState = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    # ------------------------------------------------------------ breaker
+
+    @property
+    def state(self) -> BreakerState:
+        """``closed``, ``open`` or ``half_open`` (an open breaker past its cooldown)."""
+        if self._state == "open" and self._cooldown_over():
+            return "half_open"
+        return self._state
+
+    def _cooldown_over(self) -> bool:
+        return self._clock.monotonic() - self._opened_at >= self.breaker_cooldown
+
+    def _admit(self, counters: OpCounters) -> bool:
+        """Let a call through or raise; answers whether the call is the half-open probe."""
+        if self._state == "closed":
+            return False
+        if not self._probing and self._cooldown_over():
+            self._state = "half_open"
+            self._probing = True
+            return True
+        counters.rejected += 1
+        raise StoreUnavailable(self.name, f"circuit breaker {self._state}")
+
+    def _succeeded(self, probe: bool) -> None:
+        # a late success of a call admitted before the breaker opened proves little
+        if probe or self._state == "closed":
+            self._failures = 0
+            self._state = "closed"
+
+    def _failed(self, probe: bool) -> None:
+        if self._state == "closed":
+            self._failures += 1
+            if self._failures < self.breaker_failures:
+                return
+        elif not probe:
+            return  # a late failure while already open: keep the cooldown where it is
+        self._state = "open"
+        self._opened_at = self._clock.monotonic()
+        self.opened_total += 1
+
+    # ------------------------------------------------------------ the one call path
+
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        counters = self.counters[op]
+        counters.ops += 1
+        probe = self._admit(counters)
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await fn()
+        except StoreTimeout:
+            counters.timeouts += 1
+            self._failed(probe)
+            raise
+        except TimeoutError as exc:
+            # our own deadline fired (asyncio.timeout turns the cancellation into this)
+            counters.timeouts += 1
+            self._failed(probe)
+            raise StoreTimeout(self.name, f"{op} took over {self.timeout * 1000:.0f} ms") from exc
+        except StoreError:
+            counters.errors += 1
+            self._failed(probe)
+            raise
+        except Exception as exc:
+            # a backend bug must still fail open: the contract is "only StoreError"
+            counters.errors += 1
+            self._failed(probe)
+            raise StoreError(self.name, f"{op}: {type(exc).__name__}: {exc}") from exc
+        else:
+            self._succeeded(probe)
+            return result
+        finally:
+            if probe:
+                self._probing = False
+                if self._state == "half_open":
+                    # the probe itself was cancelled from outside: no verdict, stay open
+                    self._state = "open"
+
+    # ------------------------------------------------------------ Store
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._call("get", lambda: self.inner.get(key))
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return await self._call("get_many", lambda: self.inner.get_many(keys))
+
+    async def set(self, key: str, value: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
+        await self._call("set", lambda: self.inner.set(key, value, ttl, tags))
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        return await self._call("delete", lambda: self.inner.delete(keys))
+
+    async def purge_tags(self, tags: Sequence[str]) -> int:
+        return await self._call("purge_tags", lambda: self.inner.purge_tags(tags))
+
+    async def lock(self, key: str, ttl: float) -> str | None:
+        return await self._call("lock", lambda: self.inner.lock(key, ttl))
+
+    async def unlock(self, key: str, token: str) -> bool:
+        return await self._call("unlock", lambda: self.inner.unlock(key, token))
+
+    async def ping(self) -> bool:
+        try:
+            return await self._call("ping", self.inner.ping)
+        except StoreError:
+            return False
+
+    def stats(self) -> StoreStats:
+        return self.inner.stats()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

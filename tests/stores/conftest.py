@@ -1,0 +1,232 @@
+"""Real peers for the store tests: redis-server, memcached, a 3-node Redis Cluster, a relay.
+
+Servers are started once per session on free ports and flushed before each test;
+fault tests get their own function-scoped processes so stopping one hurts nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import port_for
+import pytest
+from mirakuru import TCPExecutor
+from pytest_redis import factories
+from pytest_redis.executor import RedisExecutor
+from redis import Redis
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
+
+redis_server = factories.redis_proc(port=None)
+
+
+def free_port(*, exclude: set[int] | None = None) -> int:
+    while True:
+        port = port_for.select_random()
+        if not exclude or port not in exclude:
+            return port
+
+
+def memcached_executor(port: int | None = None, item_size: str = "1m") -> TCPExecutor:
+    port = port or free_port()
+    command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-m", "64"]
+    command += ["-I", item_size, "-U", "0"]
+    return TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
+
+
+def redis_executor(port: int, datadir: Path, *extra: str) -> TCPExecutor:
+    datadir.mkdir(parents=True, exist_ok=True)
+    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(datadir), *extra]
+    return TCPExecutor(command, host="127.0.0.1", port=port, timeout=15)
+
+
+# ---------------------------------------------------------------- redis
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisExecutor) -> str:
+    """The session Redis, flushed for this test."""
+    with Redis(host=redis_server.host, port=redis_server.port) as client:
+        client.flushall()
+    return f"redis://{redis_server.host}:{redis_server.port}/0"
+
+
+@pytest.fixture
+def redis_unix_url(redis_server: RedisExecutor, redis_url: str) -> str:
+    return f"unix://{redis_server.unixsocket}?db=0"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[TCPExecutor]:
+    """A Redis this test may stop and restart on the same port."""
+    executor = redis_executor(free_port(), tmp_path / "redis")
+    executor.start()
+    try:
+        yield executor
+    finally:
+        executor.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """A real 3-node Redis Cluster (no replicas); yields ``host:port`` of every node."""
+    used: set[int] = set()
+    executors: list[TCPExecutor] = []
+    nodes: list[str] = []
+    root = tmp_path_factory.mktemp("cluster")
+    try:
+        for i in range(3):
+            port, bus = free_port(exclude=used), 0
+            used.add(port)
+            bus = free_port(exclude=used)
+            used.add(bus)
+            extra = ("--cluster-enabled", "yes", "--cluster-port", str(bus))
+            extra += ("--cluster-config-file", f"nodes-{i}.conf", "--cluster-node-timeout", "2000")
+            executor = redis_executor(port, root / f"node{i}", *extra)
+            executor.start()
+            executors.append(executor)
+            nodes.append(f"127.0.0.1:{port}")
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        _wait_cluster_ok(nodes)
+        yield nodes
+    finally:
+        for executor in executors:
+            executor.stop()
+
+
+def _wait_cluster_ok(nodes: list[str]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        states = []
+        for node in nodes:
+            host, port = node.split(":")
+            with Redis(host=host, port=int(port)) as client:
+                info = client.execute_command("CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                states.append("cluster_state:ok" in text)
+        if all(states):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the Redis Cluster never reached cluster_state:ok")
+
+
+@pytest.fixture
+def cluster_nodes(redis_cluster: list[str]) -> list[str]:
+    """The session cluster, every master flushed for this test."""
+    for node in redis_cluster:
+        host, port = node.split(":")
+        with Redis(host=host, port=int(port)) as client:
+            client.flushall()
+    return redis_cluster
+
+
+# ---------------------------------------------------------------- memcached
+
+
+@pytest.fixture(scope="session")
+def memcached_server() -> Iterator[TCPExecutor]:
+    executor = memcached_executor()
+    executor.start()
+    try:
+        yield executor
+    finally:
+        executor.stop()
+
+
+@pytest.fixture
+def memcached_addr(memcached_server: TCPExecutor) -> str:
+    """The session memcached, flushed for this test."""
+    flush_memcached(memcached_server.port)
+    return f"127.0.0.1:{memcached_server.port}"
+
+
+def flush_memcached(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"flush_all\r\n")
+        assert sock.recv(64) == b"OK\r\n"
+
+
+@pytest.fixture
+def memcached_pair() -> Iterator[list[TCPExecutor]]:
+    """Two fresh memcached servers this test may stop."""
+    executors = [memcached_executor(), memcached_executor()]
+    for executor in executors:
+        executor.start()
+    try:
+        yield executors
+    finally:
+        for executor in executors:
+            executor.stop()
+
+
+# ---------------------------------------------------------------- slow relay
+
+
+class Relay:
+    """A TCP relay that can hold every reply from the server back for ``delay`` seconds."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.delay = 0.0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        for task in (
+            asyncio.create_task(self._pipe(reader, up_writer, delayed=False)),
+            asyncio.create_task(self._pipe(up_reader, writer, delayed=True)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, delayed: bool
+    ) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                if delayed and self.delay:
+                    await asyncio.sleep(self.delay)
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def memcached_relay(memcached_addr: str) -> AsyncIterator[Relay]:
+    host, port = memcached_addr.split(":")
+    relay = Relay(host, int(port))
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.aclose()
