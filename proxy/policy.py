@@ -726,3 +726,11 @@ def json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "sidecache policy"
     return schema
+
+
+if __name__ == "__main__":  # python -m proxy.policy > policies/schema.json
+    import json
+    import sys
+
+    json.dump(json_schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")

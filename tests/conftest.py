@@ -1,0 +1,236 @@
+"""Shared fixtures: a real origin on loopback that counts what reaches it, and the proxy
+in-process (``make_proxy``) or as a CLI subprocess (``spawn_proxy``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import port_for
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import RawTestServer, TestClient
+
+from proxy.clock import Clock, FakeClock
+from proxy.engine import Engine
+from proxy.origin import OriginClient
+from proxy.policy import LoadedPolicy, parse_policy
+from proxy.server import Limits, ProxyHandler
+from proxy.stores.base import Store
+from proxy.stores.factory import build_stores, close_stores
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Reply:
+    """What the origin answers on one path."""
+
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    delay: float = 0.0
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Origin:
+    """A real HTTP origin on loopback. Each path answers its ``Reply`` (default: a JSON
+    body naming the path and the hit number) and every request is counted."""
+
+    def __init__(self) -> None:
+        self.hits: Counter[str] = Counter()
+        self.requests: list[web.Request] = []
+        self.seen_headers: list[dict[str, str]] = []
+        self.replies: dict[str, Reply | Handler] = {}
+        self.url = ""
+
+    def reply(self, path: str, reply: Reply | Handler | None = None, **kwargs: Any) -> None:
+        self.replies[path] = reply if reply is not None else Reply(**kwargs)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.hits[request.path] += 1
+        self.requests.append(request)
+        self.seen_headers.append(dict(request.headers))
+        if request.can_read_body:
+            await request.read()
+        configured = self.replies.get(request.path)
+        if configured is not None and not isinstance(configured, Reply):
+            return await configured(request)
+        reply = configured or Reply()
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        body = reply.body
+        if body is None:
+            body = f'{{"path": "{request.path_qs}", "hit": {self.hits[request.path]}}}'.encode()
+        headers = {"Content-Type": "application/json", **reply.headers}
+        return web.Response(status=reply.status, body=body, headers=headers)
+
+
+@pytest.fixture
+async def origin(aiohttp_server: Any) -> Origin:
+    state = Origin()
+    app = web.Application(client_max_size=1024**3)
+    app.router.add_route("*", "/{tail:.*}", state.handle)
+    server = await aiohttp_server(app)
+    state.url = str(server.make_url("")).rstrip("/")
+    return state
+
+
+def policy_text(origin_url: str, body: str) -> str:
+    """A policy document: ``version`` and ``origin`` plus the given YAML body."""
+    return f"version: 1\norigin: {origin_url}\n" + textwrap.dedent(body)
+
+
+@dataclass
+class RunningProxy:
+    client: TestClient[web.Request, web.Application]
+    engine: Engine
+    stores: dict[str, Store]
+    clock: Clock
+
+    async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        response = await self.client.get(path, **kwargs)
+        await response.read()
+        return response
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        response = await self.client.request(method, path, **kwargs)
+        await response.read()
+        return response
+
+
+MakeProxy = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+async def make_proxy(origin: Origin) -> AsyncIterator[MakeProxy]:
+    """Start the proxy in-process on a real socket with a policy body (YAML text)."""
+    running: list[tuple[TestClient[Any, Any], Engine, dict[str, Store]]] = []
+
+    async def factory(
+        body: str = "", *, clock: Clock | None = None, loaded: LoadedPolicy | None = None
+    ) -> RunningProxy:
+        if loaded is None:
+            loaded = parse_policy(policy_text(origin.url, body), "test-policy.yaml")
+        stores = build_stores(loaded.policy.backends, clock)
+        engine = Engine(loaded, stores, OriginClient(loaded.policy.origin), clock)
+        server = loaded.policy.server
+        handler = ProxyHandler(engine, Limits(server.max_body_size, server.max_header_size))
+        raw = RawTestServer(handler, access_log=None, handler_cancellation=False)
+        client: TestClient[Any, Any] = TestClient(raw)
+        await client.start_server()
+        running.append((client, engine, stores))
+        return RunningProxy(client, engine, stores, clock or engine.clock)
+
+    yield factory
+    for client, engine, stores in running:
+        await client.close()
+        await engine.aclose()
+        await close_stores(stores)
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock(start=time.time())
+
+
+# ---------------------------------------------------------------- subprocess proxy
+
+
+@dataclass
+class ProxyProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+SpawnProxy = Callable[..., ProxyProcess]
+
+
+def _wait_ready(proc: ProxyProcess, deadline: float) -> None:
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        if proc.process.poll() is not None:
+            out = proc.process.stdout.read().decode() if proc.process.stdout else ""
+            raise RuntimeError(f"proxy exited with {proc.process.returncode}: {out}")
+        try:
+            with urllib.request.urlopen(proc.admin_url + "/healthz", timeout=0.5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("proxy did not become healthy in time")
+
+
+@pytest.fixture
+def spawn_proxy(tmp_path: Path) -> Iterator[SpawnProxy]:
+    """Start ``python -m proxy run`` as a real subprocess on free loopback ports."""
+    started: list[ProxyProcess] = []
+
+    def factory(policy: str, *extra: str, wait: bool = True) -> ProxyProcess:
+        path = tmp_path / f"policy-{len(started)}.yaml"
+        path.write_text(policy)
+        port, admin_port = port_for.select_random(), port_for.select_random()
+        command = [
+            sys.executable,
+            "-m",
+            "proxy",
+            "run",
+            "--policy",
+            str(path),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-listen",
+            f"127.0.0.1:{admin_port}",
+            *extra,
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=env
+        )
+        proc = ProxyProcess(process, port, admin_port)
+        started.append(proc)
+        if wait:
+            _wait_ready(proc, time.monotonic() + 20)
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.stop(signal.SIGKILL if proc.process.poll() is None else signal.SIGTERM)
+        if proc.process.stdout:
+            proc.process.stdout.close()
+
+
+__all__ = ["FakeClock", "Origin", "Reply", "RunningProxy", "close_stores"]
