@@ -112,7 +112,7 @@ class RedisStore:
         }
         self._client: Redis | RedisCluster
         if self.cluster:
-            common |= {"max_connections": pool_size, "cluster_error_retry_attempts": 1}
+            common["max_connections"] = pool_size
             if nodes:
                 startup = [ClusterNode(*_host_port(node)) for node in nodes]
                 self._client = RedisCluster(startup_nodes=startup, **common)
@@ -122,7 +122,7 @@ class RedisStore:
             pool = BlockingConnectionPool.from_url(
                 url, max_connections=pool_size, timeout=None, **common
             )
-            self._client = Redis(connection_pool=pool)
+            self._client = Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._closed = False
 
     # ------------------------------------------------------------ key layout
@@ -261,9 +261,13 @@ class RedisStore:
 
     # ------------------------------------------------------------ pub/sub (coalescing)
 
-    def pubsub(self) -> PubSub:
+    async def pubsub(self) -> PubSub:
         """A new PubSub on this backend (cluster: on one node; classic pub/sub spans all)."""
-        return self._client.pubsub()
+        client = self._client
+        if isinstance(client, RedisCluster):
+            # the cluster client learns its slot map on first use; a PubSub needs it now
+            _ = await self._run("pubsub", client.initialize)
+        return client.pubsub()
 
     async def publish(self, channel: str, message: bytes) -> int:
         """Publish ``message``; answers how many subscribers received it."""

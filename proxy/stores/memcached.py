@@ -1,0 +1,395 @@
+"""``MemcachedStore``: a pool of memcached servers on a ketama ring, one aiomcache client each.
+
+It owns key hashing (memcached's 250-byte, no-whitespace keys), chunking of values over
+``item_size_max`` behind a verified manifest, tags as generation counters, best-effort
+leases, and per-server health: a server that fails is skipped for ``node_retry``
+seconds, so its keys miss while the other servers' keys still hit.
+
+aiomcache must never be cancelled mid-call: a cancelled call leaves its reply unread on
+a pooled connection and the next command reads it (another key's value). Every call
+here runs as its own task awaited through ``asyncio.shield``; the guard's deadline
+cancels only the waiter, and the call finishes (or fails) on its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+import aiomcache
+import msgpack
+from uhashring import HashRing
+
+from proxy.clock import Clock, SystemClock
+from proxy.errors import StoreError, StoreUnavailable
+from proxy.stores.base import StoreStats
+
+T = TypeVar("T")
+# memcached's key rule, as aiomcache checks it: no whitespace or control characters
+_KEY_OK: Final = re.compile("[^\\s\x00-\x1f\x7f-\x9f]{1,250}")
+_MAX_KEY: Final = 250
+_CHUNK_HEADROOM: Final = 2048  # item header + key + flags within item_size_max
+_MONTH: Final = 30 * 86400  # memcached reads larger exptimes as unix timestamps
+_INLINE, _MANIFEST = 0, 1
+_CONNECTION_ERRORS: Final = (OSError, EOFError, asyncio.IncompleteReadError)
+
+
+class _NodeDown(Exception):
+    """Internal: the server owning a key is skipped until its retry time."""
+
+
+@dataclass(slots=True)
+class _Node:
+    name: str
+    client: aiomcache.Client
+    down_until: float = 0.0
+    inflight: int = 0
+    last_progress: float = 0.0
+    errors: int = 0
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class MemcachedStore:
+    """A ``Store`` over one or more memcached servers (consistent hashing, no replication)."""
+
+    shared = True
+
+    def __init__(
+        self,
+        name: str,
+        servers: Sequence[str],
+        *,
+        pool_size: int = 8,
+        timeout: float = 0.05,
+        item_size_max: int = 1024**2,
+        key_prefix: str = "",
+        node_retry: float = 5.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if not servers:
+            raise ValueError("at least one memcached server is needed")
+        if key_prefix and (not _KEY_OK.fullmatch(key_prefix) or len(key_prefix.encode()) > 100):
+            raise ValueError("key_prefix must be ≤100 bytes without spaces or control characters")
+        self.name = name
+        self._prefix = key_prefix
+        self._chunk = max(1024, item_size_max - _CHUNK_HEADROOM)
+        self._node_retry = node_retry
+        # a node with calls in flight and no reply for this long is hung: skip it
+        self._stall_after = max(4 * timeout, 0.25)
+        self._clock = clock or SystemClock()
+        self._nodes: dict[str, _Node] = {}
+        for server in dict.fromkeys(servers):
+            host, _, port = server.rpartition(":")
+            client = aiomcache.Client(
+                host.strip("[]"), int(port), pool_size=pool_size, pool_minsize=1
+            )
+            self._nodes[server] = _Node(server, client)
+        self._ring = HashRing(nodes=list(self._nodes), hash_fn="ketama")
+        self._closed = False
+
+    # ------------------------------------------------------------ keys and nodes
+
+    def _mkey(self, kind: str, key: str) -> bytes:
+        full = f"{self._prefix}{kind}{key}"
+        raw = full.encode()
+        if len(raw) <= _MAX_KEY and _KEY_OK.fullmatch(full):
+            return raw
+        return f"{self._prefix}~h:{hashlib.blake2b(raw, digest_size=20).hexdigest()}".encode()
+
+    def _node(self, mkey: bytes) -> _Node:
+        return self._nodes[self._ring.get_node(mkey.decode())]
+
+    def node_of(self, key: str) -> str:
+        """The server that holds ``key`` (for tests and diagnostics)."""
+        return self._node(self._mkey("", key)).name
+
+    def node_health(self) -> dict[str, dict[str, object]]:
+        """Per-server state for ``/readyz`` and metrics."""
+        now = self._clock.monotonic()
+        return {
+            n.name: {"down": self._is_down(n, now), "errors": n.errors, "inflight": n.inflight}
+            for n in self._nodes.values()
+        }
+
+    def _is_down(self, node: _Node, now: float) -> bool:
+        if now < node.down_until:
+            return True
+        return node.inflight > 0 and now - node.last_progress > self._stall_after
+
+    def _exptime(self, ttl: float) -> int:
+        seconds = max(1, math.ceil(ttl))
+        return seconds if seconds <= _MONTH else int(self._clock.time()) + seconds
+
+    # ------------------------------------------------------------ the one call path
+
+    async def _call(
+        self, node: _Node, op: str, fn: Callable[[aiomcache.Client], Awaitable[T]]
+    ) -> T:
+        now = self._clock.monotonic()
+        if self._is_down(node, now):
+            raise _NodeDown(node.name)
+        if node.inflight == 0:
+            node.last_progress = now
+        node.inflight += 1
+        task = asyncio.ensure_future(fn(node.client))
+        node.tasks.add(task)
+        task.add_done_callback(lambda done: self._finished(node, done))
+        try:
+            # shield: a deadline cancels this waiter, never the aiomcache call itself
+            return await asyncio.shield(task)
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailable(self.name, f"{op} on {node.name}: {exc!r}") from exc
+        except aiomcache.exceptions.ClientException as exc:
+            raise StoreError(self.name, f"{op} on {node.name}: {exc}") from exc
+
+    def _finished(self, node: _Node, task: asyncio.Task[Any]) -> None:
+        node.tasks.discard(task)
+        node.inflight -= 1
+        now = self._clock.monotonic()
+        node.last_progress = now
+        if task.cancelled():
+            return
+        exc = task.exception()  # also marks it retrieved when nobody waits any more
+        if isinstance(exc, _CONNECTION_ERRORS):
+            node.errors += 1
+            node.down_until = now + self._node_retry
+        elif exc is None:
+            node.down_until = 0.0
+
+    async def _fetch(self, node: _Node, mkeys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """A multi-get on one server; a skipped server answers nothing (all misses)."""
+        unique = list(dict.fromkeys(mkeys))
+        try:
+            values = await self._call(node, "get", lambda c: c.multi_get(*unique))
+        except _NodeDown:
+            return {}
+        return {k: v for k, v in zip(unique, values, strict=True) if v is not None}
+
+    # ------------------------------------------------------------ tag generations
+
+    async def _generations(self, tags: Sequence[str]) -> dict[str, int | None]:
+        """Current generation of each tag (``None``: unknown, its server skipped or evicted)."""
+        gkeys = {tag: self._mkey("~g:", tag) for tag in tags}
+        by_node: dict[str, list[bytes]] = {}
+        for gkey in gkeys.values():
+            by_node.setdefault(self._node(gkey).name, []).append(gkey)
+        found: dict[bytes, bytes] = {}
+        for part in await asyncio.gather(
+            *(self._fetch(self._nodes[n], ks) for n, ks in by_node.items())
+        ):
+            found.update(part)
+        return {tag: _as_int(found.get(gkey)) for tag, gkey in gkeys.items()}
+
+    async def _ensure_generations(self, tags: Sequence[str]) -> dict[str, int] | None:
+        gens = await self._generations(tags)
+        for tag, gen in gens.items():
+            if gen is not None:
+                continue
+            gkey = self._mkey("~g:", tag)
+            # random start: a counter evicted and re-created never repeats an old value
+            start = secrets.randbits(62)
+            try:
+                added = await self._call(self._node(gkey), "add", _adder(gkey, b"%d" % start, 0))
+            except _NodeDown:
+                return None
+            gens[tag] = start if added else (await self._generations([tag]))[tag]
+        if any(gen is None for gen in gens.values()):
+            return None
+        return {tag: gen for tag, gen in gens.items() if gen is not None}
+
+    # ------------------------------------------------------------ reads
+
+    async def get(self, key: str) -> bytes | None:
+        mkey = self._mkey("", key)
+        node = self._node(mkey)
+        raw = (await self._fetch(node, [mkey])).get(mkey)
+        return None if raw is None else await self._open(node, raw)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        mkeys = [self._mkey("", key) for key in keys]
+        by_node: dict[str, list[bytes]] = {}
+        for mkey in mkeys:
+            by_node.setdefault(self._node(mkey).name, []).append(mkey)
+        found: dict[bytes, bytes] = {}
+        for part in await asyncio.gather(
+            *(self._fetch(self._nodes[n], ks) for n, ks in by_node.items())
+        ):
+            found.update(part)
+
+        async def open_one(mkey: bytes) -> bytes | None:
+            raw = found.get(mkey)
+            return None if raw is None else await self._open(self._node(mkey), raw)
+
+        return list(await asyncio.gather(*(open_one(mkey) for mkey in mkeys)))
+
+    async def _open(self, node: _Node, raw: bytes) -> bytes | None:
+        """The body an envelope holds, or ``None`` when stale by tag, incomplete or foreign."""
+        try:
+            kind, gens, payload = msgpack.unpackb(raw, use_list=True)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return None
+        if gens:
+            current = await self._generations([tag for tag, _ in gens])
+            if any(current.get(tag) != gen for tag, gen in gens):
+                return None  # purged since written (or its counter is gone)
+        if kind == _INLINE and isinstance(payload, bytes):
+            return payload
+        if kind == _MANIFEST:
+            return await self._assemble(node, payload)
+        return None
+
+    async def _assemble(self, node: _Node, manifest: list[Any]) -> bytes | None:
+        nonce, count, size, digest = manifest
+        ckeys = [self._mkey("~c:", f"{nonce}:{i}") for i in range(count)]
+        chunks = await self._fetch(node, ckeys)
+        if len(chunks) != count:
+            return None  # a chunk was evicted or deleted: a miss, never a short body
+        body = b"".join(chunks[k] for k in ckeys)
+        if len(body) != size or hashlib.blake2b(body, digest_size=16).digest() != digest:
+            return None
+        return body
+
+    # ------------------------------------------------------------ writes
+
+    async def set(self, key: str, value: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
+        if ttl <= 0:
+            return
+        gens: list[list[Any]] = []
+        if tags:
+            current = await self._ensure_generations(list(dict.fromkeys(tags)))
+            if current is None:
+                return  # a tag's server is skipped: an unpurgeable entry must not be written
+            gens = [[tag, gen] for tag, gen in current.items()]
+        mkey = self._mkey("", key)
+        node = self._node(mkey)
+        exptime = self._exptime(ttl)
+        envelope: bytes = msgpack.packb([_INLINE, gens, value])
+        if len(envelope) > self._chunk:
+            # chunks first, under fresh keys: a reader sees the new manifest only once
+            # every chunk it names exists, and never mixes two writes' chunks
+            nonce = secrets.token_hex(8)
+            pieces = [value[i : i + self._chunk] for i in range(0, len(value), self._chunk)]
+            digest = hashlib.blake2b(value, digest_size=16).digest()
+            ckeys = [self._mkey("~c:", f"{nonce}:{i}") for i in range(len(pieces))]
+            try:
+                await asyncio.gather(
+                    *(
+                        self._call(node, "set", _setter(k, p, exptime))
+                        for k, p in zip(ckeys, pieces, strict=True)
+                    )
+                )
+            except _NodeDown:
+                return
+            manifest = [nonce, len(pieces), len(value), digest]
+            envelope = msgpack.packb([_MANIFEST, gens, manifest])
+        try:
+            await self._call(node, "set", lambda c: c.set(mkey, envelope, exptime))
+        except _NodeDown:
+            return  # a skipped server: the write is skipped, as any failed write is
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        async def delete_one(mkey: bytes) -> bool:
+            try:
+                return await self._call(self._node(mkey), "delete", lambda c: c.delete(mkey))
+            except _NodeDown as exc:
+                raise StoreUnavailable(self.name, f"delete: {exc} is down") from exc
+
+        mkeys = list(dict.fromkeys(self._mkey("", key) for key in keys))
+        return sum(await asyncio.gather(*(delete_one(mkey) for mkey in mkeys)))
+
+    async def purge_tags(self, tags: Sequence[str]) -> int:
+        async def bump(tag: str) -> None:
+            gkey = self._mkey("~g:", tag)
+            try:
+                await self._call(self._node(gkey), "incr", lambda c: c.incr(gkey))
+            except _NodeDown as exc:
+                raise StoreUnavailable(self.name, f"purge_tags: {exc} is down") from exc
+            except StoreError as exc:
+                # no counter: every entry naming this tag already fails its check
+                if "NOT_FOUND" not in str(exc):
+                    raise
+
+        await asyncio.gather(*(bump(tag) for tag in dict.fromkeys(tags)))
+        return -1  # generations invalidate lazily: nothing here knows how many entries
+
+    # ------------------------------------------------------------ leases
+
+    async def lock(self, key: str, ttl: float) -> str | None:
+        lkey = self._mkey("~l:", key)
+        token = secrets.token_hex(16)
+        try:
+            taken = await self._call(
+                self._node(lkey), "lock", lambda c: c.add(lkey, token.encode(), self._exptime(ttl))
+            )
+        except _NodeDown as exc:
+            raise StoreUnavailable(self.name, f"lock: {exc} is down") from exc
+        return token if taken else None
+
+    async def unlock(self, key: str, token: str) -> bool:
+        # best effort: memcached has no compare-and-delete, so a lease that expired
+        # between the get and the delete could be someone else's by then
+        lkey = self._mkey("~l:", key)
+        node = self._node(lkey)
+        try:
+            held = (await self._fetch(node, [lkey])).get(lkey)
+            if held != token.encode():
+                return False
+            return await self._call(node, "unlock", lambda c: c.delete(lkey))
+        except _NodeDown as exc:
+            raise StoreUnavailable(self.name, f"unlock: {exc} is down") from exc
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def ping(self) -> bool:
+        """True when every server answers; raises when none does."""
+
+        async def one(node: _Node) -> bool:
+            try:
+                await self._call(node, "ping", lambda c: c.version())
+            except (_NodeDown, StoreError):
+                return False
+            return True
+
+        answers = await asyncio.gather(*(one(node) for node in self._nodes.values()))
+        if not any(answers):
+            raise StoreUnavailable(self.name, "no memcached server answers")
+        return all(answers)
+
+    def stats(self) -> StoreStats:
+        return StoreStats()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for node in self._nodes.values():
+            pending = list(node.tasks)
+            for task in pending:
+                task.cancel()  # the clients are being closed: poisoning no longer matters
+            await asyncio.gather(*pending, return_exceptions=True)
+            await node.client.close()
+
+
+def _setter(
+    key: bytes, value: bytes, exptime: int
+) -> Callable[[aiomcache.Client], Awaitable[bool]]:
+    return lambda client: client.set(key, value, exptime)
+
+
+def _adder(key: bytes, value: bytes, exptime: int) -> Callable[[aiomcache.Client], Awaitable[bool]]:
+    return lambda client: client.add(key, value, exptime)
+
+
+def _as_int(raw: bytes | None) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None

@@ -1,0 +1,87 @@
+"""``TieredStore``: a per-process L1 (memory) in front of a shared L2 (Redis or Memcached).
+
+It owns only the layering: read L1, fall through to L2 and fill L1, write both, purge
+both. It keeps no state of its own and never hides an L2 failure (``StoreError`` from
+L2 propagates; the engine treats it as a miss). Cross-replica L1 invalidation is not
+here: until it arrives, ``l1_ttl`` bounds how stale another replica's purge leaves L1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from proxy.stores.base import Store, StoreStats
+
+# L1 copies filled from L2 carry no tags (L2 does not return them), so every tag purge
+# also drops every L2 fill from L1: a few extra L2 reads, never a purged entry served.
+L2_FILL_TAG: Final = "~l2-fill"
+
+
+class TieredStore:
+    """L1 answers hot keys from process memory for at most ``l1_ttl`` seconds."""
+
+    def __init__(self, name: str, l1: Store, l2: Store, l1_ttl: float) -> None:
+        if l1_ttl <= 0:
+            raise ValueError("l1_ttl must be > 0")
+        self.name = name
+        self.l1 = l1
+        self.l2 = l2
+        self.l1_ttl = l1_ttl
+        self.shared = l2.shared
+
+    @property
+    def state(self) -> str:
+        """The L2 breaker's state (what decides whether this store is degraded)."""
+        return str(getattr(self.l2, "state", "closed"))
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self.l1.get(key)
+        if value is not None:
+            return value
+        value = await self.l2.get(key)
+        if value is not None:
+            # the entry's remaining TTL is unknown here; l1_ttl bounds the extra life
+            await self.l1.set(key, value, self.l1_ttl, (L2_FILL_TAG,))
+        return value
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        values = await self.l1.get_many(keys)
+        missing = [i for i, value in enumerate(values) if value is None]
+        if not missing:
+            return values
+        found = await self.l2.get_many([keys[i] for i in missing])
+        for i, value in zip(missing, found, strict=True):
+            if value is not None:
+                values[i] = value
+                await self.l1.set(keys[i], value, self.l1_ttl, (L2_FILL_TAG,))
+        return values
+
+    async def set(self, key: str, value: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
+        await self.l1.set(key, value, min(ttl, self.l1_ttl), tags)
+        await self.l2.set(key, value, ttl, tags)
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        # L1 first: it cannot fail, and a failing L2 must not leave L1 serving the entry
+        await self.l1.delete(keys)
+        return await self.l2.delete(keys)
+
+    async def purge_tags(self, tags: Sequence[str]) -> int:
+        await self.l1.purge_tags([*tags, L2_FILL_TAG])
+        return await self.l2.purge_tags(tags)
+
+    async def lock(self, key: str, ttl: float) -> str | None:
+        return await self.l2.lock(key, ttl)
+
+    async def unlock(self, key: str, token: str) -> bool:
+        return await self.l2.unlock(key, token)
+
+    async def ping(self) -> bool:
+        return await self.l1.ping() and await self.l2.ping()
+
+    def stats(self) -> StoreStats:
+        return self.l1.stats()
+
+    async def aclose(self) -> None:
+        await self.l1.aclose()
+        await self.l2.aclose()

@@ -1,0 +1,201 @@
+"""RedisStore against a real redis-server: entries, TTLs, tags, leases, URLs, errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from proxy.errors import StoreError, StoreUnavailable
+from proxy.stores.base import Store
+from proxy.stores.redis import RedisStore, hash_tag
+
+BINARY = bytes(range(256)) * 64 + b"\x00\r\n\xff" + os.urandom(4096)
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore("r", redis_url, key_prefix="t1:")
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def test_satisfies_the_protocol(redis_url: str) -> None:
+    assert isinstance(RedisStore("r", redis_url), Store)
+
+
+@pytest.mark.parametrize(
+    ("key", "tag"),
+    [("sc:{products}:ab12", "products"), ("plain", None), ("{}x", None), ("a{b}{c}", "b")],
+)
+def test_hash_tag_follows_redis_rules(key: str, tag: str | None) -> None:
+    assert hash_tag(key) == tag
+
+
+async def test_miss_then_hit(store: RedisStore) -> None:
+    assert await store.get("sc:{r}:1") is None
+    await store.set("sc:{r}:1", b"body", 30)
+    assert await store.get("sc:{r}:1") == b"body"
+
+
+async def test_binary_values_are_intact(store: RedisStore) -> None:
+    await store.set("sc:{r}:bin", BINARY, 30)
+    assert await store.get("sc:{r}:bin") == BINARY
+
+
+async def test_ttl_is_set_on_the_server_in_the_same_write(store: RedisStore, raw: Redis) -> None:
+    await store.set("sc:{r}:ttl", b"v", 12.5, tags=["t"])
+    await store.set("sc:{r}:ttl2", b"v", 3)
+    assert 12_000 < await raw.pttl("t1:sc:{r}:ttl") <= 12_500
+    assert 2_000 < await raw.pttl("t1:sc:{r}:ttl2") <= 3_000
+    # tag set and tag directory expire too, no sooner than their longest member
+    assert 12_000 < await raw.pttl("t1:~t:{r}:t") <= 12_500
+    assert 12_000 < await raw.pttl("t1:~td:t") <= 12_500
+
+
+async def test_entries_expire_on_the_server(store: RedisStore) -> None:
+    await store.set("sc:{r}:short", b"v", 0.2)
+    assert await store.get("sc:{r}:short") == b"v"
+    import asyncio
+
+    await asyncio.sleep(0.35)
+    assert await store.get("sc:{r}:short") is None
+
+
+async def test_key_prefix_and_keys_without_hash_tag(store: RedisStore, raw: Redis) -> None:
+    await store.set("plain key", b"v", 30, tags=["x"])
+    keys = {k.decode() for k in await raw.keys("*")}
+    entry = next(k for k in keys if k.endswith("plain key"))
+    assert entry.startswith("t1:{")
+    assert hash_tag(entry) is not None
+    # the tag set shares the entry's hash tag, so both live in one cluster slot
+    assert f"t1:~t:{{{hash_tag(entry)}}}:x" in keys
+    assert await store.get("plain key") == b"v"
+
+
+async def test_get_many_keeps_order_and_misses(store: RedisStore) -> None:
+    await store.set("sc:{a}:1", b"one", 30)
+    await store.set("sc:{b}:2", b"two", 30)
+    assert await store.get_many(["sc:{b}:2", "nope", "sc:{a}:1"]) == [b"two", None, b"one"]
+    assert await store.get_many([]) == []
+
+
+async def test_delete_counts(store: RedisStore) -> None:
+    await store.set("sc:{a}:1", b"one", 30)
+    await store.set("sc:{b}:2", b"two", 30)
+    assert await store.delete(["sc:{a}:1", "sc:{b}:2", "sc:{c}:3"]) == 2
+    assert await store.get("sc:{a}:1") is None
+
+
+async def test_purge_tags_across_routes(store: RedisStore) -> None:
+    await store.set("sc:{products}:1", b"p1", 30, tags=["product:1", "all"])
+    await store.set("sc:{products}:2", b"p2", 30, tags=["product:2", "all"])
+    await store.set("sc:{search}:9", b"s", 30, tags=["product:1"])
+    await store.set("sc:{other}:0", b"o", 30)
+    assert await store.purge_tags(["product:1"]) == 2
+    assert await store.get("sc:{products}:1") is None
+    assert await store.get("sc:{search}:9") is None
+    assert await store.get("sc:{products}:2") == b"p2"
+    assert await store.purge_tags(["all", "product:1", "never-used"]) == 1
+    assert await store.get("sc:{products}:2") is None
+    assert await store.get("sc:{other}:0") == b"o"
+    assert await store.purge_tags([]) == 0
+
+
+async def test_tags_are_anchored_names(store: RedisStore) -> None:
+    # purging "/a" must not touch entries tagged "/a/b" or "x/a" (no prefix/regex matching)
+    await store.set("sc:{r}:1", b"1", 30, tags=["/a"])
+    await store.set("sc:{r}:2", b"2", 30, tags=["/a/b"])
+    await store.set("sc:{r}:3", b"3", 30, tags=["x/a"])
+    assert await store.purge_tags(["/a"]) == 1
+    assert await store.get_many(["sc:{r}:1", "sc:{r}:2", "sc:{r}:3"]) == [None, b"2", b"3"]
+
+
+async def test_rewrite_after_purge_is_indexed_again(store: RedisStore) -> None:
+    await store.set("sc:{r}:1", b"old", 30, tags=["t"])
+    assert await store.purge_tags(["t"]) == 1
+    await store.set("sc:{r}:1", b"new", 30, tags=["t"])
+    assert await store.purge_tags(["t"]) == 1
+    assert await store.get("sc:{r}:1") is None
+
+
+async def test_lock_is_exclusive_and_fenced(store: RedisStore, raw: Redis) -> None:
+    token = await store.lock("sc:{r}:1", 5)
+    assert token is not None
+    assert await store.lock("sc:{r}:1", 5) is None
+    assert 4_000 < await raw.pttl("t1:~l:{r}:sc:{r}:1") <= 5_000
+    assert await store.unlock("sc:{r}:1", "not-the-token") is False
+    assert await store.lock("sc:{r}:1", 5) is None
+    assert await store.unlock("sc:{r}:1", token) is True
+    assert await store.unlock("sc:{r}:1", token) is False
+    again = await store.lock("sc:{r}:1", 5)
+    assert again is not None
+    assert again != token
+    # a lease never shadows the entry it guards
+    assert await store.get("sc:{r}:1") is None
+
+
+async def test_two_clients_share_entries(redis_url: str) -> None:
+    one, two = RedisStore("a", redis_url), RedisStore("b", redis_url)
+    try:
+        await one.set("sc:{r}:shared", b"v", 30)
+        assert await two.get("sc:{r}:shared") == b"v"
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+async def test_unix_socket_url(redis_unix_url: str) -> None:
+    store = RedisStore("u", redis_unix_url)
+    try:
+        await store.set("sc:{r}:u", b"v", 30)
+        assert await store.get("sc:{r}:u") == b"v"
+        assert await store.ping() is True
+    finally:
+        await store.aclose()
+
+
+async def test_pubsub_round_trip(store: RedisStore) -> None:
+    pubsub = await store.pubsub()
+    try:
+        await pubsub.subscribe("sc:filled")
+        assert await store.publish("sc:filled", b"sc:{r}:1") == 1
+        message = None
+        while message is None:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        assert message["data"] == b"sc:{r}:1"
+    finally:
+        await pubsub.aclose()
+
+
+async def test_unreachable_server_raises_store_unavailable() -> None:
+    store = RedisStore("down", "redis://127.0.0.1:1/0", connect_timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.get("sc:{r}:1")
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+    finally:
+        await store.aclose()
+
+
+async def test_server_errors_become_store_errors(store: RedisStore, raw: Redis) -> None:
+    await raw.sadd("t1:sc:{r}:wrongtype", "x")
+    with pytest.raises(StoreError) as caught:
+        await store.get("sc:{r}:wrongtype")
+    assert caught.value.backend == "r"
+    assert "WRONGTYPE" in str(caught.value)
+
+
+def test_prefix_with_braces_is_refused() -> None:
+    with pytest.raises(ValueError, match="braces"):
+        RedisStore("r", key_prefix="{x}:")
