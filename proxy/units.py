@@ -5,13 +5,15 @@ Pure functions; they raise ``ValueError`` with a message fit for a policy error.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Final
 
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# re.ASCII: \d must not admit other scripts' digits, which float() would then accept.
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.ASCII)
 _DURATION_FACTORS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
-_SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE | re.ASCII)
 _SIZE_FACTORS: Final = {
     "b": 1,
     "kb": 1000,
@@ -32,14 +34,14 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
+        return _finite(value, "duration")
     if not isinstance(value, str):
         raise ValueError(f"expected a duration like 30s, 5m, 1h, not {value!r}")
     found = _DURATION.match(value)
     if found is None:
         raise ValueError(f"invalid duration {value!r}: use 250ms, 30s, 5m, 1h, 1d or seconds")
     number, unit = found.groups()
-    return float(number) * _DURATION_FACTORS[unit or "s"]
+    return _finite(float(number) * _DURATION_FACTORS[unit or "s"], "duration")
 
 
 def parse_size(value: object) -> int:
@@ -56,7 +58,19 @@ def parse_size(value: object) -> int:
     if found is None:
         raise ValueError(f"invalid size {value!r}: use 512KiB, 64MiB, 1GB or bytes")
     number, unit = found.groups()
-    return int(float(number) * _SIZE_FACTORS[(unit or "b").lower()])
+    return int(_finite(float(number) * _SIZE_FACTORS[(unit or "b").lower()], "size"))
+
+
+def _finite(number: float, what: str) -> float:
+    # NaN passes a ``< 0`` check, and huge digit strings overflow to inf (or, as ints,
+    # raise OverflowError in float()): neither is a usable TTL or bound.
+    try:
+        result = float(number)
+    except OverflowError:
+        result = math.inf
+    if not math.isfinite(result):
+        raise ValueError(f"a {what} must be a finite number, not {number!r:.40}")
+    return result
 
 
 def format_duration(seconds: float) -> str:
