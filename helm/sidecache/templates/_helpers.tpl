@@ -44,7 +44,7 @@ app.kubernetes.io/managed-by: {{ .top.Release.Service }}
 {{- if $image.digest -}}
 {{- printf "%s@%s" $image.repository $image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $image.repository (default .top.Chart.AppVersion $image.tag | toString) -}}
+{{- printf "%s:%s" $image.repository ($image.tag | toString) -}}
 {{- end -}}
 {{- end -}}
 
