@@ -76,7 +76,7 @@ def test_included_sidecar(docs: list[dict[str, Any]]) -> None:
     assert policy["backends"]["local"]["max_size"] == "128MiB"
     assert "checksum/policy" in pod["metadata"]["annotations"]
     # The Service reaches the app through the cache.
-    assert by_kind["Service"]["spec"]["ports"][0]["targetPort"] == "sidecache"
+    assert by_kind["Service"]["spec"]["ports"][0]["targetPort"] == 8080
     assert {"name": "sidecache", "containerPort": 8080, "protocol": "TCP"} in sidecar["ports"]
 
 

@@ -80,8 +80,9 @@ def test_proxy_port_and_service(rendered) -> None:
     port = rendered.merged_values["sidecar"]["port"]
     assert port_number(sidecar, "sidecache") == port
     assert flag(sidecar["args"], "--listen") == f"0.0.0.0:{port}"
-    # The Service sends clients to the cache, never straight to the app.
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["sidecache"]
+    # The Service sends clients to the cache, never straight to the app; by number, since
+    # Services resolve named ports of native sidecars only from Kubernetes 1.32.
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [port]
     assert service["spec"]["selector"].items() <= rendered.pod["metadata"]["labels"].items()
 
 
@@ -258,7 +259,7 @@ def test_monitors_select_the_admin_port(render) -> None:
     matched = [s for s in out.all("Service") if selector.items() <= s["metadata"]["labels"].items()]
     assert len(matched) == 1, "the ServiceMonitor must select only the metrics Service"
     (metrics_port,) = matched[0]["spec"]["ports"]
-    assert metrics_port["targetPort"] == "sidecache-admin"
+    assert metrics_port["targetPort"] == 9090
     assert out.one("ServiceMonitor")["spec"]["endpoints"][0]["port"] == metrics_port["name"]
     assert matched[0]["spec"]["selector"].items() <= pod_labels.items()
 
