@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+import math
+import random
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -130,6 +132,7 @@ class Fill:
     entry: CachedResponse | None  # stored (or storable) response, shareable with followers
     live: ProxyResponse | None = None  # the leader's own answer when not shareable
     status: int = 0
+    collapsed: bool = False  # filled by another replica's leader (cross-replica lock)
 
 
 class Engine:
@@ -212,6 +215,10 @@ class Engine:
             )
             if usability in (Usability.FRESH, Usability.STALE_ALLOWED):
                 label = "HIT" if usability is Usability.FRESH else "STALE"
+                if route.config.early_refresh is not None and _refresh_early(
+                    entry, now, route.config.early_refresh.beta
+                ):
+                    self._refresh_in_background(ex, route, params, key, entry_key, store, entry)
                 return self._from_cache(ex, route, entry, now, label, "hit")
             stale = entry
             if usability is Usability.STALE and self._within_swr(entry, now):
@@ -287,7 +294,7 @@ class Engine:
                 return await self._own_fill(ex, route, params, key, store, stale)
             if flight is None:
                 task = self.coalescer.lead(
-                    key, lambda: self._fill(ex, route, params, key, store, stale)
+                    key, lambda: self._fill_locked(ex, route, params, key, store, stale)
                 )
                 fill = await _claim(task)
                 return self._deliver(ex, route, fill, key)
@@ -311,7 +318,65 @@ class Engine:
                 self.coalescer.mark_uncacheable(key, route.config.coalesce.hit_for_miss)
             return fill.live
         assert fill.entry is not None
+        if fill.collapsed:
+            return self._from_cache(ex, route, fill.entry, self.clock.time(), "HIT", "collapsed")
         return self._from_cache(ex, route, fill.entry, self.clock.time(), "MISS", "stored")
+
+    async def _fill_locked(
+        self,
+        ex: Exchange,
+        route: Route,
+        params: dict[str, str],
+        key: str,
+        store: Store,
+        stale: CachedResponse | None,
+        *,
+        wait: bool = True,
+    ) -> Fill:
+        """Cross-replica single-flight on a shared store: the replica holding the lease
+        (``SET NX PX`` with a token) fetches; the others wait for its entry, polling
+        with backoff up to ``coalesce.timeout``, then fetch themselves. A leader that
+        dies blocks nobody longer than its lease. Without ``wait`` (background
+        refreshes), a replica that does not get the lease leaves the work to its holder.
+        """
+        cfg = route.config
+        if not store.shared or not cfg.coalesce.enabled:
+            return await self._fill(ex, route, params, key, store, stale)
+        lease = cfg.coalesce.timeout
+        deadline = self.clock.monotonic() + lease
+        delay = 0.005
+        while True:
+            try:
+                token = await store.lock(key, lease)
+            except StoreError:
+                return await self._fill(ex, route, params, key, store, stale)
+            if token is not None:
+                try:
+                    fill = await self._fill(ex, route, params, key, store, stale)
+                    if fill.entry is None and 0 < fill.status < 500:
+                        await _quiet(store.set(key + _HFM, b"1", cfg.coalesce.hit_for_miss))
+                    return fill
+                finally:
+                    await _quiet(store.unlock(key, token))
+            if not wait:
+                return Fill(None, None, 0)
+            if self.clock.monotonic() >= deadline:
+                return await self._fill(ex, route, params, key, store, stale)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            try:
+                found = await self._lookup(store, key, ex)
+                marked = await store.get(key + _HFM)
+            except StoreError:
+                return await self._fill(ex, route, params, key, store, stale)
+            entry = found[0] if found is not None else None
+            newer = entry is not None and (
+                stale is None or entry.response_time > stale.response_time
+            )
+            if entry is not None and newer and entry.age(self.clock.time()) < entry.lifetime:
+                return Fill(entry, None, entry.status, collapsed=True)
+            if marked is not None:
+                return await self._fill(ex, route, params, key, store, stale)
 
     async def _fill(
         self,
@@ -488,7 +553,8 @@ class Engine:
         async def refresh() -> None:
             try:
                 task = self.coalescer.lead(
-                    key, lambda: self._fill(ex, route, params, key, store, stale)
+                    key,
+                    lambda: self._fill_locked(ex, route, params, key, store, stale, wait=False),
                 )
                 fill = await task
                 if fill.live is not None and fill.live.stream is not None:
@@ -648,6 +714,13 @@ class Engine:
 # ---------------------------------------------------------------------- helpers
 
 
+def _refresh_early(entry: CachedResponse, now: float, beta: float) -> bool:
+    """XFetch (Vattani et al., "Optimal probabilistic cache stampede prevention"): refresh
+    before expiry with a probability that rises as expiry nears and with the fetch cost."""
+    cost = max(entry.response_time - entry.request_time, 0.001)
+    return entry.age(now) - cost * beta * math.log(random.random() or 1e-12) >= entry.lifetime
+
+
 def _cache_headers(label: str, status: str) -> list[tuple[str, str]]:
     return [("X-Cache", label), ("Cache-Status", f"sidecache; {status}")]
 
@@ -745,6 +818,15 @@ async def _claim(task: asyncio.Task[Fill]) -> Fill:
 
 
 _DRAINS: set[asyncio.Future[None]] = set()
+_HFM: Final = ":hfm"  # suffix of hit-for-miss marker keys on shared stores
+
+
+async def _quiet(operation: Awaitable[object]) -> None:
+    """A best-effort store call: a failure is the store's breaker's business."""
+    try:
+        await operation
+    except StoreError as exc:
+        log.debug("store call failed: %s", exc)
 
 
 async def _drain(stream: AsyncIterator[bytes]) -> None:

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ class Origin:
         self.seen_headers: list[dict[str, str]] = []
         self.replies: dict[str, Reply | Handler] = {}
         self.url = ""
+        # When a test moves time with a FakeClock, the origin's Date follows it, as a
+        # real origin's clock agrees with the proxy's.
+        self.clock: Clock | None = None
 
     def reply(self, path: str, reply: Reply | Handler | None = None, **kwargs: Any) -> None:
         self.replies[path] = reply if reply is not None else Reply(**kwargs)
@@ -76,6 +80,8 @@ class Origin:
         if body is None:
             body = f'{{"path": "{request.path_qs}", "hit": {self.hits[request.path]}}}'.encode()
         headers = {"Content-Type": "application/json", **reply.headers}
+        if self.clock is not None and "Date" not in headers:
+            headers["Date"] = formatdate(self.clock.time(), usegmt=True)
         return web.Response(status=reply.status, body=body, headers=headers)
 
 
@@ -130,7 +136,9 @@ async def make_proxy(origin: Origin) -> AsyncIterator[MakeProxy]:
         server = loaded.policy.server
         handler = ProxyHandler(engine, Limits(server.max_body_size, server.max_header_size))
         raw = RawTestServer(handler, access_log=None, handler_cancellation=False)
-        client: TestClient[Any, Any] = TestClient(raw)
+        # no connection cap: concurrency tests must reach the proxy all at once
+        connector = aiohttp.TCPConnector(limit=0)
+        client: TestClient[Any, Any] = TestClient(raw, connector=connector)
         await client.start_server()
         running.append((client, engine, stores))
         return RunningProxy(client, engine, stores, clock or engine.clock)
@@ -143,8 +151,10 @@ async def make_proxy(origin: Origin) -> AsyncIterator[MakeProxy]:
 
 
 @pytest.fixture
-def fake_clock() -> FakeClock:
-    return FakeClock(start=time.time())
+def fake_clock(origin: Origin) -> FakeClock:
+    clock = FakeClock(start=time.time())
+    origin.clock = clock
+    return clock
 
 
 # ---------------------------------------------------------------- subprocess proxy
