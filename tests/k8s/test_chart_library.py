@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from .chart import CHART, REPO, container, render_chart
-from .test_chart_manifests import validate
+from .manifests import validate
 
 DOC: Final = REPO / "docs" / "kubernetes.md"
 _BLOCK: Final = re.compile(r"^```yaml\n# (\S+)\n(.*?)^```$", re.M | re.S)
