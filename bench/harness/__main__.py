@@ -53,8 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-duration", type=float, default=5.0)
     p.add_argument("--clients", type=int, default=200, help="stampede: concurrent clients")
     p.add_argument("--origin-delay", type=float, default=0.3, help="stampede: origin latency")
-    p.add_argument("--hot-ttl", type=int, default=1, help="stampede: max-age of the hot key")
+    p.add_argument("--hot-ttl", type=int, default=2, help="stampede: max-age of the hot key")
     p.add_argument("--stampede-duration", type=float, help="default: --duration")
+    p.add_argument(
+        "--rev",
+        help="benchmark proxy/ as of this git revision (git archive) instead of the working tree",
+    )
     p.add_argument("--json", type=Path, help="also write the raw results here")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
@@ -70,21 +74,20 @@ def _version(argv: list[str]) -> str:
     return (done.stdout + done.stderr).strip().splitlines()[0]
 
 
-def machine() -> dict[str, str]:
+def machine(rev: str | None) -> dict[str, str]:
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    commit = subprocess.run(
-        ["git", "-C", str(servers.REPO), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    git = ["git", "-C", str(servers.REPO)]
+    git += ["rev-parse", "--short", rev] if rev else ["describe", "--always", "--dirty"]
+    commit = subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
+    commit += " (git archive)" if rev else " (working tree)"
     return {
         "cpu": f"{cpu} × {os.cpu_count()}",
         "kernel": platform.release(),
+        "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "python": platform.python_version(),
         "aiohttp / uvloop": f"{aiohttp.__version__} / {uvloop.__version__}",
         "sidecache commit": commit,
@@ -118,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir.chmod(0o755)  # nginx and Varnish workers run as unprivileged users
     sup = Supervisor(workdir)
     lab = Lab(sup, origin_kind=args.origin, have_varnish="varnishd" not in missing)
-    info = machine()
+    info = machine(args.rev)
     results: dict[str, object] = {"machine": info, "argv": sys.argv[1:]}
     out = ["## Machine", "", *(f"- {k}: {v}" for k, v in info.items()), ""]
     started = time.monotonic()
     try:
+        if args.rev:
+            lab.sidecache_src = servers.checkout(sup, args.rev)
         if "throughput" in args.scenarios and rows:
             load = throughput.Load(args.threads, args.connections, args.duration)
             print(f"throughput: {len(rows)} rows × {args.rounds} rounds", file=sys.stderr)
@@ -152,15 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                 lab, cases, args.clients, duration, args.origin_delay, args.hot_ttl
             )
             out += [
-                f"## Stampede ({args.clients} clients, one key with max-age={args.hot_ttl}, "
+                f"## Stampede ({args.clients} clients, max-age={args.hot_ttl}, "
                 f"origin latency {args.origin_delay * 1000:.0f} ms, {duration:g} s)",
                 "",
                 stampede.stampede_table(res),
             ]
-            results["stampede"] = [
-                {**asdict(r), "case": r.case.key, "wrk": asdict(r.wrk) if r.wrk else None}
-                for r in res
-            ]
+            results["stampede"] = [{**asdict(r), "case": r.case.key} for r in res]
     finally:
         sup.stop_all()
         if args.keep:

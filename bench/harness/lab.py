@@ -8,6 +8,7 @@ with its error, so its rows report the failure and the rest of the run goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness import servers
 from harness.procs import Proc, StartError, Supervisor
@@ -19,6 +20,7 @@ class Lab:
     sup: Supervisor
     origin_kind: str = "nginx"  # what the throughput rows use as their origin
     have_varnish: bool = True
+    sidecache_src: Path = servers.REPO  # the source tree sidecache runs from
     started: dict[str, Server] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     _stores: dict[str, tuple[Proc, int]] = field(default_factory=dict)
@@ -76,4 +78,4 @@ class Lab:
             proc, memcached_port = self.store("memcached")
             stores.append(proc)
         policy = servers.sidecache_policy(self.origin(), store, redis_port, memcached_port)
-        return servers.start_sidecache(self.sup, key, policy, workers, stores)
+        return servers.start_sidecache(self.sup, key, policy, workers, stores, self.sidecache_src)

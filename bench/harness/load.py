@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +34,18 @@ class WrkResult:
 
 
 def run_wrk(
-    url: str, threads: int, connections: int, duration: float, timeout: float = 5.0
+    url: str,
+    threads: int,
+    connections: int,
+    duration: float,
+    timeout: float = 5.0,
+    cold_prefix: str | None = None,
 ) -> WrkResult:
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s"]
     argv += [f"--timeout={timeout:g}s", "-s", str(REPORT_LUA), url]
+    env = {**os.environ, "BENCH_COLD_PREFIX": cold_prefix} if cold_prefix else None
     done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=duration + timeout + 30, check=False
+        argv, capture_output=True, text=True, timeout=duration + timeout + 30, check=False, env=env
     )
     for line in done.stdout.splitlines():
         if line.startswith("WRKJSON "):

@@ -3,7 +3,8 @@
 Serves a JSON body for any path: 64 KB when the path contains ``kb64``, else ~1 KB.
 Paths under ``--slow-prefix`` wait ``--delay`` seconds and carry ``max-age=--slow-max-age``;
 the rest answer at once with ``max-age=--max-age``. Every request's arrival time is
-recorded per path: ``GET /__stats?path=P`` returns them, ``POST /__reset`` clears them.
+recorded per path: ``GET /__stats?prefix=P`` returns them for the paths under P,
+``GET /__reset`` clears them.
 
 Run: ``python -m harness.origin_app --port 8000``.
 """
@@ -40,10 +41,11 @@ class Origin:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
         if path == "/__stats":
-            times = self.arrivals.get(request.query.get("path", ""), [])
+            prefix = request.query.get("prefix", "\0")
+            paths = {p: t for p, t in self.arrivals.items() if p.startswith(prefix)}
             total = sum(len(v) for v in self.arrivals.values())
             return web.Response(
-                body=json.dumps({"times": times, "total": total}).encode(),
+                body=json.dumps({"paths": paths, "total": total}).encode(),
                 content_type="application/json",
             )
         if path == "/__reset":

@@ -49,6 +49,12 @@ class Proc:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def failure(self, what: str) -> StartError:
+        """A StartError whose first line ends with the log's last line (the exception)."""
+        tail = self.log_tail()
+        last = tail.splitlines()[-1] if tail else "(no output)"
+        return StartError(f"{self.name} {what}: {last}\n{tail}")
+
 
 @dataclass
 class Supervisor:
@@ -68,7 +74,13 @@ class Supervisor:
                 self._ports.add(port)
                 return port
 
-    def start(self, name: str, argv: Sequence[str], cwd: Path | None = None) -> Proc:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
@@ -77,6 +89,7 @@ class Supervisor:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=cwd or self.workdir,
+                env=env,
                 # Own session: Ctrl-C in the terminal does not reach it, and the whole
                 # tree (nginx workers, sidecache workers) is signalled as one group.
                 start_new_session=True,
@@ -110,13 +123,13 @@ def wait_tcp(proc: Proc, port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.is_alive():
-            raise StartError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.log_tail()}")
+            raise proc.failure(f"exited ({proc.popen.returncode})")
         with socket.socket() as sock:
             sock.settimeout(0.5)
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.05)
-    raise StartError(f"{proc.name} not listening on {port} after {timeout}s:\n{proc.log_tail()}")
+    raise proc.failure(f"not listening on {port} after {timeout}s")
 
 
 def wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
@@ -125,7 +138,7 @@ def wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
     last = ""
     while time.monotonic() < deadline:
         if not proc.is_alive():
-            raise StartError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.log_tail()}")
+            raise proc.failure(f"exited ({proc.popen.returncode})")
         try:
             with urllib.request.urlopen(url, timeout=1.0) as resp:
                 if resp.status == 200:
@@ -134,7 +147,7 @@ def wait_http(proc: Proc, url: str, timeout: float = 30.0) -> None:
         except (OSError, urllib.error.URLError) as exc:
             last = str(exc)
         time.sleep(0.1)
-    raise StartError(f"{proc.name}: {url} not 200 after {timeout}s ({last}):\n{proc.log_tail()}")
+    raise proc.failure(f"{url} not 200 after {timeout}s ({last})")
 
 
 # ---------------------------------------------------------------- /proc

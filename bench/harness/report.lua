@@ -1,5 +1,14 @@
--- wrk reporter: one JSON line with the exact counts and latency percentiles (µs).
--- Only done() is defined, so wrk keeps its fast path for requests and responses.
+-- wrk script: one JSON line with the exact counts and latency percentiles (µs) at the end.
+-- With BENCH_COLD_PREFIX set, every request goes to PREFIX<unix second>.json: a key no
+-- client has fetched before, every second (the stampede scenario's cold keys). Without
+-- it no request() is defined, so wrk keeps its fast path.
+local prefix = os.getenv("BENCH_COLD_PREFIX")
+if prefix then
+  request = function()
+    return wrk.format("GET", prefix .. os.time() .. ".json")
+  end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -254,12 +254,27 @@ def sidecache_policy(
     }
 
 
+def checkout(sup: Supervisor, rev: str) -> Path:
+    """``proxy/`` as of ``rev``, extracted with ``git archive`` (the repository is not touched).
+
+    The working tree is shared with people editing it: a revision gives a stable subject.
+    """
+    src = sup.workdir / "src"
+    src.mkdir(exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "proxy"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    return src
+
+
 def start_sidecache(
     sup: Supervisor,
     key: str,
     policy: dict[str, object],
     workers: int,
     stores: list[Proc] | None = None,
+    src: Path = REPO,
 ) -> Server:
     port, admin = sup.free_port(), sup.free_port()
     path = sup.workdir / f"{key}.policy.yaml"
@@ -268,7 +283,9 @@ def start_sidecache(
     argv += ["--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    proc = sup.start(key, argv, cwd=REPO)
+    # ``python -m proxy`` imports from the working directory first: the tree under test.
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = sup.start(key, argv, cwd=src, env=env)
     wait_http(proc, f"http://127.0.0.1:{admin}/healthz")
     wait_tcp(proc, port)
     return Server(key, f"http://127.0.0.1:{port}", proc, stores or [])

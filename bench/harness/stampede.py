@@ -2,8 +2,9 @@
 
 The origin (``origin_app``) answers ``/stampede/*`` after ``delay`` seconds with
 ``max-age=ttl`` and records each request's arrival. wrk keeps ``clients`` connections
-busy on the key; afterwards the arrivals are grouped into expiries (a new group starts
-after a quiet gap of half the TTL) and the table gives origin requests per expiry.
+busy on one hot key; afterwards the arrivals are grouped into expiries (a new group
+starts after a quiet gap of half the TTL): origin requests per expiry. A second pass
+("cold") moves all clients to a never-seen key every second: origin requests per key.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from harness.load import WrkResult, fetch, run_wrk
 from harness.procs import StartError
 from harness.servers import Server
 
+MODES = ("expiring", "cold")
 LOCK = "proxy_cache_lock on; proxy_cache_lock_timeout 5s;"
 STALE = "proxy_cache_use_stale updating; proxy_cache_background_update on;"
 
@@ -48,7 +50,7 @@ def _sidecache(store: str, workers: int, swr: bool = False) -> Callable[[Lab, Se
                 {"name": "hot", "match": {"prefix": "/stampede/"}, "stale_while_revalidate": "30s"}
             )
         policy = servers.sidecache_policy(origin, store, redis_port, None, routes)
-        return servers.start_sidecache(lab.sup, key, policy, workers, stores)
+        return servers.start_sidecache(lab.sup, key, policy, workers, stores, lab.sidecache_src)
 
     return start
 
@@ -82,10 +84,11 @@ CASES = (
 @dataclass
 class StampedeResult:
     case: Case
+    mode: str  # "expiring": one hot key; "cold": a new key every second
     wrk: WrkResult | None = None
-    expiries: int = 0
+    events: int = 0  # expiries of the hot key, or cold keys requested
     origin_requests: int = 0
-    max_per_expiry: int = 0
+    max_per_event: int = 0
     error: str = ""
 
 
@@ -101,37 +104,54 @@ def group_expiries(times: Sequence[float], gap: float) -> list[int]:
     return sizes
 
 
-def _arrivals(origin: Server, path: str) -> list[float]:
-    with urllib.request.urlopen(f"{origin.url}/__stats?path={path}", timeout=5) as resp:
-        return list(json.loads(resp.read())["times"])
+def _arrivals(origin: Server, prefix: str) -> dict[str, list[float]]:
+    url = f"{origin.url}/__stats?prefix={prefix}"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return dict(json.loads(resp.read())["paths"])
+
+
+def _drive(
+    origin: Server, server: Server, result: StampedeResult, load: tuple[int, float], ttl: float
+) -> None:
+    clients, duration = load
+    base = f"/stampede/{result.case.key}-{result.mode}"
+    hot = base + ".json"
+    if result.mode == "expiring":
+        status, _, _ = fetch(server.url + hot)  # the cold miss: not part of the count
+        if status != 200:
+            result.error = f"warm-up: status {status}"
+            return
+    start = time.monotonic()  # CLOCK_MONOTONIC: the origin's clock too
+    cold = base + "-" if result.mode == "cold" else None
+    result.wrk = run_wrk(server.url + hot, 2, clients, duration, timeout=10, cold_prefix=cold)
+    seen = {p: [t for t in ts if t >= start] for p, ts in _arrivals(origin, base).items()}
+    if result.mode == "expiring":
+        sizes = group_expiries(seen.get(hot, []), ttl / 2)
+    else:
+        sizes = [len(ts) for p, ts in seen.items() if p != hot and ts]
+    result.events, result.origin_requests = len(sizes), sum(sizes)
+    result.max_per_event = max(sizes, default=0)
 
 
 def run_case(
-    lab: Lab, origin: Server, case: Case, clients: int, duration: float, ttl: float
-) -> StampedeResult:
-    result = StampedeResult(case)
-    path = f"/stampede/{case.key}.json"
+    lab: Lab, origin: Server, case: Case, load: tuple[int, float], ttl: float
+) -> list[StampedeResult]:
+    results = [StampedeResult(case, mode) for mode in MODES]
     try:
         server = case.start(lab, origin, case.key)
     except (StartError, OSError) as exc:
-        result.error = f"not started: {type(exc).__name__}: {exc}"
-        return result
+        for result in results:
+            result.error = f"not started: {type(exc).__name__}: {exc}"
+        return results
     try:
-        status, _, _ = fetch(server.url + path)  # the cold miss: not part of the count
-        if status != 200:
-            result.error = f"warm-up: status {status}"
-            return result
-        start = time.monotonic()  # CLOCK_MONOTONIC: the origin's clock too
-        result.wrk = run_wrk(server.url + path, 2, clients, duration, timeout=10)
-        times = [t for t in _arrivals(origin, path) if t >= start]
-        sizes = group_expiries(times, ttl / 2)
-        result.expiries, result.origin_requests = len(sizes), len(times)
-        result.max_per_expiry = max(sizes, default=0)
-    except (OSError, RuntimeError, ValueError) as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
+        for result in results:
+            try:
+                _drive(origin, server, result, load, ttl)
+            except (OSError, RuntimeError, ValueError) as exc:
+                result.error = f"{type(exc).__name__}: {exc}"
     finally:
         lab.sup.stop(server.proc)
-    return result
+    return results
 
 
 def run_stampede(
@@ -140,41 +160,40 @@ def run_stampede(
     origin = servers.start_aiohttp_origin(lab.sup, delay, round(ttl))
     results = []
     for case in cases:
-        print(f"[stampede] {case.key}", end=" ", file=sys.stderr)
-        res = run_case(lab, origin, case, clients, duration, ttl)
-        print(
-            res.error or f"{res.origin_requests} origin requests / {res.expiries} expiries",
-            file=sys.stderr,
-        )
-        results.append(res)
+        for res in run_case(lab, origin, case, (clients, duration), ttl):
+            summary = f"{res.origin_requests} origin requests / {res.events} {res.mode} events"
+            print(f"[stampede] {case.key} {res.mode}: {res.error or summary}", file=sys.stderr)
+            results.append(res)
     lab.sup.stop(origin.proc)
     return results
 
 
 def stampede_table(results: Sequence[StampedeResult]) -> str:
     head = (
-        "| configuration | expiries | origin requests | per expiry (mean) | per expiry (max) "
-        "| client rps | p50 ms | p99 ms | errors |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
+        "| configuration | key | expiries / keys | origin requests | per expiry or key (mean) "
+        "| (max) | client rps | p50 ms | p99 ms | errors |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
     )
     lines = []
     for r in results:
+        mode = "hot, expiring" if r.mode == "expiring" else "new each second"
         if r.wrk is None:
-            lines.append(
-                f"| {r.case.label} | failed | | | | | | | {r.error.splitlines()[0][:160]} |"
-            )
+            error = r.error.splitlines()[0][:160] if r.error else ""
+            lines.append(f"| {r.case.label} | {mode} | failed | | | | | | | {error} |")
             continue
-        mean = r.origin_requests / r.expiries if r.expiries else 0.0
+        mean = r.origin_requests / r.events if r.events else 0.0
+        errors = f"{r.wrk.errors} ({r.wrk.timeouts} timeouts)" if r.wrk.errors else ""
         cells = [
             r.case.label,
-            str(r.expiries),
+            mode,
+            str(r.events),
             str(r.origin_requests),
             f"{mean:.1f}",
-            str(r.max_per_expiry),
+            str(r.max_per_event),
             f"{r.wrk.rps:,.0f}",
             f"{r.wrk.p50_ms:.2f}",
             f"{r.wrk.p99_ms:.1f}",
-            (f"{r.wrk.errors} ({r.wrk.timeouts} timeouts)" if r.wrk.errors else "") + r.error,
+            errors + r.error,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
