@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import port_for
@@ -184,6 +184,7 @@ class Relay:
         self.target = (host, port)
         self.delay = 0.0
         self.port = 0
+        self.requests = 0  # client→server reads: "did anything reach the server?"
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -205,6 +206,8 @@ class Relay:
     ) -> None:
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while data := await reader.read(65536):
+                if not delayed:
+                    self.requests += 1
                 if delayed and self.delay:
                     await asyncio.sleep(self.delay)
                 writer.write(data)
@@ -221,12 +224,21 @@ class Relay:
             await self._server.wait_closed()
 
 
+MakeRelay = Callable[[str], Awaitable[Relay]]
+
+
 @pytest.fixture
-async def memcached_relay(memcached_addr: str) -> AsyncIterator[Relay]:
-    host, port = memcached_addr.split(":")
-    relay = Relay(host, int(port))
-    await relay.start()
-    try:
-        yield relay
-    finally:
+async def make_relay() -> AsyncIterator[MakeRelay]:
+    """Start a relay in front of ``host:port``; all are closed after the test."""
+    relays: list[Relay] = []
+
+    async def make(addr: str) -> Relay:
+        host, port = addr.rsplit(":", 1)
+        relay = Relay(host, int(port))
+        await relay.start()
+        relays.append(relay)
+        return relay
+
+    yield make
+    for relay in relays:
         await relay.aclose()

@@ -1,0 +1,69 @@
+"""build_stores/close_stores: policy backends become guarded, shared, closable stores."""
+
+from __future__ import annotations
+
+from proxy.clock import FakeClock
+from proxy.policy import parse_policy
+from proxy.stores.factory import build_stores, close_stores
+from proxy.stores.guard import GuardedStore
+from proxy.stores.memcached import MemcachedStore
+from proxy.stores.memory import MemoryStore
+from proxy.stores.redis import RedisStore
+from proxy.stores.tiered import TieredStore
+
+
+def policy(redis_url: str, memcached_addr: str, cluster: str) -> str:
+    return f"""
+version: 1
+origin: http://127.0.0.1:9
+backends:
+  local: {{type: memory, max_size: 1MiB}}
+  shared:
+    type: redis
+    url: {redis_url}
+    timeout: 20ms
+    key_prefix: "app:"
+    breaker: {{failures: 3, cooldown: 2s}}
+  cluster: {{type: redis, nodes: ["{cluster}"], timeout: 30ms}}
+  mc: {{type: memcached, servers: ["{memcached_addr}"], item_size_max: 1MiB, timeout: 40ms}}
+  hot: {{type: tiered, l1: local, l2: shared, l1_ttl: 3s}}
+  hot_mc: {{type: tiered, l1: local, l2: mc}}
+defaults: {{backend: shared}}
+"""
+
+
+async def test_every_backend_type_is_built_and_works(
+    redis_url: str, memcached_addr: str, cluster_nodes: list[str]
+) -> None:
+    loaded = parse_policy(policy(redis_url, memcached_addr, cluster_nodes[0]), "p.yaml")
+    clock = FakeClock()
+    stores = build_stores(loaded.policy.backends, clock)
+    try:
+        assert set(stores) == {"local", "shared", "cluster", "mc", "hot", "hot_mc"}
+        assert isinstance(stores["local"], MemoryStore)
+        shared, cluster, mc = stores["shared"], stores["cluster"], stores["mc"]
+        assert isinstance(shared, GuardedStore)
+        assert isinstance(shared.inner, RedisStore)
+        assert (shared.timeout, shared.breaker_failures, shared.breaker_cooldown) == (0.02, 3, 2)
+        assert isinstance(cluster, GuardedStore)
+        assert isinstance(cluster.inner, RedisStore)
+        assert cluster.inner.cluster is True
+        assert isinstance(mc, GuardedStore)
+        assert isinstance(mc.inner, MemcachedStore)
+        assert mc.timeout == 0.04
+        hot = stores["hot"]
+        assert isinstance(hot, TieredStore)
+        # the layers are the very instances the policy names: one pool, one breaker
+        assert hot.l1 is stores["local"]
+        assert hot.l2 is shared
+        assert hot.l1_ttl == 3
+        hot_mc = stores["hot_mc"]
+        assert isinstance(hot_mc, TieredStore)
+        assert hot_mc.l2 is mc
+        for name, store in stores.items():
+            await store.set(f"sc:{{{name}}}:1", name.encode(), 30)
+            assert await store.get(f"sc:{{{name}}}:1") == name.encode()
+            assert await store.ping() is True
+    finally:
+        await close_stores(stores)
+    await close_stores(stores)  # closing twice is harmless

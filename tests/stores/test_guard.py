@@ -1,0 +1,234 @@
+"""GuardedStore over real servers: deadlines, the circuit breaker, recovery, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable
+
+import pytest
+from mirakuru import TCPExecutor
+
+from proxy.clock import FakeClock
+from proxy.errors import StoreError, StoreTimeout, StoreUnavailable
+from proxy.stores.base import Store
+from proxy.stores.guard import GuardedStore
+from proxy.stores.redis import RedisStore
+
+from .conftest import MakeRelay, Relay
+
+TIMEOUT = 0.05
+
+
+@pytest.fixture
+async def slow_redis(
+    redis_url: str, make_relay: MakeRelay
+) -> AsyncIterator[tuple[Relay, RedisStore]]:
+    relay = await make_relay(redis_url.removeprefix("redis://").removesuffix("/0"))
+    store = RedisStore("slow", f"redis://127.0.0.1:{relay.port}/0")
+    yield relay, store
+    await store.aclose()
+
+
+async def timed(call: Awaitable[object]) -> float:
+    """Seconds one store call took, whether it answered or raised StoreError."""
+    start = time.perf_counter()
+    with contextlib.suppress(StoreError):
+        await call
+    return time.perf_counter() - start
+
+
+def test_satisfies_the_protocol(redis_url: str) -> None:
+    assert isinstance(GuardedStore(RedisStore("r", redis_url), TIMEOUT), Store)
+
+
+async def test_passes_through_and_counts(redis_url: str) -> None:
+    guard = GuardedStore(RedisStore("r", redis_url), TIMEOUT)
+    try:
+        await guard.set("sc:{r}:1", b"v", 30, tags=["t"])
+        assert await guard.get("sc:{r}:1") == b"v"
+        assert await guard.get_many(["sc:{r}:1", "x"]) == [b"v", None]
+        token = await guard.lock("sc:{r}:1", 5)
+        assert token is not None
+        assert await guard.unlock("sc:{r}:1", token) is True
+        assert await guard.purge_tags(["t"]) == 1
+        assert await guard.delete(["sc:{r}:1"]) == 0
+        assert await guard.ping() is True
+        assert guard.state == "closed"
+        assert guard.counters["get"].ops == 1
+        assert all(c.errors == c.timeouts == 0 for c in guard.counters.values())
+        assert guard.name == "r"
+        assert guard.shared is True
+    finally:
+        await guard.aclose()
+
+
+async def test_deadline_turns_a_slow_answer_into_store_timeout(
+    slow_redis: tuple[Relay, RedisStore],
+) -> None:
+    relay, store = slow_redis
+    guard = GuardedStore(store, TIMEOUT, breaker_failures=10)
+    await guard.set("sc:{r}:1", b"v", 30)
+    relay.delay = 0.5
+    start = time.perf_counter()
+    with pytest.raises(StoreTimeout) as caught:
+        await guard.get("sc:{r}:1")
+    elapsed = time.perf_counter() - start
+    assert TIMEOUT <= elapsed < TIMEOUT + 0.1
+    assert isinstance(caught.value, TimeoutError)
+    assert guard.counters["get"].timeouts == 1
+    relay.delay = 0
+    assert await guard.get("sc:{r}:1") == b"v"  # redis-py dropped the late reply's socket
+
+
+async def test_breaker_opens_after_n_failures_then_fails_fast(
+    slow_redis: tuple[Relay, RedisStore],
+) -> None:
+    relay, store = slow_redis
+    clock = FakeClock()
+    guard = GuardedStore(store, TIMEOUT, breaker_failures=3, breaker_cooldown=5, clock=clock)
+    assert await guard.ping() is True
+    relay.delay = 1.0
+    for _ in range(3):
+        assert guard.state == "closed"
+        with pytest.raises(StoreTimeout):
+            await guard.get("sc:{r}:1")
+    assert guard.state == "open"
+    assert guard.opened_total == 1
+    seen = relay.requests
+    latencies = []
+    for _ in range(200):
+        start = time.perf_counter()
+        with pytest.raises(StoreUnavailable, match="circuit breaker open"):
+            await guard.get("sc:{r}:1")
+        latencies.append(time.perf_counter() - start)
+    # no deadline paid: nothing is awaited at all (slack only for a noisy machine)
+    assert statistics.median(latencies) < 0.001
+    assert max(latencies) < 0.02
+    assert relay.requests == seen  # and the backend was never touched
+    assert guard.counters["get"].rejected == 200
+    assert await guard.ping() is False  # health checks see it without raising
+
+
+async def test_half_open_probe_closes_or_reopens(slow_redis: tuple[Relay, RedisStore]) -> None:
+    relay, store = slow_redis
+    clock = FakeClock()
+    guard = GuardedStore(store, TIMEOUT, breaker_failures=2, breaker_cooldown=5, clock=clock)
+    await guard.set("sc:{r}:1", b"v", 30)
+    relay.delay = 1.0
+    for _ in range(2):
+        with pytest.raises(StoreTimeout):
+            await guard.get("sc:{r}:1")
+    assert guard.state == "open"
+    clock.advance(4.9)
+    with pytest.raises(StoreUnavailable):
+        await guard.get("sc:{r}:1")
+    clock.advance(0.1)
+    assert guard.state == "half_open"
+    # the probe fails: open again for a full cooldown
+    with pytest.raises(StoreTimeout):
+        await guard.get("sc:{r}:1")
+    assert guard.state == "open"
+    assert guard.opened_total == 2
+    clock.advance(5)
+    relay.delay = 0
+    assert await guard.get("sc:{r}:1") == b"v"  # the probe succeeds
+    assert guard.state == "closed"
+    assert await guard.get("sc:{r}:1") == b"v"
+
+
+async def test_only_one_probe_at_a_time(slow_redis: tuple[Relay, RedisStore]) -> None:
+    relay, store = slow_redis
+    clock = FakeClock()
+    guard = GuardedStore(store, 0.5, breaker_failures=1, breaker_cooldown=1, clock=clock)
+    relay.delay = 1.0
+    with pytest.raises(StoreTimeout):
+        await guard.get("k")
+    clock.advance(1)
+    relay.delay = 0.1
+    probe = asyncio.create_task(guard.get("k"))
+    await asyncio.sleep(0.01)
+    with pytest.raises(StoreUnavailable, match="half_open"):
+        await guard.get("k")
+    assert await probe is None
+    assert guard.state == "closed"
+
+
+async def test_a_cancelled_probe_leaves_the_breaker_open(
+    slow_redis: tuple[Relay, RedisStore],
+) -> None:
+    relay, store = slow_redis
+    clock = FakeClock()
+    guard = GuardedStore(store, 0.5, breaker_failures=1, breaker_cooldown=1, clock=clock)
+    relay.delay = 1.0
+    with pytest.raises(StoreTimeout):
+        await guard.get("k")
+    clock.advance(1)
+    probe = asyncio.create_task(guard.get("k"))
+    await asyncio.sleep(0.01)
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe  # cancellation is the caller's, never turned into a StoreError
+    assert guard.state == "half_open"  # no verdict: the next call may probe again
+    relay.delay = 0
+    assert await guard.get("k") is None
+    assert guard.state == "closed"
+
+
+async def test_errors_count_like_timeouts() -> None:
+    guard = GuardedStore(RedisStore("down", "redis://127.0.0.1:1/0"), 0.5, breaker_failures=2)
+    try:
+        for _ in range(2):
+            with pytest.raises(StoreUnavailable):
+                await guard.set("k", b"v", 10)
+        assert guard.state == "open"
+        assert guard.counters["set"].errors == 2
+    finally:
+        await guard.aclose()
+
+
+async def test_breaker_against_a_real_redis_stopped_and_restarted(own_redis: TCPExecutor) -> None:
+    """Stop the real process: the breaker opens and fails fast; restart it on the same
+    port: the first probe after the cooldown closes the breaker, no restart of ours."""
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    guard = GuardedStore(RedisStore("r", url), TIMEOUT, breaker_failures=5, breaker_cooldown=0.5)
+    try:
+        await guard.set("sc:{r}:1", b"before", 30)
+        await asyncio.to_thread(own_redis.stop)
+        failing = []
+        for _ in range(5):
+            start = time.perf_counter()
+            with pytest.raises(StoreError):
+                await guard.get("sc:{r}:1")
+            failing.append(time.perf_counter() - start)
+        assert guard.state == "open"
+        assert max(failing) < TIMEOUT + 0.1  # never more than the deadline
+        open_latencies = [await timed(guard.get("sc:{r}:1")) for _ in range(100)]
+        assert statistics.median(open_latencies) < 0.001
+        assert max(open_latencies) < 0.02
+        await asyncio.to_thread(own_redis.start)
+        await asyncio.sleep(0.55)
+        assert guard.state == "half_open"
+        assert await guard.get("sc:{r}:1") is None  # the probe; a fresh, empty server
+        assert guard.state == "closed"
+        await guard.set("sc:{r}:1", b"after", 30)
+        assert await guard.get("sc:{r}:1") == b"after"
+    finally:
+        await guard.aclose()
+
+
+async def test_backend_bugs_still_fail_open(redis_url: str) -> None:
+    guard = GuardedStore(RedisStore("r", redis_url), TIMEOUT)
+    try:
+        with pytest.raises(StoreError) as caught:
+            await guard.set("k", b"v", float("nan"))  # ValueError inside the backend
+        assert isinstance(caught.value.__cause__, ValueError)
+    finally:
+        await guard.aclose()
+
+
+def test_rejects_nonsense_settings(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        GuardedStore(RedisStore("r", redis_url), 0)
