@@ -287,8 +287,8 @@ class Engine:
             flight = self.coalescer.in_flight(key)
             if flight is not None and flight.waiters < cfg.coalesce.max_waiters:
                 fill = await self.coalescer.follow(flight, cfg.coalesce.timeout)
+                now = self.clock.time()
                 if fill is not None and fill.entry is not None:
-                    now = self.clock.time()
                     return self._from_cache(ex, route, fill.entry, now, "HIT", "collapsed")
                 # leader failed, timed out, or its answer was private: go on our own
                 return await self._own_fill(ex, route, params, key, store, stale)
@@ -345,6 +345,7 @@ class Engine:
         lease = cfg.coalesce.timeout
         deadline = self.clock.monotonic() + lease
         delay = 0.005
+        waited = False
         while True:
             try:
                 token = await store.lock(key, lease)
@@ -352,6 +353,11 @@ class Engine:
                 return await self._fill(ex, route, params, key, store, stale)
             if token is not None:
                 try:
+                    # another replica may have filled it between our lookup and the lease
+                    if waited or stale is None:
+                        filled = await self._filled_by_other(store, key, ex, stale)
+                        if filled is not None:
+                            return filled
                     fill = await self._fill(ex, route, params, key, store, stale)
                     if fill.entry is None and 0 < fill.status < 500:
                         await _quiet(store.set(key + _HFM, b"1", cfg.coalesce.hit_for_miss))
@@ -364,19 +370,29 @@ class Engine:
                 return await self._fill(ex, route, params, key, store, stale)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
+            waited = True
             try:
-                found = await self._lookup(store, key, ex)
+                filled = await self._filled_by_other(store, key, ex, stale)
                 marked = await store.get(key + _HFM)
             except StoreError:
                 return await self._fill(ex, route, params, key, store, stale)
-            entry = found[0] if found is not None else None
-            newer = entry is not None and (
-                stale is None or entry.response_time > stale.response_time
-            )
-            if entry is not None and newer and entry.age(self.clock.time()) < entry.lifetime:
-                return Fill(entry, None, entry.status, collapsed=True)
+            if filled is not None:
+                return filled
             if marked is not None:
                 return await self._fill(ex, route, params, key, store, stale)
+
+    async def _filled_by_other(
+        self, store: Store, key: str, ex: Exchange, stale: CachedResponse | None
+    ) -> Fill | None:
+        """A fresh entry stored since we looked (by the lease holder we waited for)."""
+        found = await self._lookup(store, key, ex)
+        if found is None:
+            return None
+        entry = found[0]
+        newer = stale is None or entry.response_time > stale.response_time
+        if newer and entry.age(self.clock.time()) < entry.lifetime:
+            return Fill(entry, None, entry.status, collapsed=True)
+        return None
 
     async def _fill(
         self,
