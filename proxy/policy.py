@@ -449,6 +449,15 @@ class LoadedPolicy:
         )
 
 
+_MAX_DEPTH: Final = 64
+_MAX_VALUES: Final = 100_000
+_INVALID: Final = object()
+
+
+class _Abandoned(Exception):
+    """The node tree cannot be built; the issue saying why is already recorded."""
+
+
 class _Located:
     """A YAML node tree turned into plain data, remembering where each value was."""
 
@@ -458,22 +467,58 @@ class _Located:
         self.key_marks: dict[tuple[str | int, ...], tuple[int, int]] = {}
         self.issues: list[PolicyIssue] = []
         self._scalars = yaml.constructor.SafeConstructor()
+        self._budget = _MAX_VALUES
+        self._open: list[yaml.Node] = []  # the collections being built, outermost first
 
     def build(self, node: yaml.Node, loc: tuple[str | int, ...] = ()) -> Any:
         self.marks[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, loc)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
-        value = self._scalars.construct_object(node)
+        # Aliases are expanded here: a recursive one (``&a [*a]``) is a cycle and nested
+        # ones multiply ("billion laughs"), so bound depth, cycles and total size.
+        self._budget -= 1
+        if node in self._open or len(loc) > _MAX_DEPTH or self._budget < 0:
+            problem = (
+                "recursive alias"
+                if node in self._open
+                else f"nested more than {_MAX_DEPTH} levels deep"
+                if len(loc) > _MAX_DEPTH
+                else f"more than {_MAX_VALUES} values after expanding aliases"
+            )
+            self._issue(node, loc if node in self._open else loc[:2], problem)
+            raise _Abandoned
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            self._open.append(node)
+            try:
+                if isinstance(node, yaml.MappingNode):
+                    return self._mapping(node, loc)
+                return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
+            finally:
+                self._open.pop()
+        value = self._construct(node, loc)
         if isinstance(value, str):
             return self._interpolate(value, loc)
-        return value
+        return None if value is _INVALID else value
+
+    def _construct(self, node: yaml.Node, loc: tuple[str | int, ...]) -> Any:
+        try:
+            return self._scalars.construct_object(node)
+        except Exception as exc:
+            # An explicit tag (``!!int abc``, ``!!bool maybe``, ``!custom``) fails in
+            # PyYAML's constructors with ConstructorError, ValueError, KeyError or even
+            # AttributeError: whichever, it is a mistake in the file, not a crash.
+            problem = getattr(exc, "problem", None) or f"not a valid {node.tag}: {exc}"
+            self._issue(node, loc, str(problem))
+            return _INVALID
+
+    def _issue(self, node: yaml.Node, loc: tuple[str | int, ...], message: str) -> None:
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        self.issues.append(PolicyIssue(self.path, line, col, _dotted(loc), message))
 
     def _mapping(self, node: yaml.MappingNode, loc: tuple[str | int, ...]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = self._scalars.construct_object(key_node)
+            key = self._construct(key_node, loc)
+            if key is _INVALID:
+                continue
             if not isinstance(key, str):
                 key = str(key)
             here = (*loc, key)
@@ -527,6 +572,7 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
 
 _UNION_TAGS: Final = frozenset(
     {
+        "QueryExclude",
         "memory",
         "redis",
         "memcached",
@@ -559,6 +605,23 @@ def _data_loc(raw: tuple[str | int, ...], data: Any) -> tuple[str | int, ...]:
 
 def _is_tag(part: str) -> bool:
     return part in _UNION_TAGS or "[" in part or "(" in part or part in ("str", "int", "bool")
+
+
+def _is_branch_miss(error: Any, errors: list[Any], data: Any) -> bool:
+    """A union member's type mismatch while another member got further into the data:
+    beside ``statuses.200: invalid duration``, "statuses: should be a list" is noise."""
+    raw = tuple(error["loc"])
+    if not raw or error["type"] in ("missing", "extra_forbidden"):
+        return False
+    if _data_loc(raw, data)[-1:] == raw[-1:]:  # ends on a key of the data, not a member tag
+        return False
+    union = raw[:-1]
+    return any(
+        len(other["loc"]) > len(raw)
+        and tuple(other["loc"][: len(union)]) == union
+        and other["loc"][len(union)] != raw[-1]
+        for other in errors
+    )
 
 
 def _message(error: Any, loc: tuple[str | int, ...]) -> str:
@@ -671,7 +734,10 @@ def parse_policy(text: str, path: str = "<policy>") -> LoadedPolicy:
         raise PolicyError([PolicyIssue(path, line, col, "(yaml)", str(problem))]) from None
     if node is None:
         raise PolicyError([PolicyIssue(path, 1, 1, "(top level)", "the policy file is empty")])
-    data = located.build(node)
+    try:
+        data = located.build(node)
+    except _Abandoned:
+        raise PolicyError(located.issues) from None
     if not isinstance(data, dict):
         raise PolicyError(
             [PolicyIssue(path, 1, 1, "(top level)", "the policy must be a mapping of keys")]
@@ -681,7 +747,10 @@ def parse_policy(text: str, path: str = "<policy>") -> LoadedPolicy:
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        for error in exc.errors():
+        errors = exc.errors()
+        for error in errors:
+            if _is_branch_miss(error, errors, data):
+                continue
             loc = _data_loc(tuple(error["loc"]), data)
             message = _message(error, loc)
             if error["type"] == "extra_forbidden" and loc:
