@@ -252,9 +252,15 @@ class Match(_Model):
     @classmethod
     def _template(cls, value: str | None) -> str | None:
         if value is not None:
+            names: set[str] = set()
             for part in re.findall(r"\{([^}]*)\}", value):
                 if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(:path)?", part):
                     raise ValueError(f"bad template parameter {{{part}}}")
+                # each becomes a named regex group: a repeated name would not compile
+                name = part.removesuffix(":path")
+                if name in names:
+                    raise ValueError(f"template parameter {{{name}}} appears twice")
+                names.add(name)
         return value
 
     @field_validator("regex")

@@ -396,6 +396,18 @@ ERRORS = [
         """\
         routes:
           - name: a
+            match: {path: '/a/{id}/b/{id:path}'}
+        """,
+        5,
+        19,
+        "routes[0].match.path",
+        r"^template parameter \{id\} appears twice$",
+        id="repeated-template-name",
+    ),
+    pytest.param(
+        """\
+        routes:
+          - name: a
             match: {path: 'api/a'}
         """,
         5,
