@@ -25,7 +25,9 @@ def normalize_query(query: str, spec: KeySpec) -> str:
     rule = spec.query
     if rule == "ignore" or not query:
         return ""
-    pairs = parse_qsl(query, keep_blank_values=True)
+    # surrogateescape: bytes that are not UTF-8 must survive the round trip; decoded with
+    # 'replace' every one of them became U+FFFD, so ?id=%FF and ?id=%FE shared a key.
+    pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
     if isinstance(rule, list):
         wanted = set(rule)
         pairs = [p for p in pairs if p[0] in wanted]
@@ -33,7 +35,11 @@ def normalize_query(query: str, spec: KeySpec) -> str:
         unwanted = set(rule.exclude)
         pairs = [p for p in pairs if p[0] not in unwanted]
     pairs.sort()
-    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+    return "&".join(f"{_quote(k)}={_quote(v)}" for k, v in pairs)
+
+
+def _quote(text: str) -> str:
+    return quote(text, safe="", errors="surrogateescape")
 
 
 def _cookie(headers: Mapping[str, str], name: str) -> str:
