@@ -91,7 +91,6 @@ class MemcachedStore:
             )
             self._nodes[server] = _Node(server, client)
         self._ring = HashRing(nodes=list(self._nodes), hash_fn="ketama")
-        self._closed = False
 
     # ------------------------------------------------------------ keys and nodes
 
@@ -231,28 +230,34 @@ class MemcachedStore:
     async def _open(self, node: _Node, raw: bytes) -> bytes | None:
         """The body an envelope holds, or ``None`` when stale by tag, incomplete or foreign."""
         try:
-            kind, gens, payload = msgpack.unpackb(raw, use_list=True)
+            kind, gens, payload = msgpack.unpackb(raw)
+            pairs = [(tag, gen) for tag, gen in gens if isinstance(tag, str)]
+            if len(pairs) != len(gens):
+                return None
         except (ValueError, TypeError, msgpack.UnpackException):
-            return None
-        if gens:
-            current = await self._generations([tag for tag, _ in gens])
-            if any(current.get(tag) != gen for tag, gen in gens):
+            return None  # not ours (or from an incompatible version): a miss
+        if pairs:
+            current = await self._generations([tag for tag, _ in pairs])
+            if any(current.get(tag) != gen for tag, gen in pairs):
                 return None  # purged since written (or its counter is gone)
         if kind == _INLINE and isinstance(payload, bytes):
             return payload
-        if kind == _MANIFEST:
-            return await self._assemble(node, payload)
+        if kind == _MANIFEST and isinstance(payload, list) and len(payload) == 4:
+            return await self._assemble(node, *payload)
         return None
 
-    async def _assemble(self, node: _Node, manifest: list[Any]) -> bytes | None:
-        nonce, count, size, digest = manifest
+    async def _assemble(
+        self, node: _Node, nonce: Any, count: Any, size: Any, digest: Any
+    ) -> bytes | None:
+        if not (isinstance(nonce, str) and isinstance(count, int) and 0 < count <= 65536):
+            return None
         ckeys = [self._mkey("~c:", f"{nonce}:{i}") for i in range(count)]
         chunks = await self._fetch(node, ckeys)
         if len(chunks) != count:
             return None  # a chunk was evicted or deleted: a miss, never a short body
         body = b"".join(chunks[k] for k in ckeys)
         if len(body) != size or hashlib.blake2b(body, digest_size=16).digest() != digest:
-            return None
+            return None  # overwritten or truncated behind our back
         return body
 
     # ------------------------------------------------------------ writes
@@ -365,9 +370,6 @@ class MemcachedStore:
         return StoreStats()
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
         for node in self._nodes.values():
             pending = list(node.tasks)
             for task in pending:

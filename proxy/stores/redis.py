@@ -24,7 +24,7 @@ import hashlib
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from redis import exceptions as rexc
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -162,7 +162,7 @@ class RedisStore:
     async def get(self, key: str) -> bytes | None:
         stored, _ = self._entry(key)
         value = await self._run("get", lambda: self._client.get(stored))
-        return value if value is None or isinstance(value, bytes) else value.encode()
+        return cast("bytes | None", value)  # decode_responses is off: bytes or None
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import orjson
@@ -18,6 +19,7 @@ import pytest
 from mirakuru import TCPExecutor
 
 from tests.conftest import Origin, ProxyProcess, Reply, SpawnProxy, policy_text
+from tests.stores.conftest import memcached_executor, memcached_keys
 
 TIMEOUT = 0.05  # the store deadline in the policy below
 COOLDOWN = 1.0
@@ -169,3 +171,90 @@ async def test_client_latency_redis_up_vs_down(
         f"\n  redis up,   MISS (origin) {summary([x for _, _, x in miss_up])}"
         f"\n  redis down, breaker open {summary([x for _, _, x in down])}"
     )
+
+
+# ---------------------------------------------------------------- memcached
+
+
+@pytest.fixture
+def two_memcached() -> Iterator[list[TCPExecutor]]:
+    executors = [memcached_executor(), memcached_executor()]
+    for executor in executors:
+        executor.start()
+    yield executors
+    for executor in executors:
+        executor.stop()
+
+
+def _memcached_policy(origin: Origin, servers: list[str], timeout: str = "50ms") -> str:
+    quoted = ", ".join(f'"{s}"' for s in servers)
+    return policy_text(
+        origin.url,
+        f"""
+        backends:
+          mc:
+            type: memcached
+            servers: [{quoted}]
+            timeout: {timeout}
+            breaker: {{failures: 3, cooldown: 1s}}
+        defaults:
+          backend: mc
+          ttl: 60s
+        """,
+    )
+
+
+async def test_three_mib_response_through_memcached(
+    origin: Origin, memcached_addr: str, spawn_proxy: SpawnProxy, session: aiohttp.ClientSession
+) -> None:
+    body = os.urandom(3 * 1024**2)
+    origin.reply("/big", Reply(body=body, headers={"Content-Type": "application/octet-stream"}))
+    proxy = spawn_proxy(_memcached_policy(origin, [memcached_addr]))
+    async with session.get(proxy.url + "/big") as response:
+        assert (response.status, response.headers["X-Cache"]) == (200, "MISS")
+        assert await response.read() == body
+    async with session.get(proxy.url + "/big") as response:
+        assert (response.status, response.headers["X-Cache"]) == (200, "HIT")
+        assert await response.read() == body
+    assert origin.hits["/big"] == 1
+
+    # one chunk deleted behind the proxy's back: a clean miss, never a short body
+    port = int(memcached_addr.rsplit(":", 1)[1])
+    chunks = sorted(k for k in memcached_keys(port) if b"~c:" in k)
+    assert len(chunks) == 4
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"delete " + chunks[2] + b"\r\n")
+        assert sock.recv(64) == b"DELETED\r\n"
+    async with session.get(proxy.url + "/big") as response:
+        assert (response.status, response.headers["X-Cache"]) == (200, "MISS")
+        assert await response.read() == body
+    assert origin.hits["/big"] == 2
+    async with session.get(proxy.url + "/big") as response:
+        assert (response.status, response.headers["X-Cache"]) == (200, "HIT")
+        assert await response.read() == body
+
+
+async def test_two_memcached_servers_one_stopped(
+    origin: Origin,
+    two_memcached: list[TCPExecutor],
+    spawn_proxy: SpawnProxy,
+    session: aiohttp.ClientSession,
+) -> None:
+    servers = [f"127.0.0.1:{e.port}" for e in two_memcached]
+    proxy = spawn_proxy(_memcached_policy(origin, servers))
+    paths = [f"/spread/{i}" for i in range(60)]
+    for path in paths:
+        assert (await fetch(session, proxy.url + path))[:2] == (200, "MISS")
+    assert [(await fetch(session, proxy.url + p))[1] for p in paths] == ["HIT"] * 60
+    per_server = [len(memcached_keys(e.port)) for e in two_memcached]
+    assert min(per_server) > 10, per_server  # both servers hold entries
+
+    await asyncio.to_thread(two_memcached[0].stop)
+    results = [await fetch(session, proxy.url + p) for p in paths]
+    assert [status for status, _, _ in results] == [200] * 60  # no errors to clients
+    hits = sum(label == "HIT" for _, label, _ in results)
+    # the live server's entries still hit; the stopped one's miss (and go to the origin)
+    assert 10 < hits < 50, hits
+    assert max(latency for _, _, latency in results) < BOUND
+    _, body = await readyz(session, proxy)
+    assert body["stores"]["mc"]["breaker"] == "closed"  # one lost server is not an outage

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 import port_for
 import pytest
@@ -153,6 +154,23 @@ def memcached_addr(memcached_server: TCPExecutor) -> str:
     """The session memcached, flushed for this test."""
     flush_memcached(memcached_server.port)
     return f"127.0.0.1:{memcached_server.port}"
+
+
+def memcached_keys(port: int) -> set[bytes]:
+    """Every key a test-sized memcached holds (``lru_crawler metadump``; keys URL-encoded)."""
+    keys: set[bytes] = set()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"lru_crawler metadump all\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    for line in data.splitlines():
+        if line.startswith(b"key="):
+            keys.add(unquote_to_bytes(line.split()[0].removeprefix(b"key=")))
+    return keys
 
 
 def flush_memcached(port: int) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from urllib.parse import unquote_to_bytes
 
 import aiomcache
+import msgpack
 import pytest
 
 from proxy.errors import StoreError
 from proxy.stores.base import Store
 from proxy.stores.memcached import MemcachedStore
+
+from .conftest import memcached_keys
 
 BINARY = bytes(range(256)) * 64 + b"\x00\r\nEND\r\nVALUE x 0 1\r\n" + os.urandom(4096)
 MIB = 1024**2
@@ -34,19 +36,7 @@ async def raw(memcached_addr: str) -> AsyncIterator[aiomcache.Client]:
 
 
 async def stored_keys(raw: aiomcache.Client) -> set[bytes]:
-    """Every key memcached holds (lru_crawler metadump; fine for a test-sized cache)."""
-    dump = await raw.stats(b"")
-    assert dump  # the server answers
-    host, port = raw._pool._host, raw._pool._port
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(b"lru_crawler metadump all\r\n")
-    keys: set[bytes] = set()
-    while (line := await reader.readline()) != b"END\r\n":
-        # metadump URL-encodes keys
-        keys.add(unquote_to_bytes(line.split()[0].removeprefix(b"key=")))
-    writer.close()
-    await writer.wait_closed()
-    return keys
+    return await asyncio.to_thread(memcached_keys, raw._pool._port)
 
 
 def test_satisfies_the_protocol(memcached_addr: str) -> None:
@@ -148,8 +138,19 @@ async def test_rewriting_a_big_value_never_mixes_writes(store: MemcachedStore) -
 
 async def test_foreign_values_are_misses(store: MemcachedStore, raw: aiomcache.Client) -> None:
     await raw.set(b"t1:foreign", b"\xc1 not msgpack")
-    await raw.set(b"t1:foreign2", b"\x93\x07\x90\xa1x")  # msgpack, wrong shape
-    assert await store.get_many(["foreign", "foreign2"]) == [None, None]
+    shapes = [
+        [7, [], b"x"],  # unknown kind
+        [0, 5, b"x"],  # generations not a list
+        [0, [[1, 2]], b"x"],  # a tag that is not a string
+        [0, [["t"]], b"x"],  # a pair that is not a pair
+        [1, [], ["n", "two", 1, b""]],  # a manifest with a bad count
+        [1, [], ["n", 1]],  # a short manifest
+        "just a string",
+    ]
+    for i, shape in enumerate(shapes):
+        await raw.set(f"t1:shape{i}".encode(), msgpack.packb(shape))
+    keys = ["foreign"] + [f"shape{i}" for i in range(len(shapes))]
+    assert await store.get_many(keys) == [None] * len(keys)
 
 
 async def test_purge_tags_by_generation(store: MemcachedStore) -> None:
