@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = servers.ensure_tools()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _terminate)
+    # Even when started in the background (SIGINT ignored), Ctrl-C/kill -INT stops cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     workdir = Path(tempfile.mkdtemp(prefix="sidecache-bench-"))
     workdir.chmod(0o755)  # nginx and Varnish workers run as unprivileged users
     sup = Supervisor(workdir)
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             results["latency"] = [asdict(o) for o in outcomes]
         if "stampede" in args.scenarios:
+            lab.reset()
             cases = [c for c in stampede.CASES if _matches(c.key, args.patterns)]
             duration = args.stampede_duration or args.duration
             res = stampede.run_stampede(

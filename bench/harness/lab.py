@@ -33,6 +33,13 @@ class Lab:
                 self.started["origin"] = servers.start_aiohttp_origin(self.sup, 0.0, 3600)
         return self.started["origin"]
 
+    def reset(self) -> None:
+        """Stop every server started so far, so the next scenario runs on a quiet machine."""
+        self.sup.stop_all()
+        self.started.clear()
+        self.failed.clear()
+        self._stores.clear()
+
     def store(self, kind: str) -> tuple[Proc, int]:
         if kind not in self._stores:
             start = servers.start_redis if kind == "redis" else servers.start_memcached

@@ -138,7 +138,8 @@ def run_case(
 ) -> list[StampedeResult]:
     results = [StampedeResult(case, mode) for mode in MODES]
     try:
-        server = case.start(lab, origin, case.key)
+        # Own names (logs, work dirs) apart from the throughput servers of the same kind.
+        server = case.start(lab, origin, f"stampede-{case.key}")
     except (StartError, OSError) as exc:
         for result in results:
             result.error = f"not started: {type(exc).__name__}: {exc}"
