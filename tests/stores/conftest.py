@@ -26,6 +26,7 @@ from redis import Redis
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 redis_server = factories.redis_proc(port=None)
 
@@ -74,6 +75,32 @@ def own_redis(tmp_path: Path) -> Iterator[TCPExecutor]:
     executor.start()
     try:
         yield executor
+    finally:
+        executor.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A TLS-only redis-server with a fresh self-signed certificate; a ``rediss://`` URL."""
+    root = tmp_path_factory.mktemp("redis-tls")
+    cert, key = root / "cert.pem", root / "key.pem"
+    request = [OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    request += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+    request += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        request,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    port = free_port()
+    tls = ["--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    tls += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    executor = redis_executor(0, root / "data", *tls)
+    executor = TCPExecutor(executor.command_parts, host="127.0.0.1", port=port, timeout=15)
+    executor.start()
+    try:
+        yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
     finally:
         executor.stop()
 

@@ -164,6 +164,23 @@ async def test_unix_socket_url(redis_unix_url: str) -> None:
         await store.aclose()
 
 
+async def test_tls_url(redis_tls_url: str) -> None:
+    store = RedisStore("tls", redis_tls_url)
+    try:
+        await store.set("sc:{r}:tls", BINARY, 30, tags=["t"])
+        assert await store.get("sc:{r}:tls") == BINARY
+        assert await store.purge_tags(["t"]) == 1
+    finally:
+        await store.aclose()
+    # a client that does not trust the certificate is refused, as a store error
+    untrusting = RedisStore("tls", redis_tls_url.split("?")[0])
+    try:
+        with pytest.raises(StoreError):
+            await untrusting.get("sc:{r}:tls")
+    finally:
+        await untrusting.aclose()
+
+
 async def test_pubsub_round_trip(store: RedisStore) -> None:
     pubsub = await store.pubsub()
     try:
