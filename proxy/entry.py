@@ -55,11 +55,18 @@ class CachedResponse:
         return self.initial_age + max(0.0, now - self.response_time)
 
     def plain_body(self) -> bytes:
-        """The body as the origin sent it (decompressing our storage encoding once)."""
+        """The body as the origin sent it (decompressing our storage encoding once).
+
+        ``decode`` checks only the gzip magic (hits served to gzip clients never inflate),
+        so a damaged stream surfaces here, as the codec's ``EntryError``.
+        """
         if self.body_encoding is None:
             return self.body
         if not self._plain:
-            self._plain.append(zlib.decompress(self.body, wbits=31))
+            try:
+                self._plain.append(zlib.decompress(self.body, wbits=31))
+            except zlib.error as exc:
+                raise EntryError(f"stored gzip body is corrupt: {exc}") from None
         return self._plain[0]
 
     def header(self, name: str) -> str | None:
