@@ -609,7 +609,8 @@ class Engine:
         self, ex: Exchange, route: Route, headers: list[tuple[str, str]]
     ) -> None:
         """RFC 9111 §4.4, plus the route's ``invalidates`` list."""
-        paths = [ex.path, *invalidation_targets(ex.method, 200, headers, self.origin.host)]
+        hosts = [h for h in (ex.host, self.origin.host) if h]
+        paths = invalidation_targets(ex.method, 200, headers, ex.target, hosts)
         tags = [f"p:{p.split('?')[0].rstrip('/') or '/'}" for p in paths]
         for target in route.config.invalidates:
             tags.append(f"p:{target.rstrip('/')}" if target.startswith("/") else route_tag(target))

@@ -1,9 +1,10 @@
-"""RFC 9111 decisions as pure functions: may a response be stored, for how long, and may a
-stored response answer a request. No I/O and no awaits; ``now`` is always passed in.
+"""RFC 9111 decisions as pure functions: may a response be stored, for how long, may a
+stored response answer a request, how a validation or HEAD response updates it, and
+what an unsafe request invalidates. No I/O and no awaits; ``now`` is always passed in.
 
-Each function cites the section it implements. The route policy can override the
-origin (``origin_cache_control: ignore``) but never the security rules of §3
-(Set-Cookie, Authorization) unless the route opts in explicitly.
+Each function cites the section it implements. A route can override the origin
+(``origin_cache_control: ignore``) but never the security rules of §3 (Set-Cookie,
+Authorization) unless it opts in explicitly.
 """
 
 from __future__ import annotations
@@ -12,20 +13,44 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
+from urllib.parse import urljoin, urlsplit
 
-from proxy.cachecontrol import EMPTY, CacheControl, parse_cache_control, parse_http_date, parse_vary
+from proxy.cachecontrol import (
+    EMPTY,
+    CacheControl,
+    format_http_date,
+    parse_age,
+    parse_cache_control,
+    parse_entity_tags,
+    parse_http_date,
+    parse_targeted,
+    parse_vary,
+    strong_match,
+    weak_match,
+)
 from proxy.policy import RouteConfig
 
-# RFC 9110 §15.1: heuristically cacheable status codes (206 left out: we do not
-# store partial content, see docs).
+Headers = Sequence[tuple[str, str]]
+
+# RFC 9110 §15.1: heuristically cacheable status codes. 206 is left out: this cache
+# passes Range requests through and never stores partial content.
 HEURISTIC_STATUSES: Final = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
-# Final statuses this cache understands (§3, must-understand).
-UNDERSTOOD_STATUSES: Final = frozenset(range(200, 600)) - {206, 304}
+# RFC 9110 §15: the codes whose caching requirements this cache implements, for
+# must-understand (§5.2.2.3). Any other final status may still be stored when the
+# origin gives it explicit freshness (§3).
+UNDERSTOOD_STATUSES: Final = frozenset(
+    {200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 307, 308}
+    | {*range(400, 418), 421, 422, 426, *range(500, 506)}
+)
+# RFC 5861 §4: the statuses stale-if-error treats as errors (besides a failed connection).
+ERROR_STATUSES: Final = frozenset({500, 502, 503, 504})
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
 HEURISTIC_FRACTION: Final = 0.1  # §4.2.2: "10% of the interval since Last-Modified"
-# How long a response that is never fresh but carries validators is kept, so that
-# it can be revalidated with a conditional request instead of fetched in full.
+# How much longer than its freshness (and stale windows) a response with validators is
+# kept, so that once stale it can be revalidated with a 304 instead of fetched in full.
 VALIDATION_KEEP: Final = 300.0
-# RFC 9110 §7.6.1 hop-by-hop fields, never stored or forwarded.
+# RFC 9110 §7.6.1 hop-by-hop fields (and the proxy-auth ones, which address the next
+# hop only): never stored, never forwarded.
 HOP_BY_HOP: Final = frozenset(
     {
         "connection",
@@ -36,19 +61,21 @@ HOP_BY_HOP: Final = frozenset(
         "transfer-encoding",
         "upgrade",
         "proxy-authenticate",
+        "proxy-authentication-info",
         "proxy-authorization",
     }
 )
-# §3.2: headers a 304 must not overwrite in the stored response.
-_NOT_UPDATED: Final = frozenset({"content-length", "content-encoding", "transfer-encoding"})
+# §3.2: fields a 304 or HEAD response must not change in a stored response, because
+# they describe the stored body's length, framing and coding.
+_NOT_UPDATED: Final = HOP_BY_HOP | {"content-length", "content-encoding", "content-range", "age"}
 
 
-def header_values(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
+def header_values(headers: Headers, name: str) -> list[str]:
     lowered = name.lower()
     return [v for k, v in headers if k.lower() == lowered]
 
 
-def first_header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
+def first_header(headers: Headers, name: str) -> str | None:
     lowered = name.lower()
     for k, v in headers:
         if k.lower() == lowered:
@@ -56,21 +83,49 @@ def first_header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def response_cache_control(route: RouteConfig, headers: Sequence[tuple[str, str]]) -> CacheControl:
-    """The directives this cache obeys: CDN-Cache-Control when the route targets it
-    (RFC 9213 §2.1), else Cache-Control; ``Pragma: no-cache`` counts as ``no-cache``
-    only when no Cache-Control is present (RFC 9111 §5.4)."""
+def _connection_listed(headers: Headers) -> set[str]:
+    return {t.strip().lower() for v in header_values(headers, "Connection") for t in v.split(",")}
+
+
+# ---------------------------------------------------------------- directives
+
+
+def response_cache_control(route: RouteConfig, headers: Headers) -> tuple[CacheControl, bool]:
+    """The response directives this cache obeys, and whether they came from a targeted
+    field. With ``cdn_cache_control``, a valid CDN-Cache-Control wins and Cache-Control
+    and Expires are ignored (RFC 9213 §2.1); else Cache-Control; ``Pragma: no-cache``
+    counts as ``no-cache`` only when there is no Cache-Control (RFC 9111 §5.4)."""
     if route.cdn_cache_control:
-        targeted = header_values(headers, "CDN-Cache-Control")
-        if targeted:
-            return parse_cache_control(targeted)
+        targeted = parse_targeted(header_values(headers, "CDN-Cache-Control"))
+        if targeted is not None:
+            return targeted, True
     values = header_values(headers, "Cache-Control")
     if values:
-        return parse_cache_control(values)
-    pragma = ",".join(header_values(headers, "Pragma")).lower()
-    if "no-cache" in pragma:
+        return parse_cache_control(values), False
+    if _pragma_no_cache(header_values(headers, "Pragma")):
+        return CacheControl({"no-cache": None}), False
+    return EMPTY, False
+
+
+def request_cache_control(route: RouteConfig, request: Mapping[str, str]) -> CacheControl:
+    """The request directives honoured (RFC 9111 §5.2.1), or none when the route says
+    ``client_cache_control: ignore``; ``Pragma: no-cache`` without Cache-Control means
+    ``no-cache`` (§5.4). ``request`` maps lowercased names to combined values."""
+    if route.client_cache_control != "honor":
+        return EMPTY
+    value = request.get("cache-control")
+    if value is not None:
+        return parse_cache_control([value])
+    if _pragma_no_cache([request.get("pragma", "")]):
         return CacheControl({"no-cache": None})
     return EMPTY
+
+
+def _pragma_no_cache(values: list[str]) -> bool:
+    return any(t.strip().lower() == "no-cache" for v in values for t in v.split(","))
+
+
+# ---------------------------------------------------------------- storing (§3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +140,14 @@ class StoreDecision:
     must_revalidate: bool = False
     no_cache: bool = False
     strip: frozenset[str] = frozenset()
+    has_validator: bool = False
 
     @property
     def storage_ttl(self) -> float:
-        """How long the store keeps it: freshness plus the stale windows, and no longer."""
-        keep = self.lifetime + (
-            0.0 if self.must_revalidate else max(self.stale_while_revalidate, self.stale_if_error)
-        )
-        return max(keep, VALIDATION_KEEP) if self.no_cache or self.lifetime == 0 else keep
+        """How long the store keeps it: freshness plus the stale windows, plus a grace
+        for revalidation when it has validators; never forever (hishel #287)."""
+        keep = self.lifetime + max(self.stale_while_revalidate, self.stale_if_error)
+        return keep + VALIDATION_KEEP if self.has_validator else keep
 
 
 def _skip(reason: str) -> StoreDecision:
@@ -104,125 +159,160 @@ def decide_storage(
     method: str,
     request: Mapping[str, str],
     status: int,
-    headers: Sequence[tuple[str, str]],
+    headers: Headers,
     response_time: float,
+    request_cc: CacheControl = EMPTY,
 ) -> StoreDecision:
     """RFC 9111 §3: may this response be stored, and with which freshness (§4.2.1).
 
-    ``request`` maps lowercased request header names to values.
+    ``request`` maps lowercased request field names to values; ``request_cc`` holds the
+    honoured request directives (``no-store`` forbids storing, §5.2.1.5).
     """
-    if method != "GET":
-        return _skip("method")
     honor = route.origin_cache_control == "honor"
-    cc = response_cache_control(route, headers) if honor else EMPTY
-    if route.statuses is not None:
-        if status not in route.statuses:
-            return _skip("status")
-    elif status < 200 or status not in UNDERSTOOD_STATUSES:
+    cc, targeted = response_cache_control(route, headers) if honor else (EMPTY, False)
+    refusal = _refusal(route, method, request, status, headers, cc, request_cc)
+    if refusal is not None:
+        return _skip(refusal)
+    lifetime, explicit = freshness_lifetime(route, status, headers, cc, response_time, targeted)
+    # §3: without explicit freshness, only heuristically cacheable statuses (or ones the
+    # route lists, an out-of-band contract) may be stored.
+    if not explicit and not (status in HEURISTIC_STATUSES or cc.has("public") or route.statuses):
         return _skip("status")
-    # §5.2.2.3 must-understand: we understand every status we store, so it lifts no-store.
-    if cc.has("no-store") and not cc.has("must-understand"):
-        return _skip("no-store")
-    private = cc.fields("private")
-    if private == ():
-        return _skip("private")
-    if "*" in parse_vary(header_values(headers, "Vary")):
-        return _skip("vary-star")
-    if header_values(headers, "Set-Cookie") and not route.strip_set_cookie:
-        return _skip("set-cookie")
-    # §3.5: a shared cache stores answers to Authorization only when the origin says so.
-    authorized_ok = cc.has("public") or cc.has("s-maxage") or cc.has("must-revalidate")
-    if "authorization" in request and not route.cache_authorized and not authorized_ok:
-        return _skip("authorization")
-    lifetime, explicit = freshness_lifetime(route, status, headers, cc, response_time)
-    heuristic_ok = status in HEURISTIC_STATUSES or cc.has("public")
-    if route.statuses is None and not explicit and not heuristic_ok:
-        return _skip("status")
-    strip = set(private or ()) | set(cc.fields("no-cache") or ())
-    if route.strip_set_cookie:
-        strip.add("set-cookie")
     no_cache = cc.fields("no-cache") == ()
     must_revalidate = any(cc.has(d) for d in ("must-revalidate", "proxy-revalidate", "s-maxage"))
-    swr = _window(cc, "stale-while-revalidate", route.stale_while_revalidate)
-    sie = _window(cc, "stale-if-error", route.stale_if_error)
-    has_validator = bool(first_header(headers, "ETag") or first_header(headers, "Last-Modified"))
-    if (lifetime <= 0 and not has_validator and not (swr or sie)) or (
-        no_cache and not has_validator
-    ):
-        return _skip("not-fresh")
+    # §4.2.4: no stale serving of any kind where a directive demands validation.
+    forbid_stale = no_cache or must_revalidate
+    swr = _window(cc, "stale-while-revalidate", route.stale_while_revalidate, forbid_stale)
+    sie = _window(cc, "stale-if-error", route.stale_if_error, forbid_stale)
+    validator = bool(first_header(headers, "ETag") or first_header(headers, "Last-Modified"))
+    if not validator and (no_cache or (lifetime <= 0 and not (swr or sie))):
+        return _skip("not-fresh")  # could only ever be fetched again in full
+    strip = set(cc.fields("private") or ()) | set(cc.fields("no-cache") or ())
+    if route.strip_set_cookie:
+        strip.add("set-cookie")
     return StoreDecision(
-        True, "stored", lifetime, swr, sie, must_revalidate, no_cache, frozenset(strip)
+        True, "stored", lifetime, swr, sie, must_revalidate, no_cache, frozenset(strip), validator
     )
 
 
-def _window(cc: CacheControl, directive: str, route_value: float) -> float:
+def _refusal(
+    route: RouteConfig,
+    method: str,
+    request: Mapping[str, str],
+    status: int,
+    headers: Headers,
+    cc: CacheControl,
+    request_cc: CacheControl,
+) -> str | None:
+    """The first §3 rule that forbids storing, as a Cache-Status detail; ``None`` if none."""
+    if method != "GET":
+        return "method"
+    if request_cc.has("no-store"):
+        return "request-no-store"
+    # final statuses only; 206 and 304 need an understanding of ranges/validation
+    # that a stored entry does not have
+    if not 200 <= status <= 599 or status in (206, 304):
+        return "status"
+    if route.statuses and status not in route.statuses:
+        return "status"
+    if cc.has("must-understand"):
+        if status not in UNDERSTOOD_STATUSES:
+            return "must-understand"
+    elif cc.has("no-store"):  # §5.2.2.3: must-understand overrides no-store
+        return "no-store"
+    if cc.fields("private") == ():
+        return "private"
+    if "*" in parse_vary(header_values(headers, "Vary")):
+        return "vary-star"
+    stripped = set(cc.fields("private") or ()) | set(cc.fields("no-cache") or ())
+    if (
+        header_values(headers, "Set-Cookie")
+        and not route.strip_set_cookie
+        and "set-cookie" not in stripped
+    ):
+        return "set-cookie"
+    # §3.5: a response to a request with Authorization only when the origin says so
+    explicit_ok = cc.has("public") or cc.has("s-maxage") or cc.has("must-revalidate")
+    if "authorization" in request and not route.cache_authorized and not explicit_ok:
+        return "authorization"
+    return None
+
+
+def _window(cc: CacheControl, directive: str, route_value: float, forbidden: bool) -> float:
     """RFC 5861 windows: the origin's directive when it sends one, else the route's."""
+    if forbidden:
+        return 0.0
     value = cc.seconds(directive)
     return float(value) if value is not None else route_value
+
+
+# ---------------------------------------------------------------- freshness (§4.2)
 
 
 def freshness_lifetime(
     route: RouteConfig,
     status: int,
-    headers: Sequence[tuple[str, str]],
+    headers: Headers,
     cc: CacheControl,
     response_time: float,
+    targeted: bool = False,
 ) -> tuple[float, bool]:
-    """RFC 9111 §4.2.1 (and §4.2.2 heuristics): seconds of freshness, and whether the
-    origin gave it explicitly. ``max_ttl`` caps the result."""
-    lifetime: float | None = None
-    explicit = True
+    """RFC 9111 §4.2.1: seconds of freshness, and whether the origin gave them
+    (``s-maxage`` > ``max-age`` > ``Expires`` − ``Date``; Expires is ignored under a
+    targeted field, RFC 9213 §2.1). Without explicit freshness: the route's per-status
+    TTL, its ``ttl``, else the §4.2.2 heuristic. ``max_ttl`` caps the result."""
+    lifetime: float
+    explicit = False
     per_status = route.status_ttls.get(status)
     if route.origin_cache_control == "ignore":
         lifetime = per_status if per_status is not None else route.ttl or 0.0
     elif (s_maxage := cc.seconds("s-maxage")) is not None:
-        lifetime = float(s_maxage)
+        lifetime, explicit = float(s_maxage), True
     elif (max_age := cc.seconds("max-age")) is not None:
-        lifetime = float(max_age)
-    elif (expires := first_header(headers, "Expires")) is not None:
-        expires_at = parse_http_date(expires)
-        date = parse_http_date(first_header(headers, "Date")) or response_time
-        # §5.3: an invalid Expires (e.g. "0") means already expired.
+        lifetime, explicit = float(max_age), True
+    elif not targeted and (expires := header_values(headers, "Expires")):
+        # §5.3: the first Expires counts; an invalid date (e.g. "0") is in the past
+        expires_at = parse_http_date(expires[0], response_time)
+        date = _date(headers, response_time)
         lifetime = max(0.0, expires_at - date) if expires_at is not None else 0.0
+        explicit = True
+    elif per_status is not None:
+        lifetime = per_status
+    elif route.ttl is not None:
+        lifetime = route.ttl
     else:
-        explicit = False
-        if per_status is not None:
-            lifetime = per_status
-        elif route.ttl is not None:
-            lifetime = route.ttl
-        else:
-            lifetime = _heuristic(route, status, headers, cc, response_time)
+        lifetime = heuristic_lifetime(route, status, headers, cc, response_time)
     if route.max_ttl is not None:
         lifetime = min(lifetime, route.max_ttl)
     return lifetime, explicit
 
 
-def _heuristic(
-    route: RouteConfig,
-    status: int,
-    headers: Sequence[tuple[str, str]],
-    cc: CacheControl,
-    response_time: float,
+def _date(headers: Headers, response_time: float) -> float:
+    """The Date field, or when it is absent or invalid the time the response arrived
+    (RFC 9110 §6.6.1)."""
+    date = parse_http_date(first_header(headers, "Date"), response_time)
+    return date if date is not None else response_time
+
+
+def heuristic_lifetime(
+    route: RouteConfig, status: int, headers: Headers, cc: CacheControl, response_time: float
 ) -> float:
-    """§4.2.2: a fraction of the time since Last-Modified, capped by max_heuristic_ttl."""
+    """§4.2.2: 10% of the time between Last-Modified and Date, for heuristically
+    cacheable statuses (or ``public`` ones), capped by ``max_heuristic_ttl``."""
     if status not in HEURISTIC_STATUSES and not cc.has("public"):
         return 0.0
-    modified = parse_http_date(first_header(headers, "Last-Modified"))
+    modified = parse_http_date(first_header(headers, "Last-Modified"), response_time)
     if modified is None:
         return 0.0
-    date = parse_http_date(first_header(headers, "Date")) or response_time
-    return min(max(0.0, (date - modified) * HEURISTIC_FRACTION), route.max_heuristic_ttl)
+    age_of_content = _date(headers, response_time) - modified
+    return min(max(0.0, age_of_content * HEURISTIC_FRACTION), route.max_heuristic_ttl)
 
 
-def initial_age(
-    headers: Sequence[tuple[str, str]], request_time: float, response_time: float
-) -> float:
-    """corrected_initial_age (RFC 9111 §4.2.3), from the origin's Age and Date."""
-    age_value = 0.0
-    raw_age = first_header(headers, "Age")
-    if raw_age is not None and raw_age.strip().isdigit():
-        age_value = float(raw_age.strip())
-    date = parse_http_date(first_header(headers, "Date"))
+def initial_age(headers: Headers, request_time: float, response_time: float) -> float:
+    """corrected_initial_age (RFC 9111 §4.2.3): the larger of the apparent age (Date
+    against our clock) and the origin's Age (§5.1) plus the response delay."""
+    age_value = parse_age(header_values(headers, "Age")) or 0
+    date = parse_http_date(first_header(headers, "Date"), response_time)
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     response_delay = max(0.0, response_time - request_time)
     return max(apparent_age, age_value + response_delay)
@@ -233,8 +323,9 @@ class Usability(Enum):
 
     FRESH = "fresh"
     STALE_ALLOWED = "stale-allowed"  # stale, but the client said max-stale
+    REFUSED = "refused"  # fresh, but the request's directives want a newer one
     STALE = "stale"
-    MUST_VALIDATE = "must-validate"  # no-cache entry or request
+    MUST_VALIDATE = "must-validate"  # stored with no-cache
 
 
 def assess(
@@ -245,74 +336,146 @@ def assess(
     must_revalidate: bool,
     request_cc: CacheControl,
 ) -> Usability:
-    """§4.2 freshness of a stored response, with the request's directives (§5.2.1)."""
-    if no_cache or request_cc.has("no-cache"):
+    """§4.2 freshness of a stored response, with the request's directives (§5.2.1):
+    ``no-cache`` (§5.2.1.4), ``max-age`` (§5.2.1.1), ``min-fresh`` (§5.2.1.3) and
+    ``max-stale`` (§5.2.1.2), which never overrides must-revalidate (§5.2.2.2)."""
+    if no_cache:
         return Usability.MUST_VALIDATE
     fresh_for = lifetime - age
     max_age = request_cc.seconds("max-age")
-    if max_age is not None and age > max_age:
-        return Usability.STALE
-    min_fresh = request_cc.seconds("min-fresh")
-    if min_fresh is not None and fresh_for < min_fresh:
-        return Usability.STALE
+    too_old = max_age is not None and age > max_age
     if fresh_for > 0:
+        min_fresh = request_cc.seconds("min-fresh")
+        too_close = min_fresh is not None and fresh_for < min_fresh
+        if request_cc.has("no-cache") or too_old or too_close:
+            return Usability.REFUSED
         return Usability.FRESH
-    if request_cc.has("max-stale") and not must_revalidate:
-        max_stale = request_cc.directives["max-stale"]
-        if max_stale is None or -fresh_for <= float(request_cc.seconds("max-stale") or 0):
+    if request_cc.has("max-stale") and not (must_revalidate or request_cc.has("no-cache")):
+        limit = request_cc.directives["max-stale"]
+        stale_ok = limit is None or -fresh_for <= (request_cc.seconds("max-stale") or 0)
+        if stale_ok and not too_old:
             return Usability.STALE_ALLOWED
     return Usability.STALE
 
 
-def freshen_headers(
-    stored: Sequence[tuple[str, str]], fresh: Sequence[tuple[str, str]]
+def within_stale_window(lifetime: float, age: float, window: float) -> bool:
+    """RFC 5861 §3/§4: a stale response is still inside a stale-while-revalidate or
+    stale-if-error window (zero when a directive forbids serving stale, §4.2.4)."""
+    return window > 0 and age < lifetime + window
+
+
+def stale_if_error_window(stored: float, request_cc: CacheControl, forbidden: bool) -> float:
+    """RFC 5861 §4: the origin's (or route's) window, widened by a request's
+    ``stale-if-error``; none under must-revalidate, proxy-revalidate, s-maxage or
+    no-cache (RFC 9111 §4.2.4)."""
+    if forbidden:
+        return 0.0
+    requested = request_cc.seconds("stale-if-error")
+    return max(stored, float(requested)) if requested is not None else stored
+
+
+# ---------------------------------------------------------------- stored fields (§3.1, §3.2)
+
+
+def storable_headers(
+    headers: Headers, strip: frozenset[str], response_time: float | None = None
 ) -> tuple[tuple[str, str], ...]:
-    """§3.2 / §4.3.4: a 304 (or HEAD) response's fields replace the stored ones of the
-    same name, except those describing the stored body's framing and encoding."""
-    replaced = {k.lower() for k, _ in fresh if k.lower() not in _NOT_UPDATED | HOP_BY_HOP}
+    """The fields kept with a stored response (§3.1): no hop-by-hop fields, none the
+    Connection field lists, none ``private=``/``no-cache=`` lists (§5.2.2.4, §5.2.2.7),
+    never Set-Cookie nor Age; a Date is added when the origin sent none (RFC 9110
+    §6.6.1)."""
+    drop = HOP_BY_HOP | _connection_listed(headers) | strip | {"set-cookie", "age"}
+    kept = tuple((k, v) for k, v in headers if k.lower() not in drop)
+    if response_time is not None and first_header(kept, "Date") is None:
+        kept += (("Date", format_http_date(response_time)),)
+    return kept
+
+
+def freshen_headers(stored: Headers, fresh: Headers) -> tuple[tuple[str, str], ...]:
+    """§3.2 (for §4.3.4 and §4.3.5): each field of the new response replaces the stored
+    field of that name, except those describing the stored body (Content-Length,
+    Content-Encoding, Content-Range), hop-by-hop ones and those Connection lists."""
+    excluded = _NOT_UPDATED | _connection_listed(fresh)
+    replaced = {k.lower() for k, _ in fresh if k.lower() not in excluded}
     kept = [(k, v) for k, v in stored if k.lower() not in replaced]
     added = [(k, v) for k, v in fresh if k.lower() in replaced]
     return (*kept, *added)
 
 
-def storable_headers(
-    headers: Sequence[tuple[str, str]], strip: frozenset[str]
-) -> tuple[tuple[str, str], ...]:
-    """The fields kept with a stored response: no hop-by-hop (RFC 9110 §7.6.1), none the
-    Connection header names, none ``private=``/``no-cache=`` listed (§5.2.2.4, §5.2.2.7),
-    never Set-Cookie."""
-    connection = {
-        token.strip().lower()
-        for v in header_values(headers, "Connection")
-        for token in v.split(",")
-    }
-    drop = HOP_BY_HOP | connection | strip | {"set-cookie", "age"}
-    return tuple((k, v) for k, v in headers if k.lower() not in drop)
+def selects_for_update(stored: Headers, fresh: Headers) -> bool:
+    """§4.3.4: whether a 304 identifies the stored response. A strong ETag must match
+    strongly; else a weak ETag weakly, else Last-Modified exactly. A 304 without any
+    validator answers the validators we sent, so it selects the stored response."""
+    etag, stored_etag = first_header(fresh, "ETag"), first_header(stored, "ETag")
+    if etag is not None:
+        if not etag.strip().startswith("W/"):
+            return stored_etag is not None and strong_match(etag, stored_etag)
+        return stored_etag is not None and weak_match(etag, stored_etag)
+    modified = first_header(fresh, "Last-Modified")
+    if modified is not None:
+        return modified.strip() == (first_header(stored, "Last-Modified") or "").strip()
+    return True
 
 
-UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+def head_updates(stored: Headers, stored_length: int, head: Headers) -> bool:
+    """§4.3.5: a 200 answer to HEAD updates a stored GET response only when every
+    validator it carries (ETag, Last-Modified) matches the stored one and its
+    Content-Length, if any, equals the stored body's length."""
+    for name in ("ETag", "Last-Modified"):
+        value = first_header(head, name)
+        if value is not None and value.strip() != (first_header(stored, name) or "").strip():
+            return False
+    length = first_header(head, "Content-Length")
+    return length is None or length.strip() == str(stored_length)
+
+
+# ---------------------------------------------------------------- validation (§4.3.2)
+
+
+def is_not_modified(
+    request: Mapping[str, str], status: int, stored: Headers, response_time: float
+) -> bool:
+    """§4.3.2: answer a client's conditional GET/HEAD from a stored 2xx response.
+    If-None-Match (weak comparison, RFC 9110 §13.1.2) takes precedence; else
+    If-Modified-Since (§13.1.3) against Last-Modified, else Date, else arrival."""
+    if not 200 <= status < 300:
+        return False
+    inm = request.get("if-none-match")
+    if inm is not None:
+        tags = parse_entity_tags(inm)
+        etag = first_header(stored, "ETag")
+        return "*" in tags or (etag is not None and any(weak_match(t, etag) for t in tags))
+    since = parse_http_date(request.get("if-modified-since"), response_time)
+    if since is None:
+        return False
+    modified = parse_http_date(first_header(stored, "Last-Modified"), response_time)
+    if modified is None:
+        modified = _date(stored, response_time)
+    return modified <= since
+
+
+# ---------------------------------------------------------------- invalidation (§4.4)
 
 
 def invalidation_targets(
-    method: str, status: int, headers: Sequence[tuple[str, str]], origin_host: str
+    method: str, status: int, headers: Headers, target: str, hosts: Sequence[str]
 ) -> list[str]:
-    """§4.4: a non-error response to an unsafe method invalidates the target URI and the
-    same-origin Location / Content-Location URIs. Answers extra paths to invalidate
-    (the target's own path is the caller's)."""
-    if method.upper() not in UNSAFE_METHODS and method.upper() not in ("MKCOL", "MOVE", "COPY"):
+    """§4.4: a non-error (2xx/3xx) response to an unsafe method, including one whose
+    safety is unknown, invalidates the target URI and the same-origin URIs in Location
+    and Content-Location (resolved against the target). Answers ``path?query`` strings;
+    ``hosts`` are the authorities that count as this origin."""
+    if method.upper() in SAFE_METHODS or not 200 <= status < 400:
         return []
-    if not 200 <= status < 400:
-        return []
-    from urllib.parse import urlsplit
-
-    paths = []
+    base = f"http://{hosts[0] if hosts else 'origin'}{target}"
+    own = {h.lower() for h in hosts}
+    paths = [target]
     for name in ("Location", "Content-Location"):
         value = first_header(headers, name)
-        if not value:
+        if value is None:
             continue
-        parts = urlsplit(value)
-        if parts.netloc and parts.netloc.lower() != origin_host.lower():
-            continue  # §4.4: only same-origin URIs
-        if parts.path.startswith("/"):
-            paths.append(parts.path + (f"?{parts.query}" if parts.query else ""))
+        parts = urlsplit(urljoin(base, value.strip()))
+        if parts.scheme in ("http", "https") and parts.netloc.lower() in own:
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            if path not in paths:
+                paths.append(path)
     return paths

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 from urllib.parse import parse_qsl, quote
 
-from proxy.cachecontrol import normalize_accept_encoding
+from proxy.cachecontrol import normalize_field_value
 from proxy.policy import KeySpec, QueryExclude
 
 PREFIX: Final = "sc"
@@ -80,12 +80,8 @@ def derive_key(
 
 def normalize_header(name: str, value: str | None) -> str:
     """A request header value as Vary compares it (RFC 9111 §4.1): whitespace folded,
-    Accept-Encoding reduced to the codings that change our answer."""
-    if name == "accept-encoding":
-        return normalize_accept_encoding(value)
-    if value is None:
-        return ""
-    return " ".join(value.split())
+    Accept-Encoding reduced to the set of acceptable codings, absence kept apart."""
+    return normalize_field_value(name, value)
 
 
 def variant_of(fields: Sequence[str], headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
