@@ -59,7 +59,7 @@ class MemoryStore:
     # -- writes
 
     async def set(self, key: str, value: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
-        if ttl <= 0:
+        if not ttl > 0:  # also NaN, whose deadline would never come
             self._remove(key)
             return
         size = len(key) + len(value) + ENTRY_OVERHEAD + TAG_OVERHEAD * len(tags)

@@ -1,0 +1,417 @@
+"""proxy/stores/memory.py: the byte-bounded LRU with TTLs, tags and local leases.
+
+Time moves only through ``FakeClock``; nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.clock import FakeClock
+from proxy.stores.base import Store, StoreStats
+from proxy.stores.memory import ENTRY_OVERHEAD, TAG_OVERHEAD, MemoryStore
+
+KiB = 1024
+
+
+def cost(key: str, value: bytes, tags: tuple[str, ...] = ()) -> int:
+    return len(key) + len(value) + ENTRY_OVERHEAD + TAG_OVERHEAD * len(tags)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> MemoryStore:
+    return MemoryStore("mem", 64 * KiB, clock)
+
+
+def sized_store(clock: FakeClock, entries: int, value: int = 100, key: str = "k0") -> MemoryStore:
+    """A store with room for exactly ``entries`` values of ``value`` bytes under 2-char keys."""
+    return MemoryStore("mem", entries * cost(key, b"x" * value), clock)
+
+
+# ---------------------------------------------------------------- basics
+
+
+def test_is_a_local_store(store: MemoryStore) -> None:
+    assert isinstance(store, Store)
+    assert store.shared is False
+    assert store.name == "mem"
+
+
+async def test_get_set(store: MemoryStore) -> None:
+    assert await store.get("a") is None
+    await store.set("a", b"one", 60)
+    assert await store.get("a") == b"one"
+    assert store.get_now("a") == b"one"
+
+
+async def test_set_replaces_and_counts_bytes_once(store: MemoryStore) -> None:
+    await store.set("a", b"x" * 1000, 60)
+    await store.set("a", b"y" * 10, 60)
+    assert await store.get("a") == b"y" * 10
+    assert store.stats() == StoreStats(entries=1, bytes=cost("a", b"y" * 10), evictions=0)
+
+
+async def test_get_many_keeps_order_and_misses(store: MemoryStore) -> None:
+    await store.set("a", b"1", 60)
+    await store.set("c", b"3", 60)
+    assert await store.get_many(["c", "b", "a", "c"]) == [b"3", None, b"1", b"3"]
+    assert await store.get_many([]) == []
+
+
+async def test_empty_value_is_a_hit(store: MemoryStore) -> None:
+    await store.set("a", b"", 60)
+    assert await store.get("a") == b""
+
+
+async def test_delete_counts_what_it_removed(store: MemoryStore) -> None:
+    await store.set("a", b"1", 60)
+    await store.set("b", b"2", 60)
+    assert await store.delete(["a", "missing", "a"]) == 1
+    assert await store.get("a") is None
+    assert await store.get("b") == b"2"
+    assert await store.delete([]) == 0
+    assert store.stats().bytes == cost("b", b"2")
+
+
+async def test_ping_and_aclose(store: MemoryStore) -> None:
+    await store.set("a", b"1", 60, tags=["t"])
+    assert await store.ping() is True
+    await store.aclose()
+    assert await store.get("a") is None
+    assert store.stats() == StoreStats(entries=0, bytes=0, evictions=0)
+    assert await store.purge_tags(["t"]) == 0
+
+
+# ---------------------------------------------------------------- LRU and the byte bound
+
+
+async def test_evicts_least_recently_set(clock: FakeClock) -> None:
+    store = sized_store(clock, 3)
+    for key in ("k1", "k2", "k3", "k4"):
+        await store.set(key, b"x" * 100, 60)
+    assert store.keys() == ["k2", "k3", "k4"]
+    assert await store.get("k1") is None
+    assert store.stats().evictions == 1
+
+
+async def test_a_read_makes_an_entry_recent(clock: FakeClock) -> None:
+    store = sized_store(clock, 3)
+    for key in ("k1", "k2", "k3"):
+        await store.set(key, b"x" * 100, 60)
+    assert await store.get("k1") == b"x" * 100
+    await store.set("k4", b"x" * 100, 60)
+    assert store.keys() == ["k3", "k1", "k4"]
+    assert await store.get("k2") is None
+
+
+async def test_get_many_makes_entries_recent(clock: FakeClock) -> None:
+    store = sized_store(clock, 3)
+    for key in ("k1", "k2", "k3"):
+        await store.set(key, b"x" * 100, 60)
+    await store.get_many(["k2", "k1"])
+    await store.set("k4", b"x" * 100, 60)
+    assert store.keys() == ["k2", "k1", "k4"]
+
+
+async def test_rewriting_a_key_makes_it_recent(clock: FakeClock) -> None:
+    store = sized_store(clock, 3)
+    for key in ("k1", "k2", "k3"):
+        await store.set(key, b"x" * 100, 60)
+    await store.set("k1", b"y" * 100, 60)
+    await store.set("k4", b"x" * 100, 60)
+    assert store.keys() == ["k3", "k1", "k4"]
+
+
+async def test_a_large_value_evicts_as_many_as_it_needs(clock: FakeClock) -> None:
+    store = sized_store(clock, 4)
+    for key in ("k1", "k2", "k3", "k4"):
+        await store.set(key, b"x" * 100, 60)
+    await store.set("k5", b"x" * 250, 60)  # more than one small entry costs, less than two
+    assert store.keys() == ["k3", "k4", "k5"]
+    assert store.stats().bytes <= store.max_size
+    assert store.stats().evictions == 2
+
+
+async def test_a_value_larger_than_the_store_is_not_stored(clock: FakeClock) -> None:
+    store = sized_store(clock, 2)
+    await store.set("k1", b"x" * 100, 60)
+    await store.set("k2", b"x" * 100, 60)
+    await store.set("k3", b"x" * store.max_size, 60)
+    assert await store.get("k3") is None
+    # ... and pushes nothing out for it
+    assert store.keys() == ["k1", "k2"]
+    assert store.stats().evictions == 0
+
+
+async def test_an_oversized_rewrite_drops_the_old_value(clock: FakeClock) -> None:
+    store = sized_store(clock, 2)
+    await store.set("k1", b"old", 60)
+    await store.set("k1", b"x" * store.max_size, 60)
+    # serving the old body for a key whose answer changed would be wrong
+    assert await store.get("k1") is None
+    assert store.stats().bytes == 0
+
+
+async def test_exactly_full_is_allowed(clock: FakeClock) -> None:
+    store = MemoryStore("mem", cost("k1", b"x" * 100), clock)
+    await store.set("k1", b"x" * 100, 60)
+    assert await store.get("k1") == b"x" * 100
+    assert store.stats().bytes == store.max_size
+
+
+async def test_bound_counts_keys_values_tags_and_overhead(store: MemoryStore) -> None:
+    await store.set("key", b"value", 60, tags=["t1", "t2"])
+    await store.set("k", b"v", 60)
+    expected = cost("key", b"value", ("t1", "t2")) + cost("k", b"v")
+    assert store.stats() == StoreStats(entries=2, bytes=expected, evictions=0)
+
+
+@pytest.mark.parametrize("count", [1, 10, 1_000, 20_000])
+async def test_byte_bound_holds_for_any_number_of_distinct_keys(
+    clock: FakeClock, count: int
+) -> None:
+    store = MemoryStore("mem", 64 * KiB, clock)
+    for i in range(count):
+        await store.set(f"sc:r:{i:032x}", bytes(i % 2000), 60, tags=[f"t{i % 7}"])
+        assert store.stats().bytes <= store.max_size  # type: ignore[operator]
+    stats = store.stats()
+    assert stats.entries == len(store.keys())
+    assert stats.evictions == count - len(store.keys())
+    assert await store.get(f"sc:r:{count - 1:032x}") == bytes((count - 1) % 2000)
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "get", "delete", "purge", "tick"]),
+        st.integers(0, 30),  # key number
+        st.integers(0, 3000),  # value size
+        st.lists(st.sampled_from(["a", "b", "c"]), max_size=2),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(max_size=st.integers(1, 8 * KiB), ops=OPS)
+async def test_bound_and_accounting_hold_under_any_sequence(
+    max_size: int, ops: list[tuple[str, int, int, list[str]]]
+) -> None:
+    clock = FakeClock()
+    store = MemoryStore("mem", max_size, clock)
+    written: dict[str, tuple[bytes, tuple[str, ...]]] = {}  # the last write of each key
+    for op, n, size, tags in ops:
+        key = f"k{n}"
+        if op == "set":
+            written[key] = (bytes(size), tuple(tags))
+            await store.set(key, bytes(size), 1 + n % 5, tags=tags)
+        elif op == "get":
+            await store.get(key)
+        elif op == "delete":
+            await store.delete([key])
+        elif op == "purge":
+            await store.purge_tags(tags)
+        else:
+            clock.advance(1)
+        held = store.keys()
+        stats = store.stats()
+        assert stats.bytes is not None
+        assert stats.bytes <= max_size
+        assert stats.entries == len(held)
+        # the running total is exactly the cost of what is held
+        assert stats.bytes == sum(cost(k, *written[k]) for k in held)
+    # every entry still held answers its last write, and purging every tag finds
+    # exactly the held entries that carry one
+    held = store.keys()
+    for key in held:
+        assert store.get_now(key) in (written[key][0], None)  # None: expired just now
+    held = store.keys()
+    tagged = [k for k in held if written[k][1]]
+    assert await store.purge_tags(["a", "b", "c"]) == len(tagged)
+
+
+# ---------------------------------------------------------------- TTLs
+
+
+async def test_expires_after_its_ttl(store: MemoryStore, clock: FakeClock) -> None:
+    await store.set("a", b"1", 10)
+    clock.advance(9.999)
+    assert await store.get("a") == b"1"
+    clock.advance(0.001)
+    assert await store.get("a") is None
+    assert store.stats() == StoreStats(entries=0, bytes=0, evictions=0)
+
+
+async def test_ttls_are_per_entry(store: MemoryStore, clock: FakeClock) -> None:
+    await store.set("short", b"1", 1)
+    await store.set("long", b"2", 100)
+    clock.advance(1.5)
+    assert await store.get_many(["short", "long"]) == [None, b"2"]
+
+
+async def test_a_read_does_not_extend_the_ttl(store: MemoryStore, clock: FakeClock) -> None:
+    await store.set("a", b"1", 10)
+    clock.advance(8)
+    assert await store.get("a") == b"1"
+    clock.advance(2)
+    assert await store.get("a") is None
+
+
+async def test_rewrite_restarts_the_ttl(store: MemoryStore, clock: FakeClock) -> None:
+    await store.set("a", b"1", 10)
+    clock.advance(8)
+    await store.set("a", b"2", 10)
+    clock.advance(8)
+    assert await store.get("a") == b"2"
+
+
+@pytest.mark.parametrize("ttl", [0, -1, -0.5, math.nan])
+async def test_non_positive_ttl_stores_nothing(store: MemoryStore, ttl: float) -> None:
+    # nothing lives forever: a TTL that is not a positive number stores nothing
+    await store.set("a", b"old", 60)
+    await store.set("a", b"new", ttl)
+    assert await store.get("a") is None
+    assert store.stats().bytes == 0
+
+
+class SplitClock:
+    """A clock whose wall and monotonic readings move separately."""
+
+    def __init__(self) -> None:
+        self.wall = 1_700_000_000.0
+        self.mono = 50.0
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+
+async def test_ttl_follows_the_monotonic_clock() -> None:
+    clock = SplitClock()
+    store = MemoryStore("mem", 64 * KiB, clock)
+    await store.set("a", b"1", 10)
+    clock.wall -= 3600  # the wall clock steps back an hour: deadlines must not care
+    clock.mono += 10
+    assert await store.get("a") is None
+    await store.set("b", b"2", 10)
+    clock.wall += 7200  # ... nor when it jumps ahead
+    assert await store.get("b") == b"2"
+
+
+# ---------------------------------------------------------------- tags
+
+
+async def test_purge_tags_removes_every_tagged_entry(store: MemoryStore) -> None:
+    await store.set("a", b"1", 60, tags=["p:/api", "t:sale"])
+    await store.set("b", b"2", 60, tags=["p:/api"])
+    await store.set("c", b"3", 60, tags=["t:sale"])
+    await store.set("d", b"4", 60)
+    assert await store.purge_tags(["p:/api"]) == 2
+    assert await store.get_many(["a", "b", "c", "d"]) == [None, None, b"3", b"4"]
+    assert store.stats().bytes == cost("c", b"3", ("t:sale",)) + cost("d", b"4")
+
+
+async def test_purge_counts_an_entry_once_across_its_tags(store: MemoryStore) -> None:
+    await store.set("a", b"1", 60, tags=["x", "y"])
+    await store.set("b", b"2", 60, tags=["y"])
+    assert await store.purge_tags(["x", "y", "x"]) == 2
+    assert store.keys() == []
+
+
+@pytest.mark.parametrize("tags", [[], ["unknown"]])
+async def test_purge_of_nothing(store: MemoryStore, tags: list[str]) -> None:
+    await store.set("a", b"1", 60, tags=["t"])
+    assert await store.purge_tags(tags) == 0
+    assert await store.get("a") == b"1"
+
+
+async def test_rewrite_replaces_the_tags(store: MemoryStore) -> None:
+    await store.set("a", b"1", 60, tags=["old"])
+    await store.set("a", b"2", 60, tags=["new"])
+    assert await store.purge_tags(["old"]) == 0
+    assert await store.get("a") == b"2"
+    assert await store.purge_tags(["new"]) == 1
+
+
+async def test_evicted_and_expired_entries_leave_the_tag_index(clock: FakeClock) -> None:
+    store = sized_store(clock, 2, key="k1")
+    await store.set("k1", b"x" * 100, 60, tags=["t"])
+    await store.set("k2", b"x" * 100, 1)
+    # k1 (evicted) and k2 (expired, dropped on read) must not linger under any tag
+    await store.set("k3", b"x" * 100, 60)
+    clock.advance(2)
+    assert await store.get("k2") is None
+    assert await store.purge_tags(["t"]) == 0
+    assert store.keys() == ["k3"]
+
+
+async def test_deleted_entries_leave_the_tag_index(store: MemoryStore) -> None:
+    await store.set("a", b"1", 60, tags=["t"])
+    await store.delete(["a"])
+    await store.set("a", b"2", 60)
+    assert await store.purge_tags(["t"]) == 0
+    assert await store.get("a") == b"2"
+
+
+# ---------------------------------------------------------------- leases
+
+
+async def test_lease_is_exclusive_until_released(store: MemoryStore) -> None:
+    token = await store.lock("fill:a", 5)
+    assert token
+    assert await store.lock("fill:a", 5) is None
+    assert await store.lock("fill:b", 5) is not None
+    assert await store.unlock("fill:a", token) is True
+    assert await store.lock("fill:a", 5) is not None
+
+
+async def test_lease_tokens_are_unique(store: MemoryStore) -> None:
+    tokens = set()
+    for i in range(50):
+        token = await store.lock(f"k{i}", 5)
+        assert token is not None
+        tokens.add(token)
+    assert len(tokens) == 50
+
+
+async def test_unlock_needs_the_holders_token(store: MemoryStore) -> None:
+    token = await store.lock("k", 5)
+    assert token is not None
+    assert await store.unlock("k", "not-the-token") is False
+    assert await store.lock("k", 5) is None
+    assert await store.unlock("never-locked", token) is False
+
+
+async def test_lease_expires(store: MemoryStore, clock: FakeClock) -> None:
+    first = await store.lock("k", 5)
+    assert first is not None
+    clock.advance(4.9)
+    assert await store.lock("k", 5) is None
+    clock.advance(0.1)
+    second = await store.lock("k", 5)
+    assert second is not None
+    assert second != first
+    # the first holder, late, cannot release the lease it lost
+    assert await store.unlock("k", first) is False
+    assert await store.lock("k", 5) is None
+    assert await store.unlock("k", second) is True
+
+
+async def test_leases_are_independent_of_entries(store: MemoryStore) -> None:
+    token = await store.lock("k", 5)
+    await store.set("k", b"v", 60)
+    assert await store.get("k") == b"v"
+    await store.delete(["k"])
+    assert await store.lock("k", 5) is None
+    assert token is not None
+    assert await store.unlock("k", token) is True
