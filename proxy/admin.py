@@ -1,28 +1,49 @@
-"""The admin listener: health, readiness and (later) purge, metrics and stats.
+"""The admin listener and the worker's operations: health, purge, metrics, stats, reload.
 
 Served on its own address (default 127.0.0.1:9090), never on the proxy port.
 ``/healthz`` answers while the process lives; ``/readyz`` while the policy is loaded
 and the listener is bound and not draining. Neither depends on the origin or the
-stores: a cache outage must not take the pod out of service.
+stores: a cache outage must not take the pod out of service. ``POST /purge`` needs the
+policy's ``admin.token`` (Bearer) or, without one, a loopback client. ``Operations``
+runs what a worker does beside serving: purge fan-out, hot reload, store polling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import hmac
+import ipaddress
+import logging
+import socket
+import time
 from dataclasses import dataclass, field
+from typing import Final
 
 import orjson
 from aiohttp import web
 
 from proxy import __version__
 from proxy.engine import Engine
+from proxy.invalidation import Invalidator, PurgeRequest, WorkerBus, peer_allowed
+from proxy.logs import AccessLog, event
+from proxy.metrics import CONTENT_TYPE
+from proxy.policy import LoadedPolicy
+from proxy.reload import Loader, Reloader, swap_policy
+from proxy.report import build_stats
 from proxy.stores.base import Store
+from proxy.stores.guard import GuardedStore
+from proxy.stores.memory import MemoryStore
+from proxy.stores.tiered import TieredStore
+
+POLL_EVERY: Final = 1.0  # seconds between store figure updates (gauges, breaker logs)
+LOOPBACK: Final = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 @dataclass
 class AdminState:
     engine: Engine
-    stores: Mapping[str, Store]
+    invalidator: Invalidator | None = None
+    poller: StorePoller | None = None
     ready: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -30,11 +51,12 @@ class AdminState:
 STATE: web.AppKey[AdminState] = web.AppKey("state", AdminState)
 
 
-def _json(data: object, status: int = 200) -> web.Response:
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         body=orjson.dumps(data, option=orjson.OPT_INDENT_2),
         status=status,
         content_type="application/json",
+        headers=headers,
     )
 
 
@@ -45,7 +67,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     stores = {}
-    for name, store in state.stores.items():
+    for name, store in state.engine.stores.items():
         breaker = getattr(store, "state", None)
         stores[name] = {"type": type(store).__name__, "breaker": breaker or "n/a"}
     body = {
@@ -57,9 +79,191 @@ async def readyz(request: web.Request) -> web.Response:
     return _json(body, 200 if state.ready else 503)
 
 
+def _refusal(request: web.Request, state: AdminState) -> web.Response | None:
+    """401 without the configured token, 403 for a non-loopback client without one."""
+    token = state.engine.loaded.policy.admin.token
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token):
+            return None
+        challenge = {"WWW-Authenticate": 'Bearer realm="sidecache admin"'}
+        return _json({"error": "a valid Bearer token is required"}, 401, challenge)
+    if peer_allowed(request.remote or "", LOOPBACK):
+        return None
+    return _json({"error": "without admin.token only loopback clients may purge"}, 403)
+
+
+async def purge(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    refused = _refusal(request, state)
+    if refused is not None:
+        return refused
+    if state.invalidator is None:
+        return _json({"error": "purging is not available"}, 503)
+    try:
+        wanted = PurgeRequest.parse(orjson.loads(await request.read()), internal=False)
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        return _json({"error": str(exc)}, 400)
+    if wanted.is_empty():
+        return _json({"error": "nothing to purge: give urls, prefixes, tags or routes"}, 400)
+    result = await state.invalidator.purge(wanted, source="admin")
+    return _json(result.as_json(), 503 if result.errors else 200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.poller is not None:
+        state.poller.refresh()
+    body = state.engine.meter.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.poller is not None:
+        state.poller.refresh()
+    engine = state.engine
+    return _json(build_stats(engine.meter.families(), engine.loaded, time.time()))
+
+
 def build_admin_app(state: AdminState) -> web.Application:
     app = web.Application()
     app[STATE] = state
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_post("/purge", purge)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/stats", stats)
     return app
+
+
+# ---------------------------------------------------------------- polled store figures
+
+
+class StorePoller:
+    """Copies store counters into metrics once a second, and logs breaker changes.
+
+    Counting happens in the stores (plain integers); only deltas reach prometheus here,
+    so no request pays for store-operation metrics.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._seen: dict[tuple[int, str], int] = {}
+        self._breakers: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.refresh()
+            except Exception:  # a metrics bug must not stop the worker
+                logging.getLogger("sidecache").exception("store polling failed")
+            await asyncio.sleep(POLL_EVERY)
+
+    def _delta(self, store: Store, what: str, total: int) -> int:
+        key = (id(store), what)
+        delta = total - self._seen.get(key, 0)
+        self._seen[key] = total
+        return max(delta, 0)
+
+    def refresh(self) -> None:
+        meter = self.engine.meter
+        for name, store in self.engine.stores.items():
+            if isinstance(store, TieredStore):
+                continue  # its layers are backends of their own
+            if isinstance(store, GuardedStore):
+                for op, counters in store.counters.items():
+                    if n := self._delta(store, f"ops:{op}", counters.ops):
+                        meter.store_ops.labels(name, op).inc(n)
+                    for kind in ("errors", "timeouts", "rejected"):
+                        if n := self._delta(store, f"{kind}:{op}", getattr(counters, kind)):
+                            meter.store_errors.labels(name, op, kind).inc(n)
+                if n := self._delta(store, "opens", store.opened_total):
+                    meter.breaker_opens.labels(name).inc(n)
+                self._breaker(name, store.state)
+            if isinstance(store, MemoryStore):
+                figures = store.stats()
+                meter.entries.labels(name).set(figures.entries or 0)
+                meter.bytes.labels(name).set(figures.bytes or 0)
+                if n := self._delta(store, "evictions", figures.evictions or 0):
+                    meter.evictions.labels(name).inc(n)
+
+    def _breaker(self, name: str, state: str) -> None:
+        self.engine.meter.breaker_state(name, state)
+        before = self._breakers.get(name, "closed")
+        self._breakers[name] = state
+        if state != before:
+            level = logging.WARNING if state == "open" else logging.INFO
+            event(
+                "breaker",
+                f"backend {name}: breaker {before} -> {state}",
+                level=level,
+                backend=name,
+                state=state,
+                previous=before,
+            )
+
+
+# ---------------------------------------------------------------- the worker's operations
+
+
+class Operations:
+    """Everything one worker runs beside the proxy port: the admin listener, purges and
+    their fan-out, hot reload and store polling."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        loader: Loader,
+        replica: str,
+        bus: WorkerBus | None = None,
+    ) -> None:
+        self.engine = engine
+        engine.access_log = AccessLog.from_setting(engine.loaded.policy.server.access_log)
+        self.invalidator = Invalidator(engine, replica=replica, bus=bus)
+        self.poller = StorePoller(engine)
+        self.state = AdminState(engine, self.invalidator, self.poller)
+        self.reloader = Reloader(
+            engine.loaded.path, engine.loaded.digest, loader, self.apply, engine.meter
+        )
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, admin_sock: socket.socket | None) -> AdminState:
+        self.invalidator.start()
+        self.poller.start()
+        self.reloader.start()
+        if admin_sock is not None:
+            self._runner = web.AppRunner(build_admin_app(self.state), access_log=None)
+            await self._runner.setup()
+            await web.SockSite(self._runner, admin_sock).start()
+        return self.state
+
+    async def apply(self, loaded: LoadedPolicy) -> None:
+        """A validated policy: swap it in, then follow its invalidation and logging."""
+        self.reloader.retire(swap_policy(self.engine, loaded))
+        self.invalidator.reconfigure()
+
+    def reload(self) -> None:
+        self.reloader.request()
+
+    async def stop_admin(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def aclose(self) -> None:
+        """After the proxy port drained: stop the admin listener, watchers and tasks."""
+        await self.stop_admin()
+        await self.reloader.aclose()
+        await self.invalidator.aclose()
+        await self.poller.aclose()

@@ -1,4 +1,4 @@
-"""Command line: ``sidecache run | validate``. Parses arguments, maps errors to exit codes.
+"""Command line: ``sidecache run | validate | report``. Parses arguments, maps errors to exit codes.
 
 ``run`` validates the policy and binds both listeners before anything else, so a
 bad file or a taken port fails fast with exit 2 (policy) or 1 (bind). With
@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+
+import orjson
 
 from proxy import __version__
 from proxy.errors import PolicyError
+from proxy.invalidation import WorkerBus, new_replica_id
+from proxy.logs import write_line
+from proxy.metrics import MULTIPROC_ENV, enable_multiprocess, forget_process
 from proxy.policy import LoadedPolicy, describe, load_policy, parse_policy
+from proxy.report import render
 from proxy.server import bind, parse_address, serve
 
 EXIT_POLICY = 2
@@ -36,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     validate = commands.add_parser("validate", help="check a policy file")
     validate.add_argument("file")
+    report = commands.add_parser("report", help="per-route figures and advice from /stats")
+    report.add_argument("--admin", default="127.0.0.1:9090", help="admin HOST:PORT or URL")
+    report.add_argument("--json", action="store_true", help="print the /stats JSON as is")
     return parser
 
 
@@ -87,21 +100,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"cannot listen: {error}", file=sys.stderr)
         return 1
-    print(
-        f"sidecache {__version__} listening on {args.listen} (admin {args.admin_listen}), "
-        f"{loaded.summary()}, workers {args.workers}",
-        flush=True,
+    write_line(
+        {
+            "event": "listening",
+            "msg": f"sidecache {__version__} listening on {args.listen} "
+            f"(admin {args.admin_listen}), {loaded.summary()}, workers {args.workers}",
+            "pid": os.getpid(),
+        }
     )
+    loader = functools.partial(_load, origin=args.origin)
     if args.workers == 1:
-        _run_worker(loaded, proxy_sock, admin_sock)
+        _run_worker(loaded, proxy_sock, admin_sock, loader)
         return 0
     return _supervise(args, loaded, listen, admin, proxy_sock, admin_sock)
 
 
-def _run_worker(loaded: LoadedPolicy, proxy_sock: object, admin_sock: object) -> None:
+def _run_worker(
+    loaded: LoadedPolicy,
+    proxy_sock: object,
+    admin_sock: object,
+    loader: Callable[[str], LoadedPolicy],
+    bus: WorkerBus | None = None,
+    replica: str | None = None,
+) -> None:
     import uvloop
 
-    uvloop.run(serve(loaded, proxy_sock, admin_sock))  # type: ignore[arg-type]
+    work = serve(
+        loaded,
+        proxy_sock,  # type: ignore[arg-type]
+        admin_sock,  # type: ignore[arg-type]
+        loader=loader,
+        bus=bus,
+        replica=replica,
+    )
+    uvloop.run(work)
 
 
 def _supervise(
@@ -112,8 +144,18 @@ def _supervise(
     proxy_sock: object,
     admin_sock: object,
 ) -> int:
-    """Fork workers that share the ports (SO_REUSEPORT); forward signals; reap them."""
+    """Fork workers that share the ports (SO_REUSEPORT); forward signals; reap them.
+
+    Before forking: metrics go multiprocess (one mmap file set per worker, summed by any
+    worker's /metrics), and each worker gets its end of the purge bus, so a purge that
+    reaches one worker empties every worker's memory stores.
+    """
     children: dict[int, int] = {}
+    run_dir = tempfile.mkdtemp(prefix="sidecache-")
+    enable_multiprocess(os.environ.get(MULTIPROC_ENV) or os.path.join(run_dir, "metrics"))
+    buses = WorkerBus.create(run_dir, args.workers)
+    replica = new_replica_id()
+    loader = functools.partial(_load, origin=args.origin)
 
     def spawn(index: int) -> None:
         own_proxy = proxy_sock if index == 0 else bind(listen, reuse_port=True)
@@ -121,7 +163,7 @@ def _supervise(
         pid = os.fork()
         if pid == 0:
             try:
-                _run_worker(loaded, own_proxy, own_admin)
+                _run_worker(loaded, own_proxy, own_admin, loader, buses[index], replica)
             finally:
                 os._exit(0)
         children[pid] = index
@@ -148,19 +190,39 @@ def _supervise(
         if pid not in children:
             continue
         index = children.pop(pid)
+        forget_process(pid)
         if not stopping:
             print(f"worker {pid} exited ({status}); restarting", file=sys.stderr, flush=True)
             time.sleep(0.2)
             spawn(index)
         elif os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM):
             code = 1
+    shutil.rmtree(run_dir, ignore_errors=True)
     return code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    base = args.admin if "://" in args.admin else f"http://{args.admin}"
+    url = base.rstrip("/") + "/stats"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            stats = orjson.loads(response.read())
+    except (OSError, ValueError) as error:
+        print(f"cannot read {url}: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(render(stats))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
         return cmd_validate(args)
+    if args.command == "report":
+        return cmd_report(args)
     return cmd_run(args)
 
 

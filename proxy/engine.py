@@ -10,22 +10,30 @@ the origin raises ``OriginError`` (stale if allowed, else 502/504).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 import math
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from typing import Final
 
 from proxy import __version__
 from proxy.cachecontrol import (
-    EMPTY,
+    CACHE_NAME,
     CacheControl,
     accepts_gzip,
-    parse_cache_control,
+    format_cache_status,
     parse_field_list,
-    parse_http_date,
     parse_vary,
 )
 from proxy.clock import Clock, SystemClock
@@ -41,6 +49,7 @@ from proxy.entry import (
 )
 from proxy.errors import OriginError, OriginTimeout, StoreError
 from proxy.freshness import (
+    ERROR_STATUSES,
     HOP_BY_HOP,
     StoreDecision,
     Usability,
@@ -48,12 +57,21 @@ from proxy.freshness import (
     decide_storage,
     first_header,
     freshen_headers,
+    head_updates,
     header_values,
     initial_age,
     invalidation_targets,
+    is_not_modified,
+    passed_through,
+    request_cache_control,
+    selects_for_update,
+    stale_if_error_window,
     storable_headers,
+    within_stale_window,
 )
 from proxy.keys import derive_key, path_tags, route_tag, user_tag, variant_key, variant_of
+from proxy.logs import AccessLog
+from proxy.metrics import Meter
 from proxy.origin import OriginClient, OriginResponse
 from proxy.policy import LoadedPolicy
 from proxy.routing import Route, Router
@@ -74,6 +92,8 @@ _CONDITIONALS: Final = (
     "range",
 )
 VIA: Final = f"1.1 sidecache/{__version__}"
+DECODED_CACHE: Final = 4096  # decoded entries kept for the synchronous hit path
+RECENT_KEYS: Final = 4096  # bound of the repeat-request sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +143,8 @@ class ProxyResponse:
     stream: AsyncIterator[bytes] | None = None
     # For HEAD answered from cache: the Content-Length a GET would have had.
     head_length: int | None = None
+    cache: str = "MISS"  # the X-Cache label, for metrics and the access log
+    route: str = ""
 
 
 @dataclass(slots=True)
@@ -133,6 +155,7 @@ class Fill:
     live: ProxyResponse | None = None  # the leader's own answer when not shareable
     status: int = 0
     collapsed: bool = False  # filled by another replica's leader (cross-replica lock)
+    own: Headers = ()  # the leader's Set-Cookie: for its client only, never stored nor shared
 
 
 class Engine:
@@ -144,11 +167,26 @@ class Engine:
         stores: Mapping[str, Store],
         origin: OriginClient,
         clock: Clock | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.origin = origin
         self.stores = dict(stores)
+        self.meter = meter or Meter()
+        # Set by the invalidation wiring so unsafe-method purges reach every worker and
+        # replica; without it they purge this process's stores only.
+        self.purge_hook: Callable[[Sequence[str]], Awaitable[object]] | None = None
+        # ``PURGE <path>`` on the proxy port, answered by the invalidation wiring (which
+        # checks ``admin.purge_from``); without it PURGE is forwarded like any method.
+        self.purge_method: Callable[[Exchange], Awaitable[ProxyResponse]] | None = None
+        self.access_log: AccessLog | None = None  # off unless server.access_log says so
+        # A bounded sample of keys this worker stored: key -> (stored at, lifetime, route),
+        # to tell whether repeat requests come within the TTL (for the report's advice).
+        self._recent: dict[str, tuple[float, float, str]] = {}
         self.coalescer: Coalescer[Fill] = Coalescer(self.clock)
+        # Decoded entries of the in-memory hit path, valid while the store holds the
+        # very same bytes object (identity check): no msgpack decode per hit.
+        self._decoded: dict[str, tuple[bytes, CachedResponse]] = {}
         self._refreshing: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self.apply(loaded)
@@ -161,7 +199,30 @@ class Engine:
     # ------------------------------------------------------------------ entry point
 
     async def handle(self, ex: Exchange) -> ProxyResponse:
-        route, params = self.router.match(ex.method, ex.host.partition(":")[0], ex.path)
+        start = time.perf_counter()
+        route, params = self.router.match(ex.method, _hostname(ex.host), ex.path)
+        response = await self._handle(ex, route, params)
+        self._observe(ex, route.name, response, start)
+        return response
+
+    def _observe(self, ex: Exchange, route: str, response: ProxyResponse, start: float) -> None:
+        seconds = time.perf_counter() - start
+        response.route = route
+        self.meter.request(route, response.cache, seconds)
+        if self.access_log is not None:
+            self.access_log.record(
+                method=ex.method,
+                target=ex.target,
+                status=response.status,
+                cache=response.cache,
+                route=route,
+                seconds=seconds,
+                client=ex.client,
+            )
+
+    async def _handle(self, ex: Exchange, route: Route, params: dict[str, str]) -> ProxyResponse:
+        if ex.method == "PURGE" and self.purge_method is not None:
+            return await self.purge_method(ex)
         cfg = route.config
         if not cfg.cache:
             return await self._pass(ex, route, "bypass", "route")
@@ -170,12 +231,10 @@ class Engine:
         if (ex.body is not None and ex.hmap.get("content-length", "0") != "0") or (
             "transfer-encoding" in ex.hmap
         ):
-            return await self._pass(ex, route, "request", "body")  # fat GET: never keyed
-        request_cc = EMPTY
-        if cfg.client_cache_control == "honor" and "cache-control" in ex.hmap:
-            request_cc = parse_cache_control([ex.hmap["cache-control"]])
-        elif cfg.client_cache_control == "honor" and "no-cache" in ex.hmap.get("pragma", ""):
-            request_cc = CacheControl({"no-cache": None})
+            return await self._pass(ex, route, "bypass", "body")  # fat GET: never keyed
+        if (untouched := passed_through(ex.hmap)) is not None:
+            return await self._pass(ex, route, "bypass", untouched)  # Range, preconditions
+        request_cc = request_cache_control(cfg, ex.hmap)
         identity = ""
         if cfg.cache_authorized and "authorization" in ex.hmap:
             identity = hashlib.blake2b(
@@ -184,7 +243,12 @@ class Engine:
         key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap, identity)
         store = self.stores[cfg.backend]
         try:
-            found = await self._lookup(store, key, ex)
+            if store.shared:
+                began = time.perf_counter()
+                found = await self._lookup(store, key, ex)
+                self.meter.store_time(cfg.backend, "get", time.perf_counter() - began)
+            else:
+                found = await self._lookup(store, key, ex)
         except StoreError as exc:
             if cfg.store_failure == "closed":
                 return _plain(503, "cache unavailable", route, "detail=store-down")
@@ -203,7 +267,12 @@ class Engine:
         request_cc: CacheControl,
     ) -> ProxyResponse:
         now = self.clock.time()
+        if self._recent:
+            self._note_repeat(key, now)
         stale: CachedResponse | None = None
+        fwd = "vary-miss" if _VARY_MISS.get() else "uri-miss"  # RFC 9211 §2.2
+        if found is not None and not _body_intact(found[0], ex):
+            found = None  # a corrupt stored body is a miss; the fill overwrites it
         if found is not None:
             entry, entry_key = found
             usability = assess(
@@ -219,22 +288,37 @@ class Engine:
                     entry, now, route.config.early_refresh.beta
                 ):
                     self._refresh_in_background(ex, route, params, key, entry_key, store, entry)
+                if usability is Usability.STALE_ALLOWED:
+                    self.meter.stale_served(route.name, "client")
                 return self._from_cache(ex, route, entry, now, label, "hit")
             stale = entry
+            fwd = "request" if usability is Usability.REFUSED else "stale"
             if usability is Usability.STALE and self._within_swr(entry, now):
                 self._refresh_in_background(ex, route, params, key, entry_key, store, entry)
-                return self._from_cache(ex, route, entry, now, "STALE", "fwd=stale")
-        if request_cc.has("only-if-cached"):
-            return _plain(504, "not cached", route, "fwd=miss; detail=only-if-cached")
-        if ex.method == "HEAD" and stale is None:
-            return await self._pass(ex, route, "uri-miss", None)
-        return await self._miss(ex, route, params, key, store, stale)
+                self.meter.stale_served(route.name, "revalidate")
+                return self._from_cache(ex, route, entry, now, "STALE", _STALE_HIT)
+        if request_cc.has("only-if-cached"):  # RFC 9111 §5.2.1.7
+            return _plain(504, "not cached", route, "detail=only-if-cached")
+        if ex.method == "HEAD":
+            stored_key = found[1] if found is not None else key
+            return await self._head(ex, route, params, key, store, stale, stored_key, fwd)
+        return await self._miss(ex, route, params, key, store, stale, fwd=fwd)
+
+    def _note_repeat(self, key: str, now: float) -> None:
+        seen = self._recent.pop(key, None)
+        if seen is not None:
+            stored_at, lifetime, route = seen
+            gap = now - stored_at
+            self.meter.rerequest(route, expired=gap > lifetime, gap=gap)
 
     # ------------------------------------------------------------------ lookup
 
     async def _lookup(
         self, store: Store, key: str, ex: Exchange
     ) -> tuple[CachedResponse, str] | None:
+        """The stored response selected for this request (RFC 9111 §4.1) and its key.
+        A miss where the URI has responses, none for these headers, sets _VARY_MISS."""
+        _VARY_MISS.set(False)
         raw = await store.get(key)
         if raw is None:
             return None
@@ -244,31 +328,30 @@ class Engine:
             return None  # corrupt or foreign: a miss, overwritten by the next fill
         if isinstance(value, VaryMarker):
             vkey = variant_key(key, variant_of(value.fields, ex.hmap))
-            raw = await store.get(vkey)
-            if raw is None:
+            selected = _decoded_response(await store.get(vkey))
+            if selected is None or not _selects(selected, ex):
+                _VARY_MISS.set(True)
                 return None
-            try:
-                value = decode(raw)
-            except EntryError:
-                return None
-            if isinstance(value, VaryMarker):
-                return None
-            if value.variant != variant_of(tuple(n for n, _ in value.variant), ex.hmap):
-                return None
-            return value, vkey
+            return selected, vkey
         if value.variant:
             return None  # a variant under a primary key: stale layout, refetch
         return value, key
 
     def _within_swr(self, entry: CachedResponse, now: float) -> bool:
+        """RFC 5861 §3, never where a directive demands validation (RFC 9111 §4.2.4)."""
         if entry.must_revalidate or entry.no_cache:
             return False
-        return entry.age(now) < entry.lifetime + entry.stale_while_revalidate
+        return within_stale_window(entry.lifetime, entry.age(now), entry.stale_while_revalidate)
 
-    def _within_sie(self, entry: CachedResponse | None, now: float) -> bool:
-        if entry is None or entry.must_revalidate:
+    def _within_sie(
+        self, entry: CachedResponse | None, now: float, request_cc: CacheControl
+    ) -> bool:
+        """RFC 5861 §4 (the stored window, widened by the request's), same exceptions."""
+        if entry is None:
             return False
-        return entry.age(now) < entry.lifetime + entry.stale_if_error
+        forbidden = entry.must_revalidate or entry.no_cache
+        window = stale_if_error_window(entry.stale_if_error, request_cc, forbidden)
+        return within_stale_window(entry.lifetime, entry.age(now), window)
 
     # ------------------------------------------------------------------ misses
 
@@ -280,6 +363,8 @@ class Engine:
         key: str,
         store: Store,
         stale: CachedResponse | None,
+        *,
+        fwd: str = "uri-miss",
     ) -> ProxyResponse:
         cfg = route.config
         coalesce = cfg.coalesce.enabled and not self.coalescer.is_uncacheable(key)
@@ -288,17 +373,19 @@ class Engine:
             if flight is not None and flight.waiters < cfg.coalesce.max_waiters:
                 fill = await self.coalescer.follow(flight, cfg.coalesce.timeout)
                 now = self.clock.time()
-                if fill is not None and fill.entry is not None:
-                    return self._from_cache(ex, route, fill.entry, now, "HIT", "collapsed")
-                # leader failed, timed out, or its answer was private: go on our own
-                return await self._own_fill(ex, route, params, key, store, stale)
+                if fill is not None and fill.entry is not None and _selects(fill.entry, ex):
+                    self.meter.follower(cfg.name)
+                    status = _forwarded(fwd, fill.status, collapsed=True)
+                    return self._from_cache(ex, route, fill.entry, now, "HIT", status)
+                # leader failed, timed out, its answer was private or for other headers
+                return await self._own_fill(ex, route, params, key, store, stale, fwd)
             if flight is None:
                 task = self.coalescer.lead(
                     key, lambda: self._fill_locked(ex, route, params, key, store, stale)
                 )
                 fill = await _claim(task)
-                return self._deliver(ex, route, fill, key)
-        return await self._own_fill(ex, route, params, key, store, stale)
+                return self._deliver(ex, route, fill, key, fwd)
+        return await self._own_fill(ex, route, params, key, store, stale, fwd)
 
     async def _own_fill(
         self,
@@ -308,19 +395,27 @@ class Engine:
         key: str,
         store: Store,
         stale: CachedResponse | None,
+        fwd: str = "uri-miss",
     ) -> ProxyResponse:
         fill = await self._fill(ex, route, params, key, store, stale)
-        return self._deliver(ex, route, fill, key)
+        return self._deliver(ex, route, fill, key, fwd)
 
-    def _deliver(self, ex: Exchange, route: Route, fill: Fill, key: str) -> ProxyResponse:
+    def _deliver(
+        self, ex: Exchange, route: Route, fill: Fill, key: str, fwd: str = "uri-miss"
+    ) -> ProxyResponse:
         if fill.live is not None:
             if fill.entry is None and fill.status and fill.status < 500:
                 self.coalescer.mark_uncacheable(key, route.config.coalesce.hit_for_miss)
-            return fill.live
+            return _with_fwd(fill.live, fwd)
         assert fill.entry is not None
+        now = self.clock.time()
         if fill.collapsed:
-            return self._from_cache(ex, route, fill.entry, self.clock.time(), "HIT", "collapsed")
-        return self._from_cache(ex, route, fill.entry, self.clock.time(), "MISS", "stored")
+            status = _forwarded(fwd, fill.status, collapsed=True)
+            return self._from_cache(ex, route, fill.entry, now, "HIT", status)
+        status = _forwarded(fwd, fill.status, stored=True)
+        response = self._from_cache(ex, route, fill.entry, now, "MISS", status)
+        response.headers += fill.own
+        return response
 
     async def _fill_locked(
         self,
@@ -405,42 +500,58 @@ class Engine:
     ) -> Fill:
         """Fetch from the origin (conditionally when a stale copy has validators)."""
         cfg = route.config
+        request_cc = request_cache_control(cfg, ex.hmap)
         headers = self._forward_headers(ex, route, strip_conditionals=True)
         if stale is not None:
             headers += _validators(stale)
         request_time = self.clock.time()
+        began = time.perf_counter()
         try:
             response = await self.origin.request("GET", ex.target, headers, None, cfg.timeout)
         except OriginError as exc:
-            if self._within_sie(stale, self.clock.time()):
+            self.meter.origin_failed(cfg.name, _failure_kind(exc))
+            if self._within_sie(stale, self.clock.time(), request_cc):
                 assert stale is not None
-                live = self._from_cache(ex, route, stale, self.clock.time(), "STALE", "fwd=stale")
+                self.meter.stale_served(cfg.name, "error")
+                status = _forwarded("stale", None, detail="stale-if-error")
+                live = self._from_cache(ex, route, stale, self.clock.time(), "STALE", status)
                 return Fill(None, live, 0)
             return Fill(None, _origin_failed(exc, route), 0)
+        self.meter.origin(cfg.name, response.status, time.perf_counter() - began)
         response_time = self.clock.time()
-        if response.status >= 500 and self._within_sie(stale, response_time):
+        if response.status in ERROR_STATUSES and self._within_sie(stale, response_time, request_cc):
             assert stale is not None
+            self.meter.stale_served(cfg.name, "error")
             response.release()
-            live = self._from_cache(ex, route, stale, response_time, "STALE", "fwd=stale")
+            status = _forwarded("stale", response.status, detail="stale-if-error")
+            live = self._from_cache(ex, route, stale, response_time, "STALE", status)
             return Fill(None, live, 0)
         if response.status == 304 and stale is not None:
             response.release()
-            return await self._freshen(
-                ex, route, params, key, store, stale, response, request_time, response_time
-            )
+            if selects_for_update(stale.headers, response.headers):
+                return await self._freshen(
+                    ex, route, params, key, store, stale, response, request_time, response_time
+                )
+            # §4.3.4: a 304 naming another representation updates nothing; ask in full
+            return await self._fill(ex, route, params, key, store, None)
         decision = decide_storage(
-            cfg, "GET", ex.hmap, response.status, response.headers, response_time
+            cfg, "GET", ex.hmap, response.status, response.headers, response_time, request_cc
         )
         if not decision.store:
+            self.meter.not_stored(cfg.name, decision.reason)
             return Fill(None, self._live(ex, route, response, decision.reason), response.status)
-        body, complete = await response.read_up_to(cfg.max_object_size)
+        try:
+            body, complete = await response.read_up_to(cfg.max_object_size)
+        except OriginError as exc:  # the origin failed mid-body: nothing to store
+            return Fill(None, _origin_failed(exc, route), 0)
         if not complete:
+            self.meter.not_stored(cfg.name, "size")
             live = self._live(ex, route, response, "size", head=body)
             return Fill(None, live, response.status)
         response.release()
         entry = self._make_entry(ex, route, response, body, decision, request_time, response_time)
         await self._store(ex, route, params, key, store, entry, decision.storage_ttl)
-        return Fill(entry, None, response.status)
+        return Fill(entry, None, response.status, own=_set_cookies(response.headers))
 
     async def _freshen(
         self,
@@ -454,25 +565,66 @@ class Engine:
         request_time: float,
         response_time: float,
     ) -> Fill:
-        """RFC 9111 §4.3.4: a 304 freshens the stored response with the new fields."""
+        """RFC 9111 §4.3.4: a 304 freshens the stored response with its fields (§3.2).
+        When the result may not be stored (the 304 brought Set-Cookie or no-store), it
+        answers this client only."""
         cfg = route.config
         merged = freshen_headers(stale.headers, response.headers)
-        decision = decide_storage(cfg, "GET", ex.hmap, stale.status, merged, response_time)
-        entry = replace(
-            stale,
-            headers=storable_headers(merged, decision.strip),
-            request_time=request_time,
-            response_time=response_time,
-            initial_age=initial_age(response.headers, request_time, response_time),
-            lifetime=decision.lifetime,
-            stale_while_revalidate=decision.stale_while_revalidate,
-            stale_if_error=decision.stale_if_error,
-            must_revalidate=decision.must_revalidate,
-            no_cache=decision.no_cache,
+        request_cc = request_cache_control(cfg, ex.hmap)
+        decision = decide_storage(
+            cfg, "GET", ex.hmap, stale.status, merged, response_time, request_cc
         )
-        if decision.store:
-            await self._store(ex, route, params, key, store, entry, decision.storage_ttl)
-        return Fill(entry, None, 304)
+        entry = _refreshed(stale, merged, decision, response.headers, request_time, response_time)
+        if not decision.store:
+            status = _forwarded("uri-miss", 304, detail=decision.reason)
+            own = replace(entry, headers=merged)
+            return Fill(None, self._from_cache(ex, route, own, response_time, "MISS", status), 304)
+        await self._store(ex, route, params, key, store, entry, decision.storage_ttl)
+        return Fill(entry, None, 304, own=_set_cookies(response.headers))
+
+    async def _head(
+        self,
+        ex: Exchange,
+        route: Route,
+        params: dict[str, str],
+        key: str,
+        store: Store,
+        stored: CachedResponse | None,
+        stored_key: str,
+        fwd: str,
+    ) -> ProxyResponse:
+        """A HEAD the cache cannot answer goes to the origin as a HEAD; a 200 answer then
+        updates the stored GET response when it matches, else makes it stale (§4.3.5)."""
+        cfg = route.config
+        headers = self._forward_headers(ex, route, strip_conditionals=False)
+        request_time = self.clock.time()
+        try:
+            response = await self.origin.request("HEAD", ex.target, headers, None, cfg.timeout)
+        except OriginError as exc:
+            return _with_fwd(_origin_failed(exc, route), fwd)
+        response_time = self.clock.time()
+        updated = False
+        if stored is not None and response.status == 200:
+            length = len(stored.plain_body())
+            if head_updates(stored.headers, length, response.headers):
+                merged = freshen_headers(stored.headers, response.headers)
+                request_cc = request_cache_control(cfg, ex.hmap)
+                decision = decide_storage(
+                    cfg, "GET", ex.hmap, stored.status, merged, response_time, request_cc
+                )
+                if decision.store:
+                    entry = _refreshed(
+                        stored, merged, decision, response.headers, request_time, response_time
+                    )
+                    await self._store(ex, route, params, key, store, entry, decision.storage_ttl)
+                    updated = True
+            else:
+                await _quiet(store.delete([stored_key]))
+        status = _forwarded(fwd, response.status, stored=updated)
+        live = self._live(ex, route, response, None, cache_status=status)
+        length_field = first_header(response.headers, "Content-Length") or ""
+        live.head_length = int(length_field) if length_field.strip().isdigit() else None
+        return live
 
     def _make_entry(
         self,
@@ -485,7 +637,7 @@ class Engine:
         response_time: float,
     ) -> CachedResponse:
         cfg = route.config
-        headers = storable_headers(response.headers, decision.strip)
+        headers = storable_headers(response.headers, decision.strip, response_time)
         encoding: str | None = None
         stored_body = body
         compression = cfg.compression
@@ -539,15 +691,24 @@ class Engine:
                 tags.append(user_tag(template.format(**params)))
             except (KeyError, IndexError, ValueError):
                 continue
+        began = time.perf_counter()
+        data = encode(entry)
         try:
             if entry.variant:
                 fields = tuple(name for name, _ in entry.variant)
                 await store.set(key, encode_marker(VaryMarker(fields)), ttl, tags)
-                await store.set(variant_key(key, entry.variant), encode(entry), ttl, tags)
+                await store.set(variant_key(key, entry.variant), data, ttl, tags)
             else:
-                await store.set(key, encode(entry), ttl, tags)
+                await store.set(key, data, ttl, tags)
         except StoreError as exc:
             log.debug("store write failed: %s", exc)
+            return
+        if store.shared:
+            self.meter.store_time(cfg.backend, "set", time.perf_counter() - began)
+        self.meter.store_written(cfg.name, len(data))
+        if len(self._recent) >= RECENT_KEYS:
+            del self._recent[next(iter(self._recent))]
+        self._recent[key] = (self.clock.time(), entry.lifetime, cfg.name)
 
     # ------------------------------------------------------------------ background refresh
 
@@ -591,12 +752,15 @@ class Engine:
     ) -> ProxyResponse:
         cfg = route.config
         headers = self._forward_headers(ex, route, strip_conditionals=False)
+        began = time.perf_counter()
         try:
             response = await self.origin.request(
                 ex.method, ex.target, headers, ex.body, cfg.timeout
             )
         except OriginError as exc:
+            self.meter.origin_failed(cfg.name, _failure_kind(exc))
             return _origin_failed(exc, route)
+        self.meter.origin(cfg.name, response.status, time.perf_counter() - began)
         if ex.method not in CACHEABLE_METHODS and 200 <= response.status < 400:
             await self._invalidate_after_unsafe(ex, route, response.headers)
         label = "BYPASS" if fwd in ("bypass", "method", "request") else "MISS"
@@ -614,6 +778,9 @@ class Engine:
         tags = [f"p:{p.split('?')[0].rstrip('/') or '/'}" for p in paths]
         for target in route.config.invalidates:
             tags.append(f"p:{target.rstrip('/')}" if target.startswith("/") else route_tag(target))
+        if self.purge_hook is not None:
+            await self.purge_hook(tags)
+            return
         for store in self.stores.values():
             try:
                 await store.purge_tags(tags)
@@ -673,8 +840,8 @@ class Engine:
         headers += _cache_headers(label, cache_status)
         if ex.method == "HEAD" or response.status in (204, 304) or response.status < 200:
             response.release()
-            return ProxyResponse(response.status, headers)
-        return ProxyResponse(response.status, headers, stream=response.iter_rest(head))
+            return ProxyResponse(response.status, headers, cache=label)
+        return ProxyResponse(response.status, headers, stream=response.iter_rest(head), cache=label)
 
     def _from_cache(
         self,
@@ -693,18 +860,11 @@ class Engine:
             headers = _as_gzip(headers)
         else:
             body = entry.plain_body()
-        ttl = int(entry.lifetime - entry.age(now))
-        if status == "hit":
-            detail = f"hit; ttl={ttl}"
-        elif status == "stored":
-            detail = f"fwd=uri-miss; fwd-status={entry.status}; stored; ttl={ttl}"
-        elif status == "collapsed":
-            detail = f"fwd=uri-miss; fwd-status={entry.status}; collapsed; ttl={ttl}"
-        else:
-            detail = f"{status}; ttl={ttl}"
+        # RFC 9211 §2.7: the remaining freshness, negative once stale
+        detail = f"{status}; ttl={math.floor(entry.lifetime - entry.age(now))}"
         headers.append(("Age", str(age)))
         headers += _cache_headers(label, detail)
-        if _not_modified(ex.hmap, entry) and entry.status == 200:
+        if is_not_modified(ex.hmap, entry.status, entry.headers, entry.response_time):
             kept = {
                 "etag",
                 "last-modified",
@@ -717,10 +877,55 @@ class Engine:
                 "x-cache",
                 "cache-status",
             }
-            return ProxyResponse(304, [(k, v) for k, v in headers if k.lower() in kept])
+            return ProxyResponse(
+                304, [(k, v) for k, v in headers if k.lower() in kept], cache=label
+            )
         if ex.method == "HEAD":
-            return ProxyResponse(entry.status, headers, head_length=len(body))
-        return ProxyResponse(entry.status, headers, body)
+            return ProxyResponse(entry.status, headers, head_length=len(body), cache=label)
+        return ProxyResponse(entry.status, headers, body, cache=label)
+
+    def answer_now(self, ex: Exchange) -> ProxyResponse | None:
+        """The hit path without an await: a fresh entry in process memory answers at once.
+
+        Anything else (a miss, a stale entry, Vary, request directives, a shared store)
+        answers ``None`` and the caller goes through ``handle``.
+        """
+        start = time.perf_counter()
+        route, _ = self.router.match(ex.method, _hostname(ex.host), ex.path)
+        cfg = route.config
+        if not cfg.cache or ex.method not in CACHEABLE_METHODS or ex.body is not None:
+            return None
+        if cfg.client_cache_control == "honor" or cfg.cache_authorized or cfg.early_refresh:
+            return None
+        get_now = getattr(self.stores[cfg.backend], "get_now", None)
+        if get_now is None:
+            return None
+        key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap)
+        raw = get_now(key)
+        if raw is None:
+            return None
+        entry = self._decoded.get(key)
+        if entry is None or entry[0] is not raw:
+            try:
+                value = decode(raw)
+            except EntryError:
+                return None
+            if isinstance(value, VaryMarker) or value.variant:
+                return None
+            if len(self._decoded) >= DECODED_CACHE:
+                self._decoded.pop(next(iter(self._decoded)))
+            entry = self._decoded[key] = (raw, value)
+        now = self.clock.time()
+        cached = entry[1]
+        if cached.no_cache or cached.age(now) >= cached.lifetime:
+            return None
+        if not _body_intact(cached, ex):
+            return None
+        if self._recent:
+            self._note_repeat(key, now)
+        response = self._from_cache(ex, route, cached, now, "HIT", "hit")
+        self._observe(ex, route.name, response, start)
+        return response
 
     async def aclose(self) -> None:
         for task in list(self._background):
@@ -731,6 +936,25 @@ class Engine:
 # ---------------------------------------------------------------------- helpers
 
 
+def _hostname(host: str) -> str:
+    """The Host header without its port (``[::1]:8080`` → ``[::1]``)."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.partition(":")[0]
+
+
+def _body_intact(entry: CachedResponse, ex: Exchange) -> bool:
+    """Whether the body this client will get can be produced (a stored gzip body that
+    does not inflate is a corrupt entry). Inflating is cached on the entry."""
+    if entry.body_encoding is None or accepts_gzip(ex.hmap.get("accept-encoding", "")):
+        return True
+    try:
+        entry.plain_body()
+    except EntryError:
+        return False
+    return True
+
+
 def _refresh_early(entry: CachedResponse, now: float, beta: float) -> bool:
     """XFetch (Vattani et al., "Optimal probabilistic cache stampede prevention"): refresh
     before expiry with a probability that rises as expiry nears and with the fetch cost."""
@@ -739,13 +963,93 @@ def _refresh_early(entry: CachedResponse, now: float, beta: float) -> bool:
 
 
 def _cache_headers(label: str, status: str) -> list[tuple[str, str]]:
-    return [("X-Cache", label), ("Cache-Status", f"sidecache; {status}")]
+    return [("X-Cache", label), ("Cache-Status", f"{CACHE_NAME}; {status}")]
+
+
+# Set by a lookup that found responses for the URI but none selected by the request's
+# headers (RFC 9111 §4.1), so that Cache-Status says fwd=vary-miss (RFC 9211 §2.2).
+# Request-scoped: each lookup resets it in the task that serves the request.
+_VARY_MISS: Final = contextvars.ContextVar("sidecache_vary_miss", default=False)
+_STALE_HIT: Final = "hit; detail=stale-while-revalidate"
+
+
+def _forwarded(
+    fwd: str,
+    status: int | None,
+    *,
+    stored: bool = False,
+    collapsed: bool = False,
+    detail: str | None = None,
+) -> str:
+    """Cache-Status parameters of a forwarded request (RFC 9211 §2.2-§2.6, §2.8)."""
+    member = format_cache_status(
+        fwd=fwd, fwd_status=status, stored=stored, collapsed=collapsed, detail=detail
+    )
+    return member.removeprefix(f"{CACHE_NAME}; ")
+
+
+def _with_fwd(response: ProxyResponse, fwd: str) -> ProxyResponse:
+    """Name why the request went forward (RFC 9211 §2.2) in an answer a fill built."""
+    if fwd != "uri-miss":
+        response.headers = [
+            (k, v.replace("; fwd=uri-miss", f"; fwd={fwd}", 1) if k == "Cache-Status" else v)
+            for k, v in response.headers
+        ]
+    return response
+
+
+def _selects(entry: CachedResponse, ex: Exchange) -> bool:
+    """RFC 9111 §4.1: a stored (or just fetched) response answers this request only if
+    the request's selecting fields match those of the request it was stored for."""
+    names = tuple(name for name, _ in entry.variant)
+    return not names or entry.variant == variant_of(names, ex.hmap)
+
+
+def _decoded_response(raw: bytes | None) -> CachedResponse | None:
+    """A stored variant, or ``None`` when missing, corrupt (the next fill overwrites it)
+    or not a response."""
+    try:
+        value = decode(raw) if raw is not None else None
+    except EntryError:
+        return None
+    return value if isinstance(value, CachedResponse) else None
+
+
+def _set_cookies(headers: list[tuple[str, str]]) -> Headers:
+    return tuple((k, v) for k, v in headers if k.lower() == "set-cookie")
+
+
+def _refreshed(
+    stale: CachedResponse,
+    merged: Headers,
+    decision: StoreDecision,
+    fresh: list[tuple[str, str]],
+    request_time: float,
+    response_time: float,
+) -> CachedResponse:
+    """A stored response updated by a 304 or a HEAD response (RFC 9111 §3.2, §4.3.4)."""
+    return replace(
+        stale,
+        headers=storable_headers(merged, decision.strip, response_time),
+        request_time=request_time,
+        response_time=response_time,
+        initial_age=initial_age(fresh, request_time, response_time),
+        lifetime=decision.lifetime,
+        stale_while_revalidate=decision.stale_while_revalidate,
+        stale_if_error=decision.stale_if_error,
+        must_revalidate=decision.must_revalidate,
+        no_cache=decision.no_cache,
+    )
 
 
 def _plain(code: int, text: str, route: Route, status: str) -> ProxyResponse:
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
     headers += _cache_headers("MISS", status)
     return ProxyResponse(code, headers, f"{text}\n".encode())
+
+
+def _failure_kind(exc: OriginError) -> str:
+    return "timeout" if isinstance(exc, OriginTimeout) else "unreachable"
 
 
 def _origin_failed(exc: OriginError, route: Route) -> ProxyResponse:
@@ -769,24 +1073,6 @@ def _validators(entry: CachedResponse) -> list[tuple[str, str]]:
     if modified:
         out.append(("If-Modified-Since", modified))
     return out
-
-
-def _not_modified(request: Mapping[str, str], entry: CachedResponse) -> bool:
-    """RFC 9110 §13.1.2/§13.1.3 evaluated against a stored response (weak comparison)."""
-    inm = request.get("if-none-match")
-    if inm is not None:
-        etag = entry.header("ETag")
-        if etag is None:
-            return False
-        if inm.strip() == "*":
-            return True
-        mine = etag.removeprefix("W/")
-        return any(t.strip().removeprefix("W/") == mine for t in inm.split(","))
-    ims = parse_http_date(request.get("if-modified-since"))
-    if ims is None:
-        return False
-    modified = parse_http_date(entry.header("Last-Modified") or entry.header("Date"))
-    return modified is not None and modified <= ims
 
 
 def _compressible(content_type: str | None) -> bool:

@@ -125,6 +125,18 @@ def _pragma_no_cache(values: list[str]) -> bool:
     return any(t.strip().lower() == "no-cache" for v in values for t in v.split(","))
 
 
+def passed_through(request: Mapping[str, str]) -> str | None:
+    """Requests this cache forwards untouched, as a Cache-Status detail: ``Range``
+    (RFC 9110 §14.2; no partial content is stored or cut from a stored body) and the
+    preconditions meant for the origin, ``If-Match`` and ``If-Unmodified-Since``
+    (RFC 9110 §13.1.1, §13.1.4; RFC 9111 §4.3.2 leaves them to the origin)."""
+    if "range" in request:
+        return "range"
+    if "if-match" in request or "if-unmodified-since" in request:
+        return "precondition"
+    return None
+
+
 # ---------------------------------------------------------------- storing (§3)
 
 

@@ -1,9 +1,6 @@
-"""The proxy listener: aiohttp's low-level server turning requests into ``Exchange``s.
-
-This module owns the HTTP side of the proxy port (target forms, limits, writing
-the engine's ``ProxyResponse``) and the lifecycle of one worker: stores, origin
-pool, engine, both listeners, signals and draining. The admin API lives in
-``admin.py``; process management (``--workers``) in ``cli.py``'s ``run``.
+"""The lifecycle of one worker: stores, origin pool, engine, both listeners, signals,
+draining. The proxy port's HTTP/1.1 server is ``http1.py``; the admin API ``admin.py``;
+process management (``--workers``) is in ``cli.py``'s ``run``.
 """
 
 from __future__ import annotations
@@ -12,140 +9,25 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp.web_exceptions import HTTPException
 
-from proxy.admin import AdminState, build_admin_app
-from proxy.engine import Engine, Exchange, ProxyResponse
+from proxy import __version__
+from proxy.admin import AdminState, Operations
+from proxy.engine import Engine
+from proxy.http1 import HttpServer
+from proxy.invalidation import WorkerBus, new_replica_id
+from proxy.logs import configure, event
 from proxy.origin import OriginClient
-from proxy.policy import LoadedPolicy
+from proxy.policy import LoadedPolicy, load_policy
+from proxy.reload import Loader
 from proxy.stores.base import Store
 from proxy.stores.factory import build_stores, close_stores
 
 log = logging.getLogger("sidecache")
 
 BODY_CHUNK = 64 * 1024
-
-
-@dataclass(slots=True)
-class Limits:
-    max_body_size: int
-    max_header_size: int
-
-
-def _error(status: int, text: str) -> web.Response:
-    return web.Response(
-        status=status,
-        text=text + "\n",
-        headers={"Cache-Control": "no-store", "X-Cache": "BYPASS"},
-    )
-
-
-class ProxyHandler:
-    """The request handler of the proxy port."""
-
-    def __init__(self, engine: Engine, limits: Limits) -> None:
-        self.engine = engine
-        self.limits = limits
-
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            exchange = self._exchange(request)
-        except HTTPException as exc:
-            return _error(exc.status, exc.reason)
-        response = await self.engine.handle(exchange)
-        return await self._write(request, response)
-
-    def _exchange(self, request: web.BaseRequest) -> Exchange:
-        method = request.method
-        if method == "CONNECT":
-            raise web.HTTPMethodNotAllowed(method, [])
-        target = request.raw_path
-        if not target.startswith("/"):
-            if target == "*" and method == "OPTIONS":
-                raise web.HTTPBadRequest(reason="asterisk-form is not proxied")
-            # absolute-form: only the path and query are used; the authority never
-            # selects where the request goes (the origin is fixed).
-            parts = urlsplit(target)
-            if parts.scheme not in ("http", "https") or not parts.path.startswith("/"):
-                raise web.HTTPBadRequest(reason="bad request target")
-            target = parts.path + (f"?{parts.query}" if parts.query else "")
-        path, _, query = target.partition("?")
-        path = path.split("#", 1)[0]
-        if "\x00" in path:
-            raise web.HTTPBadRequest(reason="bad request target")
-        host = request.headers.get("Host")
-        if host is None and request.version >= (1, 1):
-            raise web.HTTPBadRequest(reason="missing Host")
-        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers)
-        body: AsyncIterator[bytes] | None = None
-        if request.body_exists:
-            length = request.content_length
-            limit = self.limits.max_body_size
-            if length is not None and length > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
-            body = _limited_body(request, limit)
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        return Exchange.build(
-            method,
-            path,
-            query,
-            headers,
-            host=(host or "").lower(),
-            client=peer[0] if peer else "",
-            scheme=request.scheme,
-            body=body,
-        )
-
-    async def _write(self, request: web.BaseRequest, response: ProxyResponse) -> web.StreamResponse:
-        if response.stream is None:
-            out = web.Response(status=response.status, body=response.body or None)
-            headers = out.headers
-            for name, value in response.headers:
-                headers.add(name, value)
-            if response.head_length is not None:
-                headers["Content-Length"] = str(response.head_length)
-            elif response.status not in (204, 304) and response.status >= 200:
-                headers["Content-Length"] = str(len(response.body))
-            return out
-        stream = web.StreamResponse(status=response.status)
-        for name, value in response.headers:
-            stream.headers.add(name, value)
-        try:
-            await stream.prepare(request)
-            async for chunk in response.stream:
-                await stream.write(chunk)
-            await stream.write_eof()
-        except (ConnectionError, asyncio.CancelledError):
-            await _close_stream(response.stream)
-            raise
-        except Exception:
-            # the origin failed mid-body: we cannot change the status any more, so
-            # cut the connection rather than end a truncated body cleanly.
-            await _close_stream(response.stream)
-            if request.transport is not None:
-                request.transport.close()
-            log.warning("origin body failed mid-stream", exc_info=True)
-        return stream
-
-
-async def _close_stream(stream: AsyncIterator[bytes]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-async def _limited_body(request: web.BaseRequest, limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    async for chunk in request.content.iter_chunked(BODY_CHUNK):
-        seen += len(chunk)
-        if seen > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=seen)
-        yield chunk
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -180,7 +62,12 @@ class Worker:
     admin_sock: socket.socket | None
     stores: dict[str, Store] = field(default_factory=dict)
     engine: Engine | None = None
+    http: HttpServer | None = None
     state: AdminState | None = None
+    loader: Loader = load_policy  # for reloads (the CLI's applies --origin)
+    bus: WorkerBus | None = None  # purge fan-out to the other workers (--workers N)
+    replica: str = field(default_factory=new_replica_id)
+    ops: Operations | None = None
     _runners: list[web.BaseRunner] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -189,26 +76,15 @@ class Worker:
         self.stores = build_stores(policy.backends)
         origin = OriginClient(policy.origin, policy.server.origin_connections)
         self.engine = Engine(self.loaded, self.stores, origin)
-        handler = ProxyHandler(
-            self.engine, Limits(policy.server.max_body_size, policy.server.max_header_size)
+        self.http = HttpServer(
+            self.engine,
+            max_body_size=policy.server.max_body_size,
+            max_header_size=policy.server.max_header_size,
+            max_connections=policy.server.max_connections,
         )
-        server = web.Server(
-            handler,
-            access_log=None,
-            max_field_size=policy.server.max_header_size,
-            max_line_size=policy.server.max_header_size,
-            handler_cancellation=False,
-        )
-        proxy_runner = web.ServerRunner(server, shutdown_timeout=policy.server.shutdown_timeout)
-        await proxy_runner.setup()
-        await web.SockSite(proxy_runner, self.proxy_sock).start()
-        self._runners.append(proxy_runner)
-        self.state = AdminState(self.engine, self.stores)
-        if self.admin_sock is not None:
-            admin_runner = web.AppRunner(build_admin_app(self.state), access_log=None)
-            await admin_runner.setup()
-            await web.SockSite(admin_runner, self.admin_sock).start()
-            self._runners.append(admin_runner)
+        await self.http.start(self.proxy_sock)
+        self.ops = Operations(self.engine, loader=self.loader, replica=self.replica, bus=self.bus)
+        self.state = await self.ops.start(self.admin_sock)
         self.state.ready = True
 
     def request_stop(self) -> None:
@@ -223,23 +99,56 @@ class Worker:
         """Stop accepting, drain in-flight requests up to shutdown_timeout, close pools."""
         if self.state is not None:
             self.state.ready = False
+        if self.http is not None:
+            await self.http.stop(self.loaded.policy.server.shutdown_timeout)
         for runner in self._runners:
             await runner.cleanup()
+        if self.ops is not None:
+            await self.ops.aclose()  # the admin listener answered /readyz 503 until now
         if self.engine is not None:
             await self.engine.aclose()
-        await close_stores(self.stores)
+        # a reload may have replaced stores: the engine holds the current ones
+        await close_stores(self.engine.stores if self.engine is not None else self.stores)
 
 
 async def serve(
-    loaded: LoadedPolicy, proxy_sock: socket.socket, admin_sock: socket.socket | None
+    loaded: LoadedPolicy,
+    proxy_sock: socket.socket,
+    admin_sock: socket.socket | None,
+    *,
+    loader: Loader = load_policy,
+    bus: WorkerBus | None = None,
+    replica: str | None = None,
 ) -> None:
-    """Run one worker until SIGTERM/SIGINT, then drain and exit."""
-    worker = Worker(loaded, proxy_sock, admin_sock)
+    """Run one worker until SIGTERM/SIGINT, then drain and exit; SIGHUP reloads."""
+    configure()
+    worker = Worker(loaded, proxy_sock, admin_sock, loader=loader, bus=bus)
+    if replica is not None:
+        worker.replica = replica
     await worker.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, worker.request_stop)
+    assert worker.ops is not None
+    loop.add_signal_handler(signal.SIGHUP, worker.ops.reload)
+    event(
+        "start",
+        f"sidecache {__version__} worker serving: {loaded.summary()}",
+        listen=_address(proxy_sock),
+        admin=_address(admin_sock),
+        policy=loaded.path,
+        digest=loaded.digest,
+    )
     try:
         await worker.wait()
     finally:
+        event("stop", "draining")
         await worker.stop()
+        event("stop", "stopped")
+
+
+def _address(sock: socket.socket | None) -> str | None:
+    if sock is None:
+        return None
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"

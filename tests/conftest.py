@@ -21,13 +21,13 @@ import aiohttp
 import port_for
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import RawTestServer, TestClient
 
 from proxy.clock import Clock, FakeClock
 from proxy.engine import Engine
+from proxy.http1 import HttpServer
 from proxy.origin import OriginClient
 from proxy.policy import LoadedPolicy, parse_policy
-from proxy.server import Limits, ProxyHandler
+from proxy.server import bind
 from proxy.stores.base import Store
 from proxy.stores.factory import build_stores, close_stores
 
@@ -100,12 +100,30 @@ def policy_text(origin_url: str, body: str) -> str:
     return f"version: 1\norigin: {origin_url}\n" + textwrap.dedent(body)
 
 
+class ProxyClient:
+    """An aiohttp client session bound to the proxy's base URL."""
+
+    def __init__(self, base: str) -> None:
+        # no connection cap: concurrency tests must reach the proxy all at once
+        self.session = aiohttp.ClientSession(base_url=base, connector=aiohttp.TCPConnector(limit=0))
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.session.get(path, **kwargs)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.session.request(method, path, **kwargs)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
 @dataclass
 class RunningProxy:
-    client: TestClient[web.Request, web.Application]
+    client: ProxyClient
     engine: Engine
     stores: dict[str, Store]
     clock: Clock
+    url: str
 
     async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
         response = await self.client.get(path, **kwargs)
@@ -123,8 +141,9 @@ MakeProxy = Callable[..., Awaitable[RunningProxy]]
 
 @pytest.fixture
 async def make_proxy(origin: Origin) -> AsyncIterator[MakeProxy]:
-    """Start the proxy in-process on a real socket with a policy body (YAML text)."""
-    running: list[tuple[TestClient[Any, Any], Engine, dict[str, Store]]] = []
+    """Start the proxy in-process (its real HTTP/1.1 server on a loopback socket) with a
+    policy body (YAML text)."""
+    running: list[tuple[ProxyClient, HttpServer, Engine, dict[str, Store]]] = []
 
     async def factory(
         body: str = "", *, clock: Clock | None = None, loaded: LoadedPolicy | None = None
@@ -134,18 +153,23 @@ async def make_proxy(origin: Origin) -> AsyncIterator[MakeProxy]:
         stores = build_stores(loaded.policy.backends, clock)
         engine = Engine(loaded, stores, OriginClient(loaded.policy.origin), clock)
         server = loaded.policy.server
-        handler = ProxyHandler(engine, Limits(server.max_body_size, server.max_header_size))
-        raw = RawTestServer(handler, access_log=None, handler_cancellation=False)
-        # no connection cap: concurrency tests must reach the proxy all at once
-        connector = aiohttp.TCPConnector(limit=0)
-        client: TestClient[Any, Any] = TestClient(raw, connector=connector)
-        await client.start_server()
-        running.append((client, engine, stores))
-        return RunningProxy(client, engine, stores, clock or engine.clock)
+        http = HttpServer(
+            engine,
+            max_body_size=server.max_body_size,
+            max_header_size=server.max_header_size,
+            max_connections=server.max_connections,
+        )
+        sock = bind(("127.0.0.1", 0), reuse_port=False)
+        await http.start(sock)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        client = ProxyClient(url)
+        running.append((client, http, engine, stores))
+        return RunningProxy(client, engine, stores, clock or engine.clock, url)
 
     yield factory
-    for client, engine, stores in running:
+    for client, http, engine, stores in running:
         await client.close()
+        await http.stop(0)
         await engine.aclose()
         await close_stores(stores)
 

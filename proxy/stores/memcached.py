@@ -3,7 +3,10 @@
 It owns key hashing (memcached's 250-byte, no-whitespace keys), chunking of values over
 ``item_size_max`` behind a verified manifest, tags as generation counters, best-effort
 leases, and per-server health: a server that fails is skipped for ``node_retry``
-seconds, so its keys miss while the other servers' keys still hit.
+seconds, so its keys miss while the other servers' keys still hit. Each server keeps
+the generation counters of the entries it holds, so losing one server never
+invalidates another's entries; a purge that misses a server is replayed on it before
+it serves again.
 
 aiomcache must never be cancelled mid-call: a cancelled call leaves its reply unread on
 a pooled connection and the next command reads it (another key's value). Every call
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import re
 import secrets
@@ -31,6 +35,7 @@ from proxy.errors import StoreError, StoreUnavailable
 from proxy.stores.base import StoreStats
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # memcached's key rule, as aiomcache checks it: no whitespace or control characters
 _KEY_OK: Final = re.compile("[^\\s\x00-\x1f\x7f-\x9f]{1,250}")
 _MAX_KEY: Final = 250
@@ -53,6 +58,8 @@ class _Node:
     last_progress: float = 0.0
     errors: int = 0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    missed: set[str] = field(default_factory=set)  # tags purged while it was unreachable
+    replay: asyncio.Task[None] | None = None
 
 
 class MemcachedStore:
@@ -117,7 +124,7 @@ class MemcachedStore:
         }
 
     def _is_down(self, node: _Node, now: float) -> bool:
-        if now < node.down_until:
+        if now < node.down_until or node.missed:
             return True
         return node.inflight > 0 and now - node.last_progress > self._stall_after
 
@@ -128,10 +135,17 @@ class MemcachedStore:
     # ------------------------------------------------------------ the one call path
 
     async def _call(
-        self, node: _Node, op: str, fn: Callable[[aiomcache.Client], Awaitable[T]]
+        self,
+        node: _Node,
+        op: str,
+        fn: Callable[[aiomcache.Client], Awaitable[T]],
+        *,
+        replaying: bool = False,
     ) -> T:
         now = self._clock.monotonic()
-        if self._is_down(node, now):
+        if not replaying and self._is_down(node, now):
+            if node.missed and now >= node.down_until and node.replay is None:
+                node.replay = asyncio.ensure_future(self._replay(node))
             raise _NodeDown(node.name)
         if node.inflight == 0:
             node.last_progress = now
@@ -172,35 +186,43 @@ class MemcachedStore:
 
     # ------------------------------------------------------------ tag generations
 
-    async def _generations(self, tags: Sequence[str]) -> dict[str, int | None]:
-        """Current generation of each tag (``None``: unknown, its server skipped or evicted)."""
+    async def _generations(self, node: _Node, tags: Sequence[str]) -> dict[str, int | None]:
+        """Each tag's generation on ``node`` (``None``: unknown, or its counter was evicted)."""
         gkeys = {tag: self._mkey("~g:", tag) for tag in tags}
-        by_node: dict[str, list[bytes]] = {}
-        for gkey in gkeys.values():
-            by_node.setdefault(self._node(gkey).name, []).append(gkey)
-        found: dict[bytes, bytes] = {}
-        for part in await asyncio.gather(
-            *(self._fetch(self._nodes[n], ks) for n, ks in by_node.items())
-        ):
-            found.update(part)
+        found = await self._fetch(node, list(gkeys.values()))
         return {tag: _as_int(found.get(gkey)) for tag, gkey in gkeys.items()}
 
-    async def _ensure_generations(self, tags: Sequence[str]) -> dict[str, int] | None:
-        gens = await self._generations(tags)
+    async def _ensure_generations(self, node: _Node, tags: Sequence[str]) -> dict[str, int] | None:
+        gens = await self._generations(node, tags)
         for tag, gen in gens.items():
-            if gen is not None:
-                continue
-            gkey = self._mkey("~g:", tag)
-            # random start: a counter evicted and re-created never repeats an old value
-            start = secrets.randbits(62)
-            try:
-                added = await self._call(self._node(gkey), "add", _adder(gkey, b"%d" % start, 0))
-            except _NodeDown:
-                return None
-            gens[tag] = start if added else (await self._generations([tag]))[tag]
-        if any(gen is None for gen in gens.values()):
-            return None
-        return {tag: gen for tag, gen in gens.items() if gen is not None}
+            if gen is None:
+                gkey = self._mkey("~g:", tag)
+                # random start: a counter evicted and re-created never repeats an old value
+                start = secrets.randbits(62)
+                added = await self._call(node, "add", _adder(gkey, b"%d" % start, 0))
+                gens[tag] = start if added else (await self._generations(node, [tag]))[tag]
+        known = {tag: gen for tag, gen in gens.items() if gen is not None}
+        return known if len(known) == len(gens) else None
+
+    async def _bump(self, node: _Node, tag: str, *, replaying: bool = False) -> None:
+        gkey = self._mkey("~g:", tag)
+        try:
+            await self._call(node, "incr", lambda c: c.incr(gkey), replaying=replaying)
+        except StoreError as exc:
+            # no counter: every entry naming this tag already fails its check
+            if "NOT_FOUND" not in str(exc):
+                raise
+
+    async def _replay(self, node: _Node) -> None:
+        """Apply the purges a server missed while unreachable, before it serves again."""
+        tags = list(node.missed)
+        try:
+            await asyncio.gather(*(self._bump(node, tag, replaying=True) for tag in tags))
+            node.missed.difference_update(tags)
+        except StoreError:
+            pass  # still unreachable: _finished has pushed down_until; retried after it
+        finally:
+            node.replay = None
 
     # ------------------------------------------------------------ reads
 
@@ -237,7 +259,7 @@ class MemcachedStore:
         except (ValueError, TypeError, msgpack.UnpackException):
             return None  # not ours (or from an incompatible version): a miss
         if pairs:
-            current = await self._generations([tag for tag, _ in pairs])
+            current = await self._generations(node, [tag for tag, _ in pairs])
             if any(current.get(tag) != gen for tag, gen in pairs):
                 return None  # purged since written (or its counter is gone)
         if kind == _INLINE and isinstance(payload, bytes):
@@ -265,14 +287,17 @@ class MemcachedStore:
     async def set(self, key: str, value: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
         if ttl <= 0:
             return
-        gens: list[list[Any]] = []
-        if tags:
-            current = await self._ensure_generations(list(dict.fromkeys(tags)))
-            if current is None:
-                return  # a tag's server is skipped: an unpurgeable entry must not be written
-            gens = [[tag, gen] for tag, gen in current.items()]
         mkey = self._mkey("", key)
         node = self._node(mkey)
+        gens: list[list[Any]] = []
+        if tags:
+            try:
+                current = await self._ensure_generations(node, list(dict.fromkeys(tags)))
+            except _NodeDown:
+                return  # a skipped server: the write is skipped, as any failed write is
+            if current is None:
+                return  # counters that cannot be read: an unpurgeable entry is never written
+            gens = [[tag, gen] for tag, gen in current.items()]
         exptime = self._exptime(ttl)
         envelope: bytes = msgpack.packb([_INLINE, gens, value])
         if len(envelope) > self._chunk:
@@ -309,18 +334,19 @@ class MemcachedStore:
         return sum(await asyncio.gather(*(delete_one(mkey) for mkey in mkeys)))
 
     async def purge_tags(self, tags: Sequence[str]) -> int:
-        async def bump(tag: str) -> None:
-            gkey = self._mkey("~g:", tag)
-            try:
-                await self._call(self._node(gkey), "incr", lambda c: c.incr(gkey))
-            except _NodeDown as exc:
-                raise StoreUnavailable(self.name, f"purge_tags: {exc} is down") from exc
-            except StoreError as exc:
-                # no counter: every entry naming this tag already fails its check
-                if "NOT_FOUND" not in str(exc):
-                    raise
+        unique = list(dict.fromkeys(tags))
 
-        await asyncio.gather(*(bump(tag) for tag in dict.fromkeys(tags)))
+        async def purge_on(node: _Node) -> None:
+            try:
+                await asyncio.gather(*(self._bump(node, tag) for tag in unique))
+            except (_NodeDown, StoreUnavailable):
+                # it serves nothing until these are replayed on it (see _replay)
+                node.missed.update(unique)
+                log.warning("purge of %d tags deferred on %s: unreachable", len(unique), node.name)
+
+        # shielded: a deadline must not stop the bookkeeping of a server that missed it
+        jobs = [asyncio.ensure_future(purge_on(node)) for node in self._nodes.values()]
+        await asyncio.shield(asyncio.gather(*jobs))
         return -1  # generations invalidate lazily: nothing here knows how many entries
 
     # ------------------------------------------------------------ leases
@@ -371,7 +397,7 @@ class MemcachedStore:
 
     async def aclose(self) -> None:
         for node in self._nodes.values():
-            pending = list(node.tasks)
+            pending = [*node.tasks, *([node.replay] if node.replay else [])]
             for task in pending:
                 task.cancel()  # the clients are being closed: poisoning no longer matters
             await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,491 @@
+"""The proxy port's HTTP/1.1 server: an ``asyncio.Protocol`` on llhttp (httptools).
+
+aiohttp's server machinery costs more than the whole cache hit, so the proxy port is
+served here: bytes → ``Exchange`` → ``Engine`` → ``ProxyResponse`` → bytes. It is a
+strict HTTP/1.1 server: keep-alive, pipelining (answers in request order), limits on
+the request line, headers and body (414/431/413), and llhttp's strict parsing, which
+refuses conflicting ``Content-Length``/``Transfer-Encoding`` and other smuggling
+vectors with a 400 and a closed connection. Hits served from process memory are
+answered inside ``data_received`` without creating a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import formatdate
+from typing import Final
+from urllib.parse import urlsplit
+
+import httptools
+
+from proxy.engine import Engine, Exchange, ProxyResponse
+
+log = logging.getLogger("sidecache")
+
+_REASONS: Final = {
+    100: "Continue", 200: "OK", 201: "Created", 202: "Accepted",
+    203: "Non-Authoritative Information",
+    204: "No Content", 206: "Partial Content", 300: "Multiple Choices", 301: "Moved Permanently",
+    302: "Found", 303: "See Other", 304: "Not Modified", 307: "Temporary Redirect",
+    308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+    410: "Gone", 412: "Precondition Failed", 413: "Content Too Large", 414: "URI Too Long",
+    415: "Unsupported Media Type", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout",
+}  # fmt: skip
+_STATUS_LINES: dict[int, bytes] = {}
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+BODY_HIGH_WATER: Final = 1024 * 1024
+PIPELINE_DEPTH: Final = 32
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        reason = _REASONS.get(status, "Unknown")
+        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode()
+    return line
+
+
+class _Date:
+    """The Date header, formatted once a second."""
+
+    value = b""
+    second = -1
+
+    @classmethod
+    def get(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.second = now
+            cls.value = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return cls.value
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Body:
+    """A request body arriving from the parser, read by the origin upload."""
+
+    def __init__(self, protocol: HttpProtocol) -> None:
+        self._protocol = protocol
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._seen = 0
+        self.done = False
+        self.error: HttpError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def feed(self, chunk: bytes, limit: int) -> None:
+        self._seen += len(chunk)
+        if self._seen > limit:
+            self.error = HttpError(413, "request body too large")
+            self._wake()
+            raise self.error
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size > BODY_HIGH_WATER:
+            self._protocol.pause_reading()
+        self._wake()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._size -= len(chunk)
+                if self._size <= BODY_HIGH_WATER // 2:
+                    self._protocol.resume_reading()
+                yield chunk
+                continue
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                return
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+
+
+class _Pending:
+    """One parsed request waiting for its turn on the connection."""
+
+    __slots__ = ("body", "exchange", "head", "http11", "keep_alive")
+
+    def __init__(
+        self, exchange: Exchange, keep_alive: bool, http11: bool, body: _Body | None
+    ) -> None:
+        self.exchange = exchange
+        self.keep_alive = keep_alive
+        self.http11 = http11
+        self.head = exchange.method == "HEAD"
+        self.body = body
+
+
+Handler = Callable[[Exchange], Awaitable[ProxyResponse]]
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.engine = server.engine
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client = ""
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._current_body: _Body | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._reading_paused = False
+        self._write_ready = asyncio.Event()
+        self._write_ready.set()
+
+    # ------------------------------------------------------------ transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else ""
+        self.server.connections.add(self)
+        if len(self.server.connections) > self.server.max_connections:
+            self._fail(503, "too many connections")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._closing = True
+        if self._current_body is not None and not self._current_body.done:
+            self._current_body.error = HttpError(400, "client went away")
+            self._current_body.finish()
+        self._write_ready.set()
+
+    def pause_writing(self) -> None:
+        self._write_ready.clear()
+
+    def resume_writing(self) -> None:
+        self._write_ready.set()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self._closing:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpError as exc:
+            self._fail(exc.status, str(exc))
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "upgrades are not proxied")
+        except httptools.HttpParserError as exc:
+            # an HttpError raised in a parser callback arrives wrapped
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, HttpError):
+                self._fail(cause.status, str(cause))
+            else:
+                self._fail(400, f"bad request: {exc}")
+
+    # ------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.server.max_header_size:
+            raise HttpError(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.server.max_header_size or len(self._headers) > 200:
+            raise HttpError(431, "request headers too large")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        method = parser.get_method().decode("ascii", "replace")
+        if method == "CONNECT":
+            raise HttpError(405, "CONNECT is not proxied")
+        path, query = self._target(self._url)
+        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._headers)
+        host = ""
+        has_body = False
+        for name, value in self._headers:
+            lowered = name.lower()
+            if lowered == b"host":
+                if host:
+                    raise HttpError(400, "more than one Host")
+                host = value.decode("latin-1").lower()
+            elif lowered == b"content-length":
+                length = int(value) if value.strip().isdigit() else -1
+                if length < 0:
+                    raise HttpError(400, "bad Content-Length")
+                if length > self.server.max_body_size:
+                    raise HttpError(413, "request body too large")
+                has_body = has_body or length > 0
+            elif lowered == b"transfer-encoding":
+                has_body = True
+        if not host and parser.get_http_version() == "1.1":
+            raise HttpError(400, "missing Host")
+        body = _Body(self) if has_body else None
+        self._current_body = body
+        exchange = Exchange.build(
+            method, path, query, headers, host=host, client=self.client, body=body
+        )
+        http11 = parser.get_http_version() == "1.1"
+        self._pending.append(_Pending(exchange, parser.should_keep_alive(), http11, body))
+        if len(self._pending) > PIPELINE_DEPTH:
+            self.pause_reading()
+
+    def on_body(self, chunk: bytes) -> None:
+        if self._current_body is not None:
+            self._current_body.feed(chunk, self.server.max_body_size)
+
+    def on_message_complete(self) -> None:
+        if self._current_body is not None:
+            self._current_body.finish()
+            self._current_body = None
+        if self._task is None:
+            self._run_ready()
+
+    @staticmethod
+    def _target(url: bytes) -> tuple[str, str]:
+        if url[:1] != b"/":
+            if url == b"*":
+                raise HttpError(400, "asterisk-form is not proxied")
+            # absolute-form: only its path and query are used; the origin is fixed
+            parts = urlsplit(url.decode("latin-1"))
+            if parts.scheme not in ("http", "https") or not parts.path.startswith("/"):
+                raise HttpError(400, "bad request target")
+            url = (parts.path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
+        if b"\x00" in url or b"#" in url:
+            raise HttpError(400, "bad request target")
+        path, _, query = url.partition(b"?")
+        return path.decode("latin-1"), query.decode("latin-1")
+
+    # ------------------------------------------------------------ answering
+
+    def _run_ready(self) -> None:
+        """Answer queued requests: from memory at once where possible, else in a task."""
+        while self._pending and self._task is None and not self._closing:
+            pending = self._pending[0]
+            if pending.body is None:
+                fast = self.engine.answer_now(pending.exchange)
+                if fast is not None:
+                    self._pending.popleft()
+                    self._write_full(fast, pending)
+                    continue
+            self._task = asyncio.ensure_future(self._serve())
+        if len(self._pending) <= PIPELINE_DEPTH // 2:
+            self.resume_reading()
+
+    async def _serve(self) -> None:
+        try:
+            while self._pending and not self._closing:
+                pending = self._pending[0]
+                try:
+                    response = await self.engine.handle(pending.exchange)
+                except HttpError as exc:
+                    self._pending.popleft()
+                    self._fail(exc.status, str(exc))
+                    return
+                self._pending.popleft()
+                if response.stream is None:
+                    self._write_full(response, pending)
+                else:
+                    await self._write_stream(response, pending)
+                if pending.body is not None and not pending.body.done:
+                    # the handler did not read the whole body: the connection is unusable
+                    self._close()
+                    return
+        except Exception:
+            log.exception("request failed")
+            self._fail(500, "internal error")
+        finally:
+            self._task = None
+        if self._pending and not self._closing:
+            self._run_ready()
+
+    def _head(self, response: ProxyResponse, length: int | None, keep_alive: bool) -> bytearray:
+        out = bytearray(_status_line(response.status))
+        has_date = False
+        for name, value in response.headers:
+            encoded = name.encode("latin-1")
+            lowered = encoded.lower()
+            if lowered in _FRAMING:
+                continue
+            if lowered == b"date":
+                has_date = True
+            out += encoded + b": " + value.encode("latin-1") + b"\r\n"
+        if not has_date:
+            out += _Date.get()
+        if length is not None:
+            out += b"Content-Length: %d\r\n" % length
+        if not keep_alive:
+            out += b"Connection: close\r\n"
+        return out
+
+    def _write_full(self, response: ProxyResponse, pending: _Pending) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        no_body = response.status in (204, 304) or response.status < 200
+        length: int | None = None
+        if response.head_length is not None:
+            length = response.head_length
+        elif pending.head:  # a HEAD passed through: announce the origin's length
+            for name, value in response.headers:
+                if name.lower() == "content-length" and value.strip().isdigit():
+                    length = int(value)
+        elif not no_body:
+            length = len(response.body)
+        keep_alive = pending.keep_alive and not self.server.draining
+        head = self._head(response, length, keep_alive)
+        head += b"\r\n"
+        if pending.head or no_body:
+            transport.write(head)
+        elif len(response.body) < 65536:
+            transport.write(bytes(head + response.body))
+        else:
+            transport.write(head)
+            transport.write(response.body)
+        if not keep_alive:
+            self._close()
+
+    async def _write_stream(self, response: ProxyResponse, pending: _Pending) -> None:
+        assert response.stream is not None
+        transport = self.transport
+        length: int | None = None
+        for name, value in response.headers:
+            if name.lower() == "content-length" and value.strip().isdigit():
+                length = int(value)
+        # framing: the origin's length; else chunked for HTTP/1.1; else close-delimited
+        chunked = length is None and pending.http11
+        keep_alive = pending.keep_alive and not self.server.draining
+        keep_alive = keep_alive and (length is not None or chunked)
+        head = self._head(response, length, keep_alive)
+        if chunked:
+            head += b"Transfer-Encoding: chunked\r\n"
+        head += b"\r\n"
+        stream = response.stream
+        try:
+            if transport is None or transport.is_closing():
+                raise ConnectionError("client went away")
+            transport.write(bytes(head))
+            sent = 0
+            async for chunk in stream:
+                if self._closing:
+                    raise ConnectionError("client went away")
+                if chunked:
+                    transport.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                else:
+                    transport.write(chunk)
+                sent += len(chunk)
+                if not self._write_ready.is_set():
+                    await self._write_ready.wait()
+            if chunked:
+                transport.write(b"0\r\n\r\n")
+            if length is not None and sent != length:
+                raise ConnectionError("origin body shorter than its Content-Length")
+        except Exception as exc:
+            # cannot change the status any more: cut the connection, never end cleanly
+            log.debug("stream aborted: %s", exc)
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            self._close()
+            return
+        if not keep_alive:
+            self._close()
+
+    def _fail(self, status: int, message: str) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            body = (message + "\n").encode()
+            transport.write(
+                _status_line(status)
+                + _Date.get()
+                + b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
+                + b"X-Cache: BYPASS\r\nConnection: close\r\n"
+                + b"Content-Length: %d\r\n\r\n" % len(body)
+                + body
+            )
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._pending.clear()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class HttpServer:
+    """Factory and registry of connections for one listening socket."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_body_size: int,
+        max_header_size: int,
+        max_connections: int,
+    ) -> None:
+        self.engine = engine
+        self.max_body_size = max_body_size
+        self.max_header_size = max_header_size
+        self.max_connections = max_connections
+        self.connections: set[HttpProtocol] = set()
+        self.draining = False
+        self._server: asyncio.base_events.Server | None = None
+
+    def __call__(self) -> HttpProtocol:
+        return HttpProtocol(self)
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self, sock=sock)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop accepting; let in-flight requests finish up to ``timeout``; close."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = [c for c in self.connections if c._task is not None or c._pending]
+            if not busy:
+                break
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection._close()

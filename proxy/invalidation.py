@@ -1,0 +1,522 @@
+"""Purges: by URL, path prefix, tag and route, here and in every other worker and replica.
+
+``Invalidator`` turns a purge request into store operations (exact keys for absolute
+URLs, index tags for the rest) and fans it out: to this replica's other workers over
+``WorkerBus`` (one Unix datagram socket per worker), and to other replicas over the
+policy's Redis pub/sub channel, whose ``Subscriber`` reconnects by itself. Shared
+stores are purged once, by the process that took the request; every process drops its
+own process-local entries (memory stores, tiered L1s). No HTTP here: ``admin.py`` and
+``server.py`` parse requests and call ``purge``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import orjson
+
+from proxy.engine import Engine, Exchange, ProxyResponse
+from proxy.errors import StoreError
+from proxy.keys import derive_key, path_tags, route_tag, user_tag
+from proxy.logs import event
+from proxy.metrics import Meter
+from proxy.stores.base import Store
+from proxy.stores.guard import GuardedStore
+from proxy.stores.redis import RedisStore
+from proxy.stores.tiered import TieredStore
+
+log = logging.getLogger("sidecache")
+
+FIELDS: Final = ("urls", "prefixes", "tags", "routes")
+MAX_ITEMS: Final = 10_000  # per purge request
+PUBLISH_TIMEOUT: Final = 1.0
+MAX_DATAGRAM: Final = 60_000
+RECONNECT_MAX: Final = 2.0  # seconds between subscribe attempts while Redis is away
+PING_AFTER: Final = 5.0  # silence on the subscription before we ask Redis for a pong
+DEAD_AFTER: Final = 15.0  # silence after which the subscription is rebuilt
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeRequest:
+    """What to purge; the JSON of ``POST /purge`` and of the pub/sub messages.
+
+    ``store_tags`` is internal (unsafe-method invalidation hands over the engine's own
+    index tags); ``source`` names the replica that already purged the shared stores.
+    """
+
+    urls: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
+    store_tags: tuple[str, ...] = ()
+    source: str | None = None
+
+    @staticmethod
+    def parse(data: object, *, internal: bool = True) -> PurgeRequest:
+        """Validate decoded JSON; ``ValueError`` says what is wrong. The admin API
+        parses with ``internal=False``: callers name only the four public fields."""
+        if not isinstance(data, dict):
+            raise ValueError('expected a JSON object like {"urls": ["/path"]}')
+        unknown = set(data) - ({*FIELDS, "store_tags", "source"} if internal else set(FIELDS))
+        if unknown:
+            raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        lists: dict[str, tuple[str, ...]] = {}
+        for name in (*FIELDS, "store_tags"):
+            value = data.get(name, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"{name}: expected a list of non-empty strings")
+            lists[name] = tuple(value)
+        for prefix in lists["prefixes"]:
+            if not prefix.startswith("/"):
+                raise ValueError(f"prefixes: {prefix!r} must start with /")
+        for url in lists["urls"]:
+            if not urlsplit(url).path.startswith("/"):
+                raise ValueError(f"urls: {url!r} is neither a path nor an http(s) URL")
+        if sum(len(v) for v in lists.values()) > MAX_ITEMS:
+            raise ValueError(f"more than {MAX_ITEMS} items in one purge")
+        source = data.get("source")
+        if source is not None and not isinstance(source, str):
+            raise ValueError("source: expected a string")
+        return PurgeRequest(**lists, source=source)
+
+    def is_empty(self) -> bool:
+        return not (self.urls or self.prefixes or self.tags or self.routes or self.store_tags)
+
+    def to_json(self) -> bytes:
+        doc: dict[str, Any] = {n: list(getattr(self, n)) for n in (*FIELDS, "store_tags")}
+        doc = {n: v for n, v in doc.items() if v}
+        if self.source is not None:
+            doc["source"] = self.source
+        return orjson.dumps(doc)
+
+    def chunks(self, limit: int = MAX_DATAGRAM) -> list[bytes]:
+        """The request as messages of at most ``limit`` bytes (split by halving lists)."""
+        payload = self.to_json()
+        if len(payload) <= limit:
+            return [payload]
+        if len(self.urls + self.prefixes + self.tags + self.routes + self.store_tags) < 2:
+            return []  # one item over the limit: nothing sane to send
+        halves = [self._half(0), self._half(1)]
+        return halves[0].chunks(limit) + halves[1].chunks(limit)
+
+    def _half(self, which: int) -> PurgeRequest:
+        def cut(items: tuple[str, ...]) -> tuple[str, ...]:
+            middle = len(items) // 2
+            return items[middle:] if which else items[:middle]
+
+        return PurgeRequest(
+            cut(self.urls),
+            cut(self.prefixes),
+            cut(self.tags),
+            cut(self.routes),
+            cut(self.store_tags),
+            self.source,
+        )
+
+
+@dataclass(slots=True)
+class Plan:
+    keys: set[str] = field(default_factory=set)
+    tags: set[str] = field(default_factory=set)
+
+
+def plan(engine: Engine, request: PurgeRequest) -> Plan:
+    """The keys and index tags a request names, under the engine's current policy.
+
+    An absolute URL names one primary key (the key includes the Host clients sent), unless
+    its route keys on headers, cookies or identity: then, like a bare path, it names the
+    path's index tag, which covers every query string, host and variant of the path (and
+    the paths below it, as RFC 9111 §4.4 invalidation does here). ``/`` as a prefix is
+    everything: every route's tag.
+    """
+    out = Plan(tags=set(request.store_tags))
+    out.tags.update(user_tag(tag) for tag in request.tags)
+    out.tags.update(route_tag(name) for name in request.routes)
+    for prefix in request.prefixes:
+        if prefix.strip("/"):
+            out.tags.add(path_tags(prefix)[-1])
+        else:
+            out.tags.update(route_tag(route.name) for route in engine.loaded.routes)
+    for url in request.urls:
+        parts = urlsplit(url)
+        route, _ = engine.router.match("GET", (parts.hostname or "").lower(), parts.path)
+        spec = route.config
+        if parts.netloc and not (spec.key.headers or spec.key.cookies or spec.cache_authorized):
+            host = parts.netloc.lower()
+            out.keys.add(derive_key(spec.name, host, parts.path, parts.query, spec.key, {}))
+        else:
+            out.tags.add(path_tags(parts.path)[-1])
+    return out
+
+
+def layers(stores: dict[str, Store]) -> tuple[list[Store], list[Store]]:
+    """Every distinct underlying store, as (shared, process-local)."""
+    seen: set[int] = set()
+    shared: list[Store] = []
+    local: list[Store] = []
+    for store in stores.values():
+        parts = (store.l1, store.l2) if isinstance(store, TieredStore) else (store,)
+        for part in parts:
+            if id(part) not in seen:
+                seen.add(id(part))
+                (shared if part.shared else local).append(part)
+    return shared, local
+
+
+@dataclass(slots=True)
+class PurgeResult:
+    """What a purge did here: counted removals, stores that cannot count, failures."""
+
+    removed: int = 0
+    stores: dict[str, int] = field(default_factory=dict)  # -1: cannot count
+    errors: dict[str, str] = field(default_factory=dict)
+    workers: int | None = None  # other workers of this replica told
+    replicas: int | None = None  # subscribers that received the message (None: no channel)
+
+    @property
+    def queued(self) -> bool:
+        return any(n < 0 for n in self.stores.values())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "removed": self.removed,
+            "queued": self.queued,
+            "stores": self.stores,
+            "workers": self.workers,
+            "replicas": self.replicas,
+            "errors": self.errors,
+        }
+
+
+class Invalidator:
+    """Purges for one worker: local stores, shared stores, and the fan-out."""
+
+    def __init__(self, engine: Engine, *, replica: str, bus: WorkerBus | None = None) -> None:
+        self.engine = engine
+        self.replica = replica
+        self.bus = bus
+        self.subscriber: Subscriber | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        engine.purge_hook = self._after_unsafe
+        engine.purge_method = self.purge_method
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self.bus is not None:
+            self.bus.listen(lambda payload: self._spawn(self.receive(payload, "workers")))
+        self.reconfigure()
+
+    def reconfigure(self) -> None:
+        """(Re)start the subscriber when the policy's channel or its Redis changed."""
+        backend, channel = self._channel()
+        current = self.subscriber
+        if current is not None and (current.backend, current.channel) == (backend, channel):
+            return
+        if current is not None:
+            current.stop()
+            self.subscriber = None
+        if backend is not None and channel is not None:
+            self.subscriber = Subscriber(backend, channel, self.engine, self.receive)
+            self.subscriber.start()
+
+    async def aclose(self) -> None:
+        if self.bus is not None:
+            self.bus.close()
+        if self.subscriber is not None:
+            self.subscriber.stop()
+            await self.subscriber.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _channel(self) -> tuple[RedisStore | None, str | None]:
+        config = self.engine.loaded.policy.invalidation
+        if config is None:
+            return None, None
+        store = self.engine.stores.get(config.redis)
+        inner = store.inner if isinstance(store, GuardedStore) else store
+        return (inner, config.channel) if isinstance(inner, RedisStore) else (None, None)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ purging
+
+    async def purge(self, request: PurgeRequest, *, source: str) -> PurgeResult:
+        """Purge everywhere: shared and local stores here, then tell the others."""
+        result = await self.apply(request, local_only=False)
+        result.workers, result.replicas = await self.fan_out(request, result)
+        self.engine.meter.purge(source, result.removed)
+        event(
+            "purge",
+            f"purge from {source}: {result.removed} removed",
+            source=source,
+            request=orjson.loads(request.to_json()),
+            **result.as_json(),
+        )
+        return result
+
+    async def apply(self, request: PurgeRequest, *, local_only: bool) -> PurgeResult:
+        todo = plan(self.engine, request)
+        shared, local = layers(self.engine.stores)
+        result = PurgeResult()
+        for store in local if local_only else [*shared, *local]:
+            try:
+                removed = 0
+                counted = True
+                if todo.keys:
+                    removed += await store.delete(sorted(todo.keys))
+                if todo.tags:
+                    found = await store.purge_tags(sorted(todo.tags))
+                    counted = found >= 0
+                    removed += max(found, 0)
+            except StoreError as exc:
+                result.errors[store.name] = str(exc)
+                continue
+            result.stores[store.name] = removed if counted else -1
+            result.removed += removed
+        return result
+
+    async def fan_out(
+        self, request: PurgeRequest, result: PurgeResult
+    ) -> tuple[int | None, int | None]:
+        message = replace(request, source=self.replica)
+        workers = None
+        if self.bus is not None:
+            workers = self.bus.send_all(message.chunks(), self.engine.meter)
+            if workers < len(self.bus.peers):
+                result.errors["workers"] = f"told {workers} of {len(self.bus.peers)} workers"
+        backend, channel = self._channel()
+        if backend is None or channel is None:
+            return workers, None
+        receivers = 0
+        try:
+            for payload in message.chunks():
+                receivers = await asyncio.wait_for(
+                    backend.publish(channel, payload), PUBLISH_TIMEOUT
+                )
+                self.engine.meter.message("redis", "out")
+        except (StoreError, TimeoutError) as exc:
+            self.engine.meter.message_failed("redis")
+            result.errors["channel"] = f"publish to {channel!r} failed: {str(exc) or 'timeout'}"
+            return workers, None
+        return workers, receivers
+
+    async def purge_method(self, ex: Exchange) -> ProxyResponse:
+        """``PURGE <target>`` on the proxy port: the URL as this client would request it,
+        from an address in ``admin.purge_from`` only (403 otherwise)."""
+        allowed = self.engine.loaded.policy.admin.purge_from
+        if not peer_allowed(ex.client, allowed):
+            body = {"error": f"PURGE is not allowed from {ex.client or 'this address'}"}
+            return _json_response(403, body)
+        url = f"{ex.scheme}://{ex.host}{ex.target}" if ex.host else ex.target
+        result = await self.purge(PurgeRequest(urls=(url,)), source="proxy")
+        return _json_response(503 if result.errors else 200, result.as_json())
+
+    async def _after_unsafe(self, tags: Sequence[str]) -> None:
+        """The engine's hook for RFC 9111 §4.4 (and ``invalidates``): purge here at once;
+        the other workers and replicas are told in the background."""
+        request = PurgeRequest(store_tags=tuple(tags))
+        result = await self.apply(request, local_only=False)
+        self.engine.meter.purge("unsafe", result.removed)
+        self._spawn(self.fan_out(request, result))
+
+    async def receive(self, payload: bytes, transport: str) -> None:
+        """A message from another worker or the channel: drop our local copies (and the
+        shared ones too, when a non-sidecache publisher sent it)."""
+        self.engine.meter.message(transport, "in")
+        try:
+            request = PurgeRequest.parse(orjson.loads(payload))
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            self.engine.meter.message_failed(transport)
+            log.warning("ignored a purge message on %s: %s", transport, exc)
+            return
+        if request.source == self.replica and transport != "workers":
+            return  # ours: this replica applied it and told its workers directly
+        result = await self.apply(request, local_only=request.source is not None)
+        self.engine.meter.purge(transport, result.removed)
+        if result.errors:
+            log.warning("purge message on %s failed in part: %s", transport, result.errors)
+
+
+def new_replica_id() -> str:
+    """Names this replica (all its workers) in fan-out messages."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+
+
+def peer_allowed(
+    address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    """Whether a client address lies in one of ``networks`` (IPv4-mapped IPv6 as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+def _json_response(status: int, body: dict[str, Any]) -> ProxyResponse:
+    headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+    return ProxyResponse(status, headers, orjson.dumps(body) + b"\n", cache="PURGE")
+
+
+# ---------------------------------------------------------------- fan-out transports
+
+
+class WorkerBus:
+    """Purge messages between the workers of one replica: one Unix datagram socket each.
+
+    The supervisor binds every worker's socket before forking, so messages sent while a
+    worker restarts wait in its socket for the new process.
+    """
+
+    def __init__(self, sock: socket.socket, peers: Sequence[str]) -> None:
+        self.sock = sock
+        self.peers = tuple(peers)
+        self._reading = False
+
+    @staticmethod
+    def create(directory: str, count: int) -> list[WorkerBus]:
+        paths = [os.path.join(directory, f"worker-{i}.sock") for i in range(count)]
+        socks = []
+        for path in paths:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(path)
+            sock.setblocking(False)
+            socks.append(sock)
+        return [WorkerBus(socks[i], paths[:i] + paths[i + 1 :]) for i in range(count)]
+
+    def send_all(self, payloads: Sequence[bytes], meter: Meter) -> int:
+        """Send to every peer; answers how many got every message."""
+        told = 0
+        for peer in self.peers:
+            try:
+                for payload in payloads:
+                    self.sock.sendto(payload, peer)
+                    meter.message("workers", "out")
+            except OSError as exc:  # full queue (EAGAIN), or a worker between lives
+                meter.message_failed("workers")
+                log.warning("could not tell worker %s about a purge: %s", peer, exc)
+                continue
+            told += 1
+        return told
+
+    def listen(self, on_message: Callable[[bytes], None]) -> None:
+        def readable() -> None:
+            while True:
+                try:
+                    payload = self.sock.recv(65536)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    log.warning("worker bus read failed", exc_info=True)
+                    return
+                on_message(payload)
+
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), readable)
+        self._reading = True
+
+    def close(self) -> None:
+        if self._reading:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self._reading = False
+
+
+class Subscriber:
+    """Listens on a Redis pub/sub channel; resubscribes after Redis restarts or hangs."""
+
+    def __init__(
+        self,
+        backend: RedisStore,
+        channel: str,
+        engine: Engine,
+        on_message: Callable[[bytes, str], Any],
+    ) -> None:
+        self.backend = backend
+        self.channel = channel
+        self.engine = engine
+        self.on_message = on_message
+        self.subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lost_at: float | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self.run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the reconnect boundary: any failure means resubscribe
+                if self._lost_at is None:
+                    self._lost_at = time.monotonic()
+                    event(
+                        "invalidation",
+                        f"channel {self.channel!r} unavailable: {exc}; resubscribing",
+                        level=logging.WARNING,
+                    )
+                self.engine.meter.message_failed("redis")
+            if self.subscribed.is_set():
+                delay = 0.1  # it worked until now: try again at once
+            self.subscribed.clear()
+            self.engine.meter.subscribed.set(0)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _listen(self) -> None:
+        pubsub = await self.backend.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            last = time.monotonic()
+            pinged = False
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                now = time.monotonic()
+                if message is None:
+                    if now - last > DEAD_AFTER:
+                        raise ConnectionError(f"no answer from Redis for {DEAD_AFTER:.0f}s")
+                    if now - last > PING_AFTER and not pinged:
+                        await pubsub.ping()
+                        pinged = True
+                    continue
+                last, pinged = now, False
+                kind = message.get("type")
+                if kind == "subscribe":
+                    self.subscribed.set()
+                    self.engine.meter.subscribed.set(1)
+                    lost, self._lost_at = self._lost_at, None
+                    after = f" again after {now - lost:.1f}s" if lost is not None else ""
+                    event("invalidation", f"subscribed to channel {self.channel!r}{after}")
+                elif kind == "message":
+                    await self.on_message(message["data"], "redis")
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
