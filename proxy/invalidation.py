@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -304,17 +305,26 @@ class Invalidator:
         if backend is None or channel is None:
             return workers, None
         receivers = 0
-        try:
-            for payload in message.chunks():
-                receivers = await asyncio.wait_for(
-                    backend.publish(channel, payload), PUBLISH_TIMEOUT
-                )
-                self.engine.meter.message("redis", "out")
-        except (StoreError, TimeoutError) as exc:
-            self.engine.meter.message_failed("redis")
-            result.errors["channel"] = f"publish to {channel!r} failed: {str(exc) or 'timeout'}"
-            return workers, None
+        for payload in message.chunks():
+            try:
+                receivers = await self._publish(backend, channel, payload)
+            except (StoreError, TimeoutError) as exc:
+                self.engine.meter.message_failed("redis")
+                why = str(exc) or "timeout"
+                result.errors["channel"] = f"publish to {channel!r} failed: {why}"
+                return workers, None
         return workers, receivers
+
+    async def _publish(self, backend: RedisStore, channel: str, payload: bytes) -> int:
+        # Once more on failure: after a Redis restart the pooled connection is dead, and
+        # the pool drops it on that first error; the second try gets a new one.
+        publish = functools.partial(backend.publish, channel, payload)
+        try:
+            receivers = await asyncio.wait_for(publish(), PUBLISH_TIMEOUT)
+        except (StoreError, TimeoutError):
+            receivers = await asyncio.wait_for(publish(), PUBLISH_TIMEOUT)
+        self.engine.meter.message("redis", "out")
+        return receivers
 
     async def purge_method(self, ex: Exchange) -> ProxyResponse:
         """``PURGE <target>`` on the proxy port: the URL as this client would request it,
