@@ -20,6 +20,7 @@ from proxy.freshness import (
     initial_age,
     invalidation_targets,
     is_not_modified,
+    passed_through,
     request_cache_control,
     response_cache_control,
     selects_for_update,
@@ -545,3 +546,17 @@ HOSTS = ["proxy.test", "origin.test:8080"]
 )
 def test_invalidation_targets(method: str, status: int, headers: Headers, paths: list[str]):
     assert invalidation_targets(method, status, headers, "/a/b", HOSTS) == paths
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "detail"),
+    [
+        ({"range": "bytes=0-1"}, "range"),
+        ({"if-match": '"a"'}, "precondition"),
+        ({"if-unmodified-since": date(0)}, "precondition"),
+        ({"if-none-match": '"a"'}, None),  # the cache answers this one (§4.3.2)
+        ({}, None),
+    ],
+)
+def test_requests_passed_through(request_fields: dict[str, str], detail: str | None):
+    assert passed_through(request_fields) == detail
