@@ -13,6 +13,7 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -141,8 +142,8 @@ def _supervise(
     loaded: LoadedPolicy,
     listen: tuple[str, int],
     admin: tuple[str, int],
-    proxy_sock: object,
-    admin_sock: object,
+    proxy_sock: socket.socket,
+    admin_sock: socket.socket,
 ) -> int:
     """Fork workers that share the ports (SO_REUSEPORT); forward signals; reap them.
 
@@ -157,9 +158,13 @@ def _supervise(
     replica = new_replica_id()
     loader = functools.partial(_load, origin=args.origin)
 
+    prebound = [(proxy_sock, admin_sock)]  # bound before forking: the first worker's
+
     def spawn(index: int) -> None:
-        own_proxy = proxy_sock if index == 0 else bind(listen, reuse_port=True)
-        own_admin = admin_sock if index == 0 else bind(admin, reuse_port=True)
+        if prebound:
+            own_proxy, own_admin = prebound.pop()
+        else:
+            own_proxy, own_admin = bind(listen, reuse_port=True), bind(admin, reuse_port=True)
         pid = os.fork()
         if pid == 0:
             try:
@@ -167,6 +172,10 @@ def _supervise(
             finally:
                 os._exit(0)
         children[pid] = index
+        # Only the worker may hold its listeners: a copy left open here would keep
+        # accepting connections nobody serves while that worker drains on SIGTERM.
+        own_proxy.close()
+        own_admin.close()
 
     for index in range(args.workers):
         spawn(index)
