@@ -17,6 +17,10 @@ from proxy.errors import StoreError, StoreTimeout, StoreUnavailable
 from proxy.stores.base import Store, StoreStats
 
 T = TypeVar("T")
+# A write also gets the time to move its bytes at this (conservative) rate on top of the
+# deadline, so multi-MiB entries are not skipped systematically by a deadline in the tens
+# of milliseconds that suits everything else.
+WRITE_BYTES_PER_SECOND: Final = 32 * 1024**2
 BreakerState = Literal["closed", "open", "half_open"]
 OPERATIONS: Final = (
     "get",
@@ -48,6 +52,7 @@ class GuardedStore:
     without touching the backend. After ``breaker_cooldown`` seconds one call is let
     through (``half_open``); its success closes the breaker, its failure reopens it.
     ``ping`` answers ``False`` instead of raising, so health checks can call it freely.
+    A ``set`` gets ``len(value) / WRITE_BYTES_PER_SECOND`` on top of its deadline.
     """
 
     def __init__(
@@ -116,12 +121,13 @@ class GuardedStore:
 
     # ------------------------------------------------------------ the one call path
 
-    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
         counters = self.counters[op]
         counters.ops += 1
         probe = self._admit(counters)
+        deadline = self.timeout + size / WRITE_BYTES_PER_SECOND
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(deadline):
                 result = await fn()
         except StoreTimeout:
             counters.timeouts += 1
@@ -131,7 +137,7 @@ class GuardedStore:
             # our own deadline fired (asyncio.timeout turns the cancellation into this)
             counters.timeouts += 1
             self._failed(probe)
-            raise StoreTimeout(self.name, f"{op} took over {self.timeout * 1000:.0f} ms") from exc
+            raise StoreTimeout(self.name, f"{op} took over {deadline * 1000:.0f} ms") from exc
         except StoreError:
             counters.errors += 1
             self._failed(probe)
@@ -160,7 +166,7 @@ class GuardedStore:
         return await self._call("get_many", lambda: self.inner.get_many(keys))
 
     async def set(self, key: str, value: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
-        await self._call("set", lambda: self.inner.set(key, value, ttl, tags))
+        await self._call("set", lambda: self.inner.set(key, value, ttl, tags), len(value))
 
     async def delete(self, keys: Sequence[str]) -> int:
         return await self._call("delete", lambda: self.inner.delete(keys))

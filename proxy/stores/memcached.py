@@ -12,6 +12,8 @@ aiomcache must never be cancelled mid-call: a cancelled call leaves its reply un
 a pooled connection and the next command reads it (another key's value). Every call
 here runs as its own task awaited through ``asyncio.shield``; the guard's deadline
 cancels only the waiter, and the call finishes (or fails) on its own connection.
+aiomcache also spins forever, never yielding, on a connection closed mid-command: its
+connections here read through ``_EofSafeReader``, which raises instead.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import aiomcache
 import msgpack
+from aiomcache.pool import Connection, MemcachePool
 from uhashring import HashRing
 
 from proxy.clock import Clock, SystemClock
@@ -43,6 +46,34 @@ _CHUNK_HEADROOM: Final = 2048  # item header + key + flags within item_size_max
 _MONTH: Final = 30 * 86400  # memcached reads larger exptimes as unix timestamps
 _INLINE, _MANIFEST = 0, 1
 _CONNECTION_ERRORS: Final = (OSError, EOFError, asyncio.IncompleteReadError)
+
+
+class _EofSafeReader(asyncio.StreamReader):
+    """aiomcache reads ``readline()`` until a line ends in CRLF; at EOF ``readline()``
+    answers ``b""`` at once, forever, and the loop never gets control back. Raise."""
+
+    async def readline(self) -> bytes:
+        line = await super().readline()
+        if not line.endswith(b"\n"):
+            raise asyncio.IncompleteReadError(line, None)
+        return line
+
+
+class _Pool(MemcachePool):
+    """aiomcache's pool, opening its connections with an ``_EofSafeReader``."""
+
+    async def _create_new_conn(self) -> Connection | None:
+        if self.size() >= self._maxsize:
+            return None
+        loop = asyncio.get_running_loop()
+        reader = _EofSafeReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await loop.create_connection(lambda: protocol, self._host, self._port)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        if self.size() < self._maxsize:
+            return Connection(reader, writer)
+        writer.close()
+        return None
 
 
 class _NodeDown(Exception):
@@ -93,9 +124,9 @@ class MemcachedStore:
         self._nodes: dict[str, _Node] = {}
         for server in dict.fromkeys(servers):
             host, _, port = server.rpartition(":")
-            client = aiomcache.Client(
-                host.strip("[]"), int(port), pool_size=pool_size, pool_minsize=1
-            )
+            host = host.strip("[]")
+            client = aiomcache.Client(host, int(port), pool_size=pool_size)
+            client._pool = _Pool(host, int(port), minsize=1, maxsize=pool_size)
             self._nodes[server] = _Node(server, client)
         self._ring = HashRing(nodes=list(self._nodes), hash_fn="ketama")
 
@@ -199,7 +230,7 @@ class MemcachedStore:
                 gkey = self._mkey("~g:", tag)
                 # random start: a counter evicted and re-created never repeats an old value
                 start = secrets.randbits(62)
-                added = await self._call(node, "add", _adder(gkey, b"%d" % start, 0))
+                added = await self._call(node, "add", _storing("add", gkey, b"%d" % start, 0))
                 gens[tag] = start if added else (await self._generations(node, [tag]))[tag]
         known = {tag: gen for tag, gen in gens.items() if gen is not None}
         return known if len(known) == len(gens) else None
@@ -299,8 +330,9 @@ class MemcachedStore:
                 return  # counters that cannot be read: an unpurgeable entry is never written
             gens = [[tag, gen] for tag, gen in current.items()]
         exptime = self._exptime(ttl)
-        envelope: bytes = msgpack.packb([_INLINE, gens, value])
-        if len(envelope) > self._chunk:
+        # a big value is never packed whole: that would copy megabytes only to split them
+        envelope = b"" if len(value) > self._chunk else msgpack.packb([_INLINE, gens, value])
+        if not envelope or len(envelope) > self._chunk:
             # chunks first, under fresh keys: a reader sees the new manifest only once
             # every chunk it names exists, and never mixes two writes' chunks
             nonce = secrets.token_hex(8)
@@ -310,7 +342,7 @@ class MemcachedStore:
             try:
                 await asyncio.gather(
                     *(
-                        self._call(node, "set", _setter(k, p, exptime))
+                        self._call(node, "set", _storing("set", k, p, exptime))
                         for k, p in zip(ckeys, pieces, strict=True)
                     )
                 )
@@ -404,14 +436,10 @@ class MemcachedStore:
             await node.client.close()
 
 
-def _setter(
-    key: bytes, value: bytes, exptime: int
+def _storing(
+    command: Literal["set", "add"], key: bytes, value: bytes, exptime: int
 ) -> Callable[[aiomcache.Client], Awaitable[bool]]:
-    return lambda client: client.set(key, value, exptime)
-
-
-def _adder(key: bytes, value: bytes, exptime: int) -> Callable[[aiomcache.Client], Awaitable[bool]]:
-    return lambda client: client.add(key, value, exptime)
+    return lambda c: (c.add if command == "add" else c.set)(key, value, exptime)
 
 
 def _as_int(raw: bytes | None) -> int | None:

@@ -230,6 +230,7 @@ class Relay:
         self.delay = 0.0
         self.port = 0
         self.requests = 0  # client→server reads: "did anything reach the server?"
+        self.refuse = False  # drop every new connection at once
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -238,6 +239,9 @@ class Relay:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            writer.close()
+            return
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         for task in (
             asyncio.create_task(self._pipe(reader, up_writer, delayed=False)),
@@ -258,6 +262,12 @@ class Relay:
                 writer.write(data)
                 await writer.drain()
         writer.close()
+
+    async def cut(self) -> None:
+        """Drop every open connection (the server behind keeps its data)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
         if self._server is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -14,7 +15,7 @@ from mirakuru import TCPExecutor
 from proxy.clock import FakeClock
 from proxy.errors import StoreError, StoreTimeout, StoreUnavailable
 from proxy.stores.base import Store
-from proxy.stores.guard import GuardedStore
+from proxy.stores.guard import WRITE_BYTES_PER_SECOND, GuardedStore
 from proxy.stores.redis import RedisStore
 
 from .conftest import MakeRelay, Relay
@@ -81,6 +82,24 @@ async def test_deadline_turns_a_slow_answer_into_store_timeout(
     assert guard.counters["get"].timeouts == 1
     relay.delay = 0
     assert await guard.get("sc:{r}:1") == b"v"  # redis-py dropped the late reply's socket
+
+
+async def test_big_writes_get_time_for_their_bytes(slow_redis: tuple[Relay, RedisStore]) -> None:
+    relay, store = slow_redis
+    guard = GuardedStore(store, TIMEOUT, breaker_failures=10)
+    await guard.ping()
+    relay.delay = TIMEOUT + 0.03
+    with pytest.raises(StoreTimeout):
+        await guard.set("sc:{r}:small", b"v", 30)
+    relay.delay = 0
+    await guard.ping()
+    relay.delay = TIMEOUT + 0.03
+    # 4 MiB at WRITE_BYTES_PER_SECOND buys 125 ms on top of the deadline
+    big = os.urandom(4 * 1024**2)
+    assert 4 * 1024**2 / WRITE_BYTES_PER_SECOND > 0.1
+    await guard.set("sc:{r}:big", big, 30)
+    relay.delay = 0
+    assert await guard.get("sc:{r}:big") == big
 
 
 async def test_breaker_opens_after_n_failures_then_fails_fast(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiomcache
 import pytest
 from mirakuru import TCPExecutor
 
-from proxy.errors import StoreError, StoreTimeout
+from proxy.errors import StoreError, StoreTimeout, StoreUnavailable
 from proxy.stores.guard import GuardedStore
 from proxy.stores.memcached import MemcachedStore
 
@@ -183,3 +184,97 @@ async def test_a_hung_server_is_skipped_after_a_stall(
     finally:
         relay.delay = 0
         await store.aclose()
+
+
+async def test_a_shared_tag_does_not_tie_servers_together(
+    memcached_pair: list[TCPExecutor],
+) -> None:
+    """Every entry carries its route's tag; losing one server must still cost only its keys."""
+    servers = [f"127.0.0.1:{e.port}" for e in memcached_pair]
+    inner = MemcachedStore("m", servers, timeout=0.5, node_retry=5)
+    store = GuardedStore(inner, 0.5, breaker_failures=3)
+    try:
+        keys = [f"sc:r:{i:04x}" for i in range(100)]
+        for key in keys:
+            await store.set(key, key.encode(), 60, tags=["r:route", f"p:{key}"])
+        alive = servers[1]
+        await asyncio.to_thread(memcached_pair[0].stop)
+        with contextlib.suppress(StoreError):
+            await store.get(next(k for k in keys if inner.node_of(k) == servers[0]))
+        expected = [k.encode() if inner.node_of(k) == alive else None for k in keys]
+        assert await store.get_many(keys) == expected
+        assert any(expected)
+        # a purge still reaches the live server, and says it cannot count
+        assert await store.purge_tags(["r:route"]) == -1
+        assert await store.get_many(keys) == [None] * len(keys)
+    finally:
+        await store.aclose()
+
+
+async def test_a_purge_missed_by_an_unreachable_server_is_replayed_on_it(
+    memcached_pair: list[TCPExecutor], make_relay: MakeRelay
+) -> None:
+    relay = await make_relay(f"127.0.0.1:{memcached_pair[0].port}")
+    servers = [f"127.0.0.1:{relay.port}", f"127.0.0.1:{memcached_pair[1].port}"]
+    inner = MemcachedStore("m", servers, timeout=0.5, node_retry=0.3)
+    store = GuardedStore(inner, 0.5, breaker_failures=50)
+    try:
+        keys = [f"sc:r:{i:04x}" for i in range(60)]
+        for key in keys:
+            tags = ["purged"] if int(key[-1], 16) % 2 else ["kept"]
+            await store.set(key, key.encode(), 60, tags=tags)
+        behind = [k for k in keys if inner.node_of(k) == servers[0]]
+        assert behind
+        # the server stays up with its data, but this proxy cannot reach it
+        relay.refuse = True
+        await relay.cut()
+        with contextlib.suppress(StoreError):
+            await store.get(behind[0])
+        assert await store.purge_tags(["purged"]) == -1
+        assert inner.node_health()[servers[0]]["down"] is True
+        # reachable again: the missed purge is applied before its entries are served
+        relay.refuse = False
+        await asyncio.sleep(0.35)
+        assert await store.get(behind[0]) is None  # triggers the replay, serves nothing yet
+        for _ in range(50):
+            if not inner.node_health()[servers[0]]["down"]:
+                break
+            await asyncio.sleep(0.02)
+        values = await store.get_many(behind)
+        assert values == [None if int(k[-1], 16) % 2 else k.encode() for k in behind]
+    finally:
+        await store.aclose()
+
+
+async def test_a_server_hanging_up_mid_command_never_spins_the_loop() -> None:
+    """Raw aiomcache spins forever (never yielding) when the server closes a connection
+    while a set/add/incr/delete waits for its reply; the store must raise instead."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        await asyncio.sleep(0.2)
+        writer.close()  # FIN, no reply
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(tick())
+    store = GuardedStore(MemcachedStore("m", [f"127.0.0.1:{port}"], node_retry=0.01), 1.0)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.lock("k", 5)  # add: a simple command
+        with pytest.raises(StoreUnavailable):
+            await store.inner.delete(["k"])  # straight to the backend: delete is simple too
+        assert ticks > 5  # the loop kept running throughout
+    finally:
+        ticker.cancel()
+        await store.aclose()
+        server.close()
+        await server.wait_closed()
