@@ -32,7 +32,9 @@ class MemoryStore:
         self._clock = clock or SystemClock()
         # key -> (value, expires_at (monotonic), tags, size)
         self._data: OrderedDict[str, tuple[bytes, float, tuple[str, ...], int]] = OrderedDict()
-        self._tags: dict[str, set[str]] = {}
+        # tag -> its one key, or a set once it has several: most path tags name a single
+        # entry, and a set per entry would cost more than a small body (issue 8 target)
+        self._tags: dict[str, str | set[str]] = {}
         self._locks: dict[str, tuple[str, float]] = {}
         self._size = 0
         self.evictions = 0
@@ -68,8 +70,15 @@ class MemoryStore:
             return
         self._data[key] = (value, self._clock.monotonic() + ttl, tuple(tags), size)
         self._size += size
+        index = self._tags
         for tag in tags:
-            self._tags.setdefault(tag, set()).add(key)
+            held = index.get(tag)
+            if held is None:
+                index[tag] = key
+            elif isinstance(held, set):
+                held.add(key)
+            elif held != key:
+                index[tag] = {held, key}
         while self._size > self.max_size:
             oldest = next(iter(self._data))
             self._remove(oldest)
@@ -81,7 +90,9 @@ class MemoryStore:
     async def purge_tags(self, tags: Sequence[str]) -> int:
         removed = 0
         for tag in tags:
-            for key in list(self._tags.get(tag, ())):
+            held = self._tags.get(tag)
+            keys = [held] if isinstance(held, str) else list(held or ())
+            for key in keys:
                 removed += self._remove(key)
         return removed
 
@@ -90,12 +101,20 @@ class MemoryStore:
         if item is None:
             return 0
         self._size -= item[3]
+        index = self._tags
         for tag in item[2]:
-            keys = self._tags.get(tag)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._tags[tag]
+            held = index.get(tag)
+            if held is None:
+                continue
+            if isinstance(held, str):
+                if held == key:
+                    del index[tag]
+            else:
+                held.discard(key)
+                if len(held) == 1:
+                    index[tag] = held.pop()
+                elif not held:
+                    del index[tag]
         return 1
 
     # -- leases (one process: the coalescer already serialises; these keep the protocol)
