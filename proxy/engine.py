@@ -897,6 +897,8 @@ class Engine:
             return None
         if cfg.client_cache_control == "honor" or cfg.cache_authorized or cfg.early_refresh:
             return None
+        if passed_through(ex.hmap) is not None:  # Range, preconditions: the origin's
+            return None
         get_now = getattr(self.stores[cfg.backend], "get_now", None)
         if get_now is None:
             return None

@@ -48,6 +48,8 @@ SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110
 HEURISTIC_FRACTION: Final = 0.1  # §4.2.2: "10% of the interval since Last-Modified"
 # How much longer than its freshness (and stale windows) a response with validators is
 # kept, so that once stale it can be revalidated with a 304 instead of fetched in full.
+# Without validators a stale response is kept as long again as it was fresh, up to
+# this, for HEAD updates (§4.3.5), max-stale and a request's stale-if-error.
 VALIDATION_KEEP: Final = 300.0
 # RFC 9110 §7.6.1 hop-by-hop fields (and the proxy-auth ones, which address the next
 # hop only): never stored, never forwarded.
@@ -156,10 +158,11 @@ class StoreDecision:
 
     @property
     def storage_ttl(self) -> float:
-        """How long the store keeps it: freshness plus the stale windows, plus a grace
-        for revalidation when it has validators; never forever (hishel #287)."""
-        keep = self.lifetime + max(self.stale_while_revalidate, self.stale_if_error)
-        return keep + VALIDATION_KEEP if self.has_validator else keep
+        """How long the store keeps it: freshness, then as long as a stale copy is of
+        use (its stale windows, or the grace of ``VALIDATION_KEEP``); never forever
+        (hishel #287)."""
+        grace = VALIDATION_KEEP if self.has_validator else min(self.lifetime, VALIDATION_KEEP)
+        return self.lifetime + max(self.stale_while_revalidate, self.stale_if_error, grace)
 
 
 def _skip(reason: str) -> StoreDecision:

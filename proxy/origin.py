@@ -97,6 +97,11 @@ class OriginClient:
                 read_bufsize=CHUNK,
                 requote_redirect_url=False,
             )
+            # aiohttp re-sends an idempotent request (GET, PUT, DELETE...) once when the
+            # connection drops before the answer; a proxy must not (RFC 9110 §9.2.2 leaves
+            # retries to the client, which knows whether the origin saw the request). The
+            # same switch its own test client turns off; there is no public one.
+            self._session._retry_connection = False
         return self._session
 
     async def request(

@@ -352,7 +352,11 @@ def test_windows():
 
 def test_storage_ttl_covers_freshness_windows_and_revalidation():
     plain = decide([("Cache-Control", "max-age=60, stale-if-error=100")])
-    assert plain.storage_ttl == 160
+    assert plain.storage_ttl == 60 + 100
+    short = decide([("Cache-Control", "max-age=60")])
+    assert short.storage_ttl == 60 + 60  # as long again, for HEAD updates and max-stale
+    long = decide([("Cache-Control", "max-age=6000")])
+    assert long.storage_ttl == 6000 + VALIDATION_KEEP
     validated = decide([("Cache-Control", "max-age=60"), ("ETag", '"x"')])
     assert validated.storage_ttl == 60 + VALIDATION_KEEP
 

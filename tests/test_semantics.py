@@ -1,0 +1,992 @@
+"""HTTP caching semantics end to end (issue 5): the proxy in-process on a real socket in
+front of a real origin, one test per behaviour, grouped by the RFC section it exercises.
+Time moves only through the fake clock, and the origin's Date follows it."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.cachecontrol import format_http_date
+from tests.conftest import FakeClock, MakeProxy, Origin, RunningProxy
+
+POLICY = """
+backends:
+  local: {type: memory, max_size: 64MiB}
+defaults:
+  backend: local
+routes:
+  - name: ttl
+    match: {prefix: /ttl}
+    ttl: 60s
+  - name: ignore
+    match: {prefix: /ignore}
+    origin_cache_control: ignore
+    ttl: 60s
+  - name: capped
+    match: {prefix: /capped}
+    max_ttl: 10s
+    max_heuristic_ttl: 30s
+  - name: statuses
+    match: {prefix: /statuses}
+    statuses: {200: 60s, 500: 5s}
+  - name: authz
+    match: {prefix: /authz}
+    cache_authorized: true
+  - name: cookies
+    match: {prefix: /cookies}
+    strip_set_cookie: true
+  - name: honor
+    match: {prefix: /honor}
+    client_cache_control: honor
+  - name: stale
+    match: {prefix: /stale}
+    stale_while_revalidate: 60s
+    stale_if_error: 60s
+  - name: cdn
+    match: {prefix: /cdn}
+    cdn_cache_control: true
+  - name: variants
+    match: {prefix: /variants}
+    max_variants: 2
+"""
+
+Headers = Sequence[tuple[str, str]]
+
+
+@dataclass
+class Resource:
+    """One path on the origin. It answers ``headers`` (plus a Date from the fake clock
+    unless given) and, when ``validators`` is set and the request's If-None-Match or
+    If-Modified-Since matches, a 304 carrying ``not_modified`` headers."""
+
+    clock: FakeClock
+    headers: Headers = ()
+    status: int = 200
+    body: bytes = b"hello"
+    not_modified: Headers | None = None
+    delay: float = 0.0  # seconds of fake time the origin takes to answer
+    methods: list[str] = field(default_factory=list)
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        self.methods.append(request.method)
+        self.clock.advance(self.delay)
+        if self.not_modified is not None and _validates(request, self.headers):
+            return web.Response(status=304, headers=self._dated(self.not_modified))
+        body = None if self.status in (204, 304) else self.body
+        return web.Response(status=self.status, body=body, headers=self._dated(self.headers))
+
+    def _dated(self, headers: Headers) -> CIMultiDict[str]:
+        out = CIMultiDict(headers)
+        if "Date" not in out:
+            out["Date"] = format_http_date(self.clock.time())
+        return out
+
+
+def _validates(request: web.Request, headers: Headers) -> bool:
+    stored = CIMultiDict(headers)
+    inm = request.headers.get("If-None-Match")
+    if inm is not None:
+        return inm == stored.get("ETag")
+    ims = request.headers.get("If-Modified-Since")
+    return ims is not None and ims == stored.get("Last-Modified")
+
+
+@pytest.fixture
+async def proxy(make_proxy: MakeProxy, fake_clock: FakeClock) -> RunningProxy:
+    # whole seconds, as HTTP-dates have them: ages and TTLs come out exact
+    fake_clock.advance(math.ceil(fake_clock.time()) - fake_clock.time())
+    return await make_proxy(POLICY, clock=fake_clock)
+
+
+def serve(origin: Origin, clock: FakeClock, path: str, *headers: tuple[str, str], **kw: object):
+    resource = Resource(clock, headers, **kw)  # type: ignore[arg-type]
+    origin.reply(path, resource)
+    return resource
+
+
+def ago(clock: FakeClock, seconds: float) -> str:
+    return format_http_date(clock.time() - seconds)
+
+
+def later(clock: FakeClock, seconds: float) -> str:
+    return format_http_date(clock.time() + seconds)
+
+
+# RFC 9211 §2: a List member: the cache's name then parameters (key or key=value).
+_PARAM = r"[a-z*][a-z0-9_.*-]*(=([-0-9]+|[A-Za-z*][!#$%&'*+.^_`|~0-9A-Za-z:/-]*|\"[^\"]*\"))?"
+_MEMBER = re.compile(rf"sidecache(; {_PARAM})*")
+
+
+def status_of(response: aiohttp.ClientResponse) -> dict[str, str | bool]:
+    """The Cache-Status parameters, after checking the member's syntax."""
+    member = response.headers["Cache-Status"]
+    assert _MEMBER.fullmatch(member), member
+    params: dict[str, str | bool] = {}
+    for part in member.split("; ")[1:]:
+        key, eq, value = part.partition("=")
+        params[key] = value if eq else True
+    return params
+
+
+def hits(origin: Origin, path: str) -> int:
+    return origin.hits[path]
+
+
+def sent(origin: Origin, name: str) -> str | None:
+    """A header of the last request the origin received."""
+    return origin.requests[-1].headers.get(name)
+
+
+# ---------------------------------------------------------------- policy
+
+
+async def test_honor_origin_freshness_beats_the_route_ttl(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/ttl/explicit", ("Cache-Control", "max-age=5"))
+    serve(origin, fake_clock, "/ttl/silent")
+    for path in ("/ttl/explicit", "/ttl/silent"):
+        await proxy.get(path)
+    fake_clock.advance(6)
+    assert (await proxy.get("/ttl/explicit")).headers["X-Cache"] == "MISS"
+    assert (await proxy.get("/ttl/silent")).headers["X-Cache"] == "HIT"  # the route's 60s
+    fake_clock.advance(60)
+    assert (await proxy.get("/ttl/silent")).headers["X-Cache"] == "MISS"
+
+
+async def test_ignore_applies_the_route_ttl(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/ignore/api", ("Cache-Control", "no-cache, private"))
+    await proxy.get("/ignore/api")
+    fake_clock.advance(59)
+    assert (await proxy.get("/ignore/api")).headers["X-Cache"] == "HIT"
+    assert hits(origin, "/ignore/api") == 1
+
+
+async def test_without_ttl_only_origin_or_heuristic_freshness_is_stored(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/plain")
+    serve(origin, fake_clock, "/modified", ("Last-Modified", ago(fake_clock, 10 * 3600)))
+    for _ in range(2):
+        await proxy.get("/plain")
+        await proxy.get("/modified")
+    assert hits(origin, "/plain") == 2  # nothing says it may be reused
+    assert hits(origin, "/modified") == 1
+    fake_clock.advance(3590)  # §4.2.2: 10% of the 10 hours since Last-Modified
+    assert (await proxy.get("/modified")).headers["X-Cache"] == "HIT"
+    fake_clock.advance(20)
+    assert (await proxy.get("/modified")).headers["X-Cache"] == "MISS"
+
+
+async def test_max_ttl_and_max_heuristic_ttl_cap_lifetimes(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/capped/long", ("Cache-Control", "max-age=3600"))
+    serve(origin, fake_clock, "/capped/lm", ("Last-Modified", ago(fake_clock, 10 * 3600)))
+    await proxy.get("/capped/long")
+    await proxy.get("/capped/lm")
+    fake_clock.advance(11)
+    assert (await proxy.get("/capped/long")).headers["X-Cache"] == "MISS"
+    assert (await proxy.get("/capped/lm")).headers["X-Cache"] != "HIT"
+
+
+async def test_statuses_map_overrides_which_codes_are_stored(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/statuses/error", status=500)
+    serve(origin, fake_clock, "/statuses/gone", ("Cache-Control", "max-age=60"), status=404)
+    serve(origin, fake_clock, "/error", status=500)
+    for path in ("/statuses/error", "/statuses/gone", "/error"):
+        await proxy.get(path)
+    assert (await proxy.get("/statuses/error")).headers["X-Cache"] == "HIT"
+    assert (await proxy.get("/statuses/gone")).headers["X-Cache"] == "MISS"  # not listed
+    assert (await proxy.get("/error")).headers["X-Cache"] == "MISS"
+    fake_clock.advance(6)  # the per-status TTL of 500
+    assert (await proxy.get("/statuses/error")).headers["X-Cache"] == "MISS"
+
+
+async def test_authorization_is_stored_only_as_section_3_5_permits(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/private-ish", ("Cache-Control", "max-age=60"))
+    serve(origin, fake_clock, "/public", ("Cache-Control", "max-age=60, public"))
+    auth = {"Authorization": "Bearer one"}
+    await proxy.get("/private-ish", headers=auth)
+    assert (await proxy.get("/private-ish")).headers["X-Cache"] == "MISS"
+    await proxy.get("/public", headers=auth)
+    assert (await proxy.get("/public")).headers["X-Cache"] == "HIT"
+    assert sent(origin, "Authorization") == "Bearer one"
+
+
+async def test_cache_authorized_keys_on_the_credentials(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/authz/me", ("Cache-Control", "max-age=60"))
+    one, two = {"Authorization": "Bearer one"}, {"Authorization": "Bearer two"}
+    await proxy.get("/authz/me", headers=one)
+    assert (await proxy.get("/authz/me", headers=one)).headers["X-Cache"] == "HIT"
+    assert (await proxy.get("/authz/me", headers=two)).headers["X-Cache"] == "MISS"
+    assert (await proxy.get("/authz/me")).headers["X-Cache"] == "MISS"
+
+
+async def test_strip_set_cookie_stores_without_it_and_the_first_client_keeps_it(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    cookie = ("Set-Cookie", "session=abc")
+    serve(origin, fake_clock, "/cookies/page", ("Cache-Control", "max-age=60"), cookie)
+    serve(origin, fake_clock, "/page", ("Cache-Control", "max-age=60"), cookie)
+    first = await proxy.get("/cookies/page")
+    assert first.headers["X-Cache"] == "MISS"
+    assert first.headers.getall("Set-Cookie") == ["session=abc"]
+    second = await proxy.get("/cookies/page")
+    assert second.headers["X-Cache"] == "HIT"
+    assert "Set-Cookie" not in second.headers
+    await proxy.get("/page")
+    assert (await proxy.get("/page")).headers["X-Cache"] == "MISS"  # default: not stored
+
+
+async def test_no_cache_set_cookie_lets_the_rest_be_stored(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(
+        origin,
+        fake_clock,
+        "/qualified",
+        ("Cache-Control", 'max-age=60, no-cache="Set-Cookie"'),
+        ("Set-Cookie", "a=b"),
+    )
+    await proxy.get("/qualified")
+    again = await proxy.get("/qualified")
+    assert again.headers["X-Cache"] == "HIT"
+    assert "Set-Cookie" not in again.headers
+
+
+# ---------------------------------------------------------------- §5.2, §5.3, §5.4 parsing
+
+
+@pytest.mark.parametrize(
+    ("directives", "reused"),
+    [
+        ('MaX-AgE="60"', True),
+        ("foo, , max-age=60,", True),
+        ('ext="max-age=600", max-age=1', False),
+        ("max-age =60", False),
+        ("max-age=60a", False),
+        ("max-age=60, No-StOrE", False),
+    ],
+)
+async def test_cache_control_parsing(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock, directives: str, reused: bool
+):
+    serve(origin, fake_clock, "/cc", ("Cache-Control", directives))
+    await proxy.get("/cc")
+    fake_clock.advance(2)
+    assert ((await proxy.get("/cc")).headers["X-Cache"] == "HIT") is reused
+
+
+async def test_pragma_no_cache_means_no_cache_without_cache_control(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    etag = ("ETag", '"p1"')
+    serve(origin, fake_clock, "/pragma", ("Pragma", "no-cache"), etag, not_modified=[etag])
+    serve(origin, fake_clock, "/pragma-cc", ("Pragma", "no-cache"), ("Cache-Control", "max-age=60"))
+    await proxy.get("/pragma")
+    await proxy.get("/pragma")
+    assert hits(origin, "/pragma") == 2
+    assert sent(origin, "If-None-Match") == '"p1"'
+    await proxy.get("/pragma-cc")
+    assert (await proxy.get("/pragma-cc")).headers["X-Cache"] == "HIT"
+
+
+@pytest.mark.parametrize(
+    ("expires", "reused"),
+    [("future", True), ("0", False), ("Thu, 01 Jan 2099 00:00:00 UTC", False), ("past", False)],
+)
+async def test_expires(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock, expires: str, reused: bool
+):
+    value = {"future": later(fake_clock, 600), "past": ago(fake_clock, 600)}.get(expires, expires)
+    serve(origin, fake_clock, "/expires", ("Expires", value))
+    await proxy.get("/expires")
+    assert ((await proxy.get("/expires")).headers["X-Cache"] == "HIT") is reused
+
+
+# ---------------------------------------------------------------- §3 storing
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "stored"),
+    [
+        (200, [("Cache-Control", "max-age=60, private")], False),
+        (200, [("Cache-Control", "max-age=60"), ("Vary", "Accept, *")], False),
+        (200, [("Cache-Control", "max-age=60, no-store, must-understand")], True),
+        (299, [("Cache-Control", "max-age=60, no-store, must-understand")], False),
+        (299, [("Cache-Control", "max-age=60")], True),
+        (201, [("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")], False),
+        (404, [("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")], True),
+        (410, [("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")], True),
+        (501, [("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")], True),
+        (502, [("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")], False),
+        (206, [("Cache-Control", "max-age=60"), ("Content-Range", "bytes 0-4/10")], False),
+    ],
+)
+async def test_storability(
+    proxy: RunningProxy,
+    origin: Origin,
+    fake_clock: FakeClock,
+    status: int,
+    headers: list[tuple[str, str]],
+    stored: bool,
+):
+    serve(origin, fake_clock, "/store", *headers, status=status)
+    first = await proxy.get("/store")
+    assert first.status == status
+    again = await proxy.get("/store")
+    assert again.status == status
+    assert (again.headers["X-Cache"] == "HIT") is stored
+
+
+# ---------------------------------------------------------------- §4.2 freshness and age
+
+
+async def test_s_maxage_wins_over_max_age_and_expires(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(
+        origin,
+        fake_clock,
+        "/shared",
+        ("Cache-Control", "max-age=3600, s-maxage=5"),
+        ("Expires", later(fake_clock, 3600)),
+    )
+    serve(origin, fake_clock, "/max", ("Cache-Control", "max-age=5"), ("Expires", "0"))
+    for path in ("/shared", "/max"):
+        await proxy.get(path)
+    fake_clock.advance(4)
+    assert (await proxy.get("/max")).headers["X-Cache"] == "HIT"  # Expires ignored
+    fake_clock.advance(2)
+    assert (await proxy.get("/shared")).headers["X-Cache"] == "MISS"
+
+
+async def test_expires_is_relative_to_the_origin_date(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    # the origin's clock runs an hour slow: Expires - Date is what counts (§4.2.1)
+    serve(
+        origin,
+        fake_clock,
+        "/skewed",
+        ("Date", ago(fake_clock, 3600)),
+        ("Expires", ago(fake_clock, 3600 - 600)),
+    )
+    await proxy.get("/skewed")
+    assert (await proxy.get("/skewed")).headers["X-Cache"] == "MISS"  # but it is 3600s old
+    serve(
+        origin,
+        fake_clock,
+        "/fast",
+        ("Date", later(fake_clock, 300)),
+        ("Expires", later(fake_clock, 900)),
+    )
+    await proxy.get("/fast")
+    fake_clock.advance(550)
+    assert (await proxy.get("/fast")).headers["X-Cache"] == "HIT"
+
+
+async def test_age_counts_the_origin_age_and_the_response_delay(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/aged", ("Cache-Control", "max-age=60"), ("Age", "30"))
+    serve(origin, fake_clock, "/slow", ("Cache-Control", "max-age=60"), delay=5.0)
+    first = await proxy.get("/aged")
+    assert int(first.headers["Age"]) == 30
+    fake_clock.advance(10)
+    hit = await proxy.get("/aged")
+    assert hit.headers["X-Cache"] == "HIT"
+    assert int(hit.headers["Age"]) == 40
+    assert status_of(hit)["ttl"] == "20"
+    fake_clock.advance(21)
+    assert (await proxy.get("/aged")).headers["X-Cache"] == "MISS"
+    await proxy.get("/slow")
+    assert int((await proxy.get("/slow")).headers["Age"]) == 5  # §4.2.3 response_delay
+
+
+async def test_age_is_sent_on_every_reply_from_cache(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/age", ("Cache-Control", "max-age=60"), ("ETag", '"a"'))
+    await proxy.get("/age")
+    fake_clock.advance(3)
+    replies = [
+        await proxy.get("/age"),
+        await proxy.request("HEAD", "/age"),
+        await proxy.get("/age", headers={"If-None-Match": '"a"'}),
+    ]
+    assert [r.status for r in replies] == [200, 200, 304]
+    assert [r.headers["Age"] for r in replies] == ["3", "3", "3"]
+
+
+async def test_a_hit_keeps_the_origin_date(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/dated", ("Cache-Control", "max-age=600"))
+    first = await proxy.get("/dated")
+    fake_clock.advance(100)
+    assert (await proxy.get("/dated")).headers["Date"] == first.headers["Date"]
+
+
+# ---------------------------------------------------------------- §4.1 Vary
+
+
+async def test_vary_stores_a_variant_per_normalized_value(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/negotiated", ("Cache-Control", "max-age=60"), ("Vary", "Foo"))
+    assert status_of(await proxy.get("/negotiated", headers={"Foo": "1, 2"}))["fwd"] == "uri-miss"
+    same = await proxy.get("/negotiated", headers={"Foo": " 1,2 "})
+    assert same.headers["X-Cache"] == "HIT"
+    other = await proxy.get("/negotiated", headers={"Foo": "3"})
+    assert status_of(other)["fwd"] == "vary-miss"
+    absent = await proxy.get("/negotiated")
+    assert absent.headers["X-Cache"] == "MISS"
+    assert (await proxy.get("/negotiated", headers={"Foo": "1, 2"})).headers["X-Cache"] == "HIT"
+    assert (await proxy.get("/negotiated", headers={"Foo": "3"})).headers["X-Cache"] == "HIT"
+    assert hits(origin, "/negotiated") == 3
+
+
+async def test_vary_accept_encoding_is_normalized_to_acceptable_codings(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(
+        origin,
+        fake_clock,
+        "/encoded",
+        ("Cache-Control", "max-age=60"),
+        ("Vary", "Accept-Encoding"),
+        ("Content-Encoding", "br"),
+    )
+    await proxy.client.get(
+        "/encoded", headers={"Accept-Encoding": "gzip, br"}, auto_decompress=False
+    )
+    same = await proxy.client.get(
+        "/encoded", headers={"Accept-Encoding": "BR;q=0.5, gzip"}, auto_decompress=False
+    )
+    assert same.headers["X-Cache"] == "HIT"
+    gzip_only = await proxy.client.get(
+        "/encoded", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert gzip_only.headers["X-Cache"] == "MISS"  # a br body must not reach it
+
+
+async def test_coalesced_followers_get_only_their_own_variant(
+    make_proxy: MakeProxy, origin: Origin
+):
+    async def negotiated(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.2)
+        lang = request.headers.get("Accept-Language", "none")
+        headers = {"Cache-Control": "max-age=60", "Vary": "Accept-Language"}
+        return web.Response(body=lang.encode(), headers=headers)
+
+    origin.reply("/lang", negotiated)
+    proxy = await make_proxy(POLICY)
+    langs = ["en", "de", "en", "fr", "de"]
+    replies = await asyncio.gather(
+        *(proxy.get("/lang", headers={"Accept-Language": lang}) for lang in langs)
+    )
+    assert [await r.read() for r in replies] == [lang.encode() for lang in langs]
+
+
+# ---------------------------------------------------------------- §4.3 validation
+
+
+async def test_stale_entry_is_revalidated_and_a_304_updates_it(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    etag = ("ETag", '"v1"')
+    resource = serve(
+        origin,
+        fake_clock,
+        "/validated",
+        ("Cache-Control", "max-age=10"),
+        etag,
+        ("Test-Header", "A"),
+        not_modified=[("Cache-Control", "max-age=100"), etag, ("Test-Header", "B")],
+    )
+    await proxy.get("/validated")
+    fake_clock.advance(11)
+    revalidated = await proxy.get("/validated")
+    assert sent(origin, "If-None-Match") == '"v1"'
+    assert revalidated.status == 200
+    assert await revalidated.read() == b"hello"
+    assert revalidated.headers["Test-Header"] == "B"
+    assert status_of(revalidated)["fwd"] == "stale"
+    assert status_of(revalidated)["fwd-status"] == "304"
+    fake_clock.advance(50)  # freshened by the 304's max-age=100
+    hit = await proxy.get("/validated")
+    assert hit.headers["X-Cache"] == "HIT"
+    assert hit.headers["Test-Header"] == "B"
+    assert resource.methods == ["GET", "GET"]
+
+
+async def test_last_modified_validation_and_a_200_replaces(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    modified = ago(fake_clock, 3600)
+    resource = serve(
+        origin,
+        fake_clock,
+        "/lm",
+        ("Cache-Control", "max-age=10"),
+        ("Last-Modified", modified),
+    )
+    await proxy.get("/lm")
+    fake_clock.advance(11)
+    resource.body = b"changed"
+    resource.headers = [("Cache-Control", "max-age=10"), ("Last-Modified", ago(fake_clock, 1))]
+    replaced = await proxy.get("/lm")
+    assert sent(origin, "If-Modified-Since") == modified
+    assert await replaced.read() == b"changed"
+    assert await (await proxy.get("/lm")).read() == b"changed"
+    assert hits(origin, "/lm") == 2
+
+
+async def test_a_304_for_another_representation_updates_nothing(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    resource = serve(
+        origin,
+        fake_clock,
+        "/other-etag",
+        ("Cache-Control", "max-age=10"),
+        ("ETag", '"v1"'),
+        not_modified=[("ETag", '"v2"'), ("Cache-Control", "max-age=100")],
+    )
+    await proxy.get("/other-etag")
+    fake_clock.advance(11)
+    resource.body = b"second"
+    answer = await proxy.get("/other-etag")
+    assert await answer.read() == b"second"  # fetched in full after the odd 304
+    assert origin.requests[-1].headers.get("If-None-Match") is None
+
+
+async def test_no_cache_responses_are_revalidated_on_every_use(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    etag = ("ETag", '"n1"')
+    serve(
+        origin,
+        fake_clock,
+        "/no-cache",
+        ("Cache-Control", "max-age=3600, no-cache"),
+        etag,
+        not_modified=[etag],
+    )
+    await proxy.get("/no-cache")
+    for _ in range(2):
+        again = await proxy.get("/no-cache")
+        assert await again.read() == b"hello"
+        assert sent(origin, "If-None-Match") == '"n1"'
+    assert hits(origin, "/no-cache") == 3
+
+
+@pytest.mark.parametrize(
+    "conditional",
+    [{"If-None-Match": '"c1"'}, {"If-None-Match": 'W/"c1", "x"'}, {"If-Modified-Since": "lm"}],
+)
+async def test_client_conditionals_get_a_304_from_a_fresh_entry(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock, conditional: dict[str, str]
+):
+    modified = ago(fake_clock, 3600)
+    serve(
+        origin,
+        fake_clock,
+        "/conditional",
+        ("Cache-Control", "max-age=60"),
+        ("ETag", '"c1"'),
+        ("Last-Modified", modified),
+    )
+    await proxy.get("/conditional")
+    headers = {k: modified if v == "lm" else v for k, v in conditional.items()}
+    answer = await proxy.get("/conditional", headers=headers)
+    assert answer.status == 304
+    assert answer.headers["ETag"] == '"c1"'
+    assert status_of(answer)["hit"] is True
+    assert hits(origin, "/conditional") == 1
+    changed = await proxy.get("/conditional", headers={"If-None-Match": '"other"'})
+    assert changed.status == 200
+
+
+# ---------------------------------------------------------------- §4.2.4, RFC 5861 stale
+
+
+async def test_stale_while_revalidate_then_stale_if_error(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    resource = serve(
+        origin, fake_clock, "/stale/ok", ("Cache-Control", "max-age=1, stale-if-error=300")
+    )
+    await proxy.get("/stale/ok")
+    fake_clock.advance(2)
+    served = await proxy.get("/stale/ok")
+    assert served.headers["X-Cache"] == "STALE"
+    assert status_of(served)["hit"] is True
+    assert status_of(served)["detail"] == "stale-while-revalidate"
+    for _ in range(50):  # the background refresh
+        if hits(origin, "/stale/ok") == 2:
+            break
+        await asyncio.sleep(0.01)
+    fake_clock.advance(70)  # past the route's 60s of stale-while-revalidate
+    resource.status = 503
+    failed_over = await proxy.get("/stale/ok")
+    assert failed_over.status == 200
+    assert status_of(failed_over) == {
+        "fwd": "stale",
+        "fwd-status": "503",
+        "ttl": status_of(failed_over)["ttl"],
+        "detail": "stale-if-error",
+    }
+
+
+@pytest.mark.parametrize(
+    "directive", ["must-revalidate", "proxy-revalidate", "s-maxage=1", "no-cache"]
+)
+async def test_directives_that_forbid_serving_stale(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock, directive: str
+):
+    resource = serve(
+        origin,
+        fake_clock,
+        "/stale/strict",
+        ("Cache-Control", f"max-age=1, {directive}, stale-if-error=60"),
+        ("ETag", '"s"'),
+    )
+    await proxy.get("/stale/strict")
+    fake_clock.advance(2)
+    # not served stale while revalidating (the route allows 60s)...
+    assert (await proxy.get("/stale/strict")).headers["X-Cache"] == "MISS"
+    fake_clock.advance(2)
+    resource.status = 503
+    resource.headers = []
+    # ... nor when the origin fails (the origin and the route allow 60s)
+    assert (await proxy.get("/stale/strict")).status == 503
+
+
+async def test_request_stale_if_error_widens_the_window(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    resource = serve(
+        origin, fake_clock, "/honor/sie", ("Cache-Control", "max-age=1"), ("ETag", '"e"')
+    )
+    await proxy.get("/honor/sie")
+    fake_clock.advance(30)
+    resource.status = 500
+    resource.headers = []
+    assert (await proxy.get("/honor/sie")).status == 500
+    tolerant = await proxy.get("/honor/sie", headers={"Cache-Control": "stale-if-error=60"})
+    assert tolerant.status == 200
+
+
+# ---------------------------------------------------------------- §5.2.2.4, §5.2.2.7 fields
+
+
+async def test_qualified_private_and_no_cache_fields_are_not_stored(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(
+        origin,
+        fake_clock,
+        "/fields",
+        ("Cache-Control", 'max-age=60, private="X-User", no-cache="X-Token, X-Other"'),
+        ("X-User", "alice"),
+        ("X-Token", "t"),
+        ("X-Other", "o"),
+        ("X-Kept", "k"),
+    )
+    first = await proxy.get("/fields")
+    hit = await proxy.get("/fields")
+    assert hit.headers["X-Cache"] == "HIT"
+    assert first.headers["X-Kept"] == hit.headers["X-Kept"] == "k"
+    assert not {"X-User", "X-Token", "X-Other"} & set(hit.headers)
+
+
+# ---------------------------------------------------------------- §5.2.1 request directives
+
+
+async def test_request_directives_are_ignored_by_default(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/ignored", ("Cache-Control", "max-age=60"))
+    await proxy.get("/ignored")
+    for value in ("no-cache", "max-age=0", "no-store"):
+        reply = await proxy.get("/ignored", headers={"Cache-Control": value})
+        assert reply.headers["X-Cache"] == "HIT"
+    assert (await proxy.get("/ignored", headers={"Pragma": "no-cache"})).headers["X-Cache"] == "HIT"
+
+
+async def test_request_max_age_and_min_fresh_send_the_request_forward(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/honor/fresh", ("Cache-Control", "max-age=60"), ("ETag", '"f"'))
+    await proxy.get("/honor/fresh")
+    fake_clock.advance(10)
+    assert (await proxy.get("/honor/fresh", headers={"Cache-Control": "max-age=20"})).headers[
+        "X-Cache"
+    ] == "HIT"
+    too_old = await proxy.get("/honor/fresh", headers={"Cache-Control": "max-age=5"})
+    assert status_of(too_old)["fwd"] == "request"
+    assert sent(origin, "If-None-Match") == '"f"'
+    fake_clock.advance(10)
+    wants_fresh = await proxy.get("/honor/fresh", headers={"Cache-Control": "min-fresh=55"})
+    assert status_of(wants_fresh)["fwd"] == "request"
+    assert hits(origin, "/honor/fresh") == 3
+
+
+async def test_request_max_stale_accepts_a_stale_entry(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/honor/old", ("Cache-Control", "max-age=10"))
+    serve(origin, fake_clock, "/honor/strict", ("Cache-Control", "max-age=10, must-revalidate"))
+    await proxy.get("/honor/old")
+    await proxy.get("/honor/strict")
+    fake_clock.advance(15)
+    stale = await proxy.get("/honor/old", headers={"Cache-Control": "max-stale=10"})
+    assert stale.headers["X-Cache"] == "STALE"
+    assert status_of(stale)["ttl"] == "-5"
+    too_stale = await proxy.get("/honor/old", headers={"Cache-Control": "max-stale=2"})
+    assert too_stale.headers["X-Cache"] == "MISS"
+    refused = await proxy.get("/honor/strict", headers={"Cache-Control": "max-stale"})
+    assert refused.headers["X-Cache"] == "MISS"
+
+
+async def test_only_if_cached(proxy: RunningProxy, origin: Origin, fake_clock: FakeClock):
+    serve(origin, fake_clock, "/honor/oic", ("Cache-Control", "max-age=60"))
+    only = {"Cache-Control": "only-if-cached"}
+    missing = await proxy.get("/honor/oic", headers=only)
+    assert missing.status == 504
+    assert hits(origin, "/honor/oic") == 0
+    await proxy.get("/honor/oic")
+    assert (await proxy.get("/honor/oic", headers=only)).headers["X-Cache"] == "HIT"
+    fake_clock.advance(61)
+    assert (await proxy.get("/honor/oic", headers=only)).status == 504
+
+
+async def test_request_no_cache_and_no_store_when_honoured(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/honor/nc", ("Cache-Control", "max-age=60"))
+    serve(origin, fake_clock, "/honor/ns", ("Cache-Control", "max-age=60"))
+    await proxy.get("/honor/nc")
+    forwarded = await proxy.get("/honor/nc", headers={"Cache-Control": "no-cache"})
+    assert status_of(forwarded)["fwd"] == "request"
+    assert hits(origin, "/honor/nc") == 2
+    await proxy.get("/honor/nc", headers={"Pragma": "no-cache"})  # §5.4
+    assert hits(origin, "/honor/nc") == 3
+    unstored = await proxy.get("/honor/ns", headers={"Cache-Control": "no-store"})
+    assert status_of(unstored)["detail"] == "request-no-store"
+    assert (await proxy.get("/honor/ns")).headers["X-Cache"] == "MISS"
+
+
+# ---------------------------------------------------------------- §4.4 invalidation
+
+
+async def test_unsafe_methods_invalidate_the_target_and_same_origin_locations(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    fresh = ("Cache-Control", "max-age=600")
+    for path in ("/inv/a", "/inv/b", "/inv/c", "/inv/d", "/inv/e"):
+        serve(origin, fake_clock, path, fresh)
+        await proxy.get(path)
+    host = origin.url.removeprefix("http://")
+    serve(
+        origin,
+        fake_clock,
+        "/inv/post",
+        ("Location", "b"),  # relative to the target
+        ("Content-Location", f"http://{host}/inv/c"),
+        status=201,
+    )
+    serve(origin, fake_clock, "/inv/foreign", ("Location", "http://elsewhere.test/inv/d"))
+    serve(origin, fake_clock, "/inv/e", fresh)
+    assert (await proxy.request("POST", "/inv/post", data=b"x")).status == 201
+    await proxy.request("POST", "/inv/foreign", data=b"x")
+    for path, kept in (("/inv/a", True), ("/inv/b", False), ("/inv/c", False), ("/inv/d", True)):
+        assert ((await proxy.get(path)).headers["X-Cache"] == "HIT") is kept, path
+    await proxy.request("M-SEARCH", "/inv/e")  # a method of unknown safety
+    assert (await proxy.get("/inv/e")).headers["X-Cache"] == "MISS"
+
+
+async def test_an_error_response_invalidates_nothing(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    resource = serve(origin, fake_clock, "/inv/kept", ("Cache-Control", "max-age=600"))
+    await proxy.get("/inv/kept")
+    resource.status = 500
+    assert (await proxy.request("DELETE", "/inv/kept")).status == 500
+    assert (await proxy.get("/inv/kept")).headers["X-Cache"] == "HIT"
+
+
+# ---------------------------------------------------------------- HEAD (§4.3.5) and Range
+
+
+async def test_head_is_answered_from_a_stored_get(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    resource = serve(origin, fake_clock, "/head", ("Cache-Control", "max-age=60"))
+    await proxy.get("/head")
+    head = await proxy.request("HEAD", "/head")
+    assert head.headers["X-Cache"] == "HIT"
+    assert head.headers["Content-Length"] == "5"
+    assert resource.methods == ["GET"]
+
+
+async def test_head_on_a_stale_entry_goes_forward_as_head_and_updates_it(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    resource = serve(
+        origin, fake_clock, "/head/stale", ("Cache-Control", "max-age=2"), ("Template-A", "1")
+    )
+    await proxy.get("/head/stale")
+    fake_clock.advance(3)
+    resource.headers = [("Cache-Control", "max-age=100"), ("Template-A", "2")]
+    head = await proxy.request("HEAD", "/head/stale")
+    assert resource.methods == ["GET", "HEAD"]
+    assert head.headers["Template-A"] == "2"
+    assert head.headers["Content-Length"] == "5"
+    assert status_of(head)["stored"] is True
+    updated = await proxy.get("/head/stale")
+    assert updated.headers["X-Cache"] == "HIT"
+    assert updated.headers["Template-A"] == "2"
+    assert await updated.read() == b"hello"
+
+
+async def test_a_mismatching_head_answer_drops_the_stored_get(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    resource = serve(
+        origin, fake_clock, "/head/changed", ("Cache-Control", "max-age=2"), ("ETag", '"1"')
+    )
+    await proxy.get("/head/changed")
+    fake_clock.advance(3)
+    resource.headers = [("Cache-Control", "max-age=100"), ("ETag", '"2"')]
+    resource.body = b"new body"
+    await proxy.request("HEAD", "/head/changed")
+    after = await proxy.get("/head/changed")
+    assert await after.read() == b"new body"
+    assert origin.requests[-1].headers.get("If-None-Match") is None
+
+
+async def test_range_requests_pass_through_uncached(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/range", ("Cache-Control", "max-age=60"))
+    ranged = await proxy.get("/range", headers={"Range": "bytes=0-1"})
+    assert ranged.headers["X-Cache"] == "BYPASS"
+    assert status_of(ranged)["detail"] == "range"
+    assert sent(origin, "Range") == "bytes=0-1"
+    assert (await proxy.get("/range")).headers["X-Cache"] == "MISS"  # nothing was stored
+    await proxy.get("/range", headers={"Range": "bytes=0-1"})
+    assert hits(origin, "/range") == 3
+
+
+# ---------------------------------------------------------------- RFC 9211 Cache-Status
+
+
+async def test_cache_status_parameters(proxy: RunningProxy, origin: Origin, fake_clock: FakeClock):
+    serve(origin, fake_clock, "/status", ("Cache-Control", "max-age=60"))
+    serve(origin, fake_clock, "/status-nostore", ("Cache-Control", "no-store"))
+    origin.reply("/created", Resource(fake_clock, status=201))
+    miss = status_of(await proxy.get("/status"))
+    assert miss == {"fwd": "uri-miss", "fwd-status": "200", "stored": True, "ttl": "60"}
+    fake_clock.advance(15)
+    assert status_of(await proxy.get("/status")) == {"hit": True, "ttl": "45"}
+    unstored = status_of(await proxy.get("/status-nostore"))
+    assert unstored == {"fwd": "uri-miss", "fwd-status": "200", "detail": "no-store"}
+    method = status_of(await proxy.request("PUT", "/created", data=b"x"))
+    assert method == {"fwd": "method", "fwd-status": "201"}
+    bypass = status_of(await proxy.get("/status", data=b"fat"))
+    assert bypass["fwd"] == "bypass"
+
+
+async def test_cache_status_collapsed(make_proxy: MakeProxy, origin: Origin):
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.3)
+        return web.Response(body=b"x", headers={"Cache-Control": "max-age=60"})
+
+    origin.reply("/collapse", slow)
+    proxy = await make_proxy(POLICY)
+    replies = await asyncio.gather(*(proxy.get("/collapse") for _ in range(5)))
+    statuses = [status_of(r) for r in replies]
+    assert sum(1 for s in statuses if s.get("stored")) == 1
+    followers = [s for s in statuses if s.get("collapsed")]
+    assert followers
+    assert all(s["fwd"] == "uri-miss" and s["fwd-status"] == "200" for s in followers)
+    assert origin.hits["/collapse"] == 1
+
+
+# ---------------------------------------------------------------- RFC 9213
+
+
+async def test_cdn_cache_control_is_the_targeted_field_when_enabled(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    headers = (("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=60"))
+    serve(origin, fake_clock, "/cdn/a", *headers)
+    serve(origin, fake_clock, "/not-cdn", *headers)
+    serve(
+        origin,
+        fake_clock,
+        "/cdn/invalid",
+        ("Cache-Control", "no-store"),
+        ("CDN-Cache-Control", 'max-age="60"'),
+    )
+    for path in ("/cdn/a", "/not-cdn", "/cdn/invalid"):
+        await proxy.get(path)
+    assert (await proxy.get("/cdn/a")).headers["X-Cache"] == "HIT"
+    assert (await proxy.get("/not-cdn")).headers["X-Cache"] == "MISS"
+    assert (await proxy.get("/cdn/invalid")).headers["X-Cache"] == "MISS"
+
+
+# ---------------------------------------------------------------- acceptance
+
+
+async def test_uncacheable_requests_pass_through_untouched(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    origin.reply("/things", Resource(fake_clock, [("Location", "/things/9")], status=201))
+    created = await proxy.request(
+        "PUT",
+        "/things",
+        data=b'{"name": "x"}',
+        headers={"X-Unknown-Thing": "  Odd,Value ", "Content-Type": "application/json"},
+    )
+    assert created.status == 201
+    assert created.headers["Location"] == "/things/9"
+    seen = origin.requests[-1]
+    assert seen.method == "PUT"
+    assert seen.headers["X-Unknown-Thing"] == "Odd,Value"  # (the server trims OWS)
+    assert [n for n in seen.raw_headers if n[0] == b"X-Unknown-Thing"]
+
+
+async def test_a_request_is_never_retried(proxy: RunningProxy, origin: Origin):
+    async def hang_up(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()
+        await asyncio.sleep(0.01)
+        return web.Response()
+
+    for path in ("/hangup/get", "/hangup/put"):
+        origin.reply(path, hang_up)
+    assert (await proxy.get("/hangup/get")).status == 502
+    assert (await proxy.request("PUT", "/hangup/put", data=b"x")).status == 502
+    assert origin.hits["/hangup/get"] == origin.hits["/hangup/put"] == 1
