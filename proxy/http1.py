@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from proxy.engine import Engine, Exchange, ProxyResponse
+from proxy.keys import normalize_path
 
 log = logging.getLogger("sidecache")
 
@@ -44,6 +46,15 @@ _STATUS_LINES: dict[int, bytes] = {}
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 BODY_HIGH_WATER: Final = 1024 * 1024
 PIPELINE_DEPTH: Final = 32
+# Slowloris: a request head (or a new connection's first one) must arrive in this time
+# (408); an idle keep-alive connection is closed after KEEPALIVE_TIMEOUT; a client that
+# reads nothing of a response for SEND_TIMEOUT loses its connection.
+HEADER_TIMEOUT: Final = 10.0
+KEEPALIVE_TIMEOUT: Final = 75.0
+SEND_TIMEOUT: Final = 60.0
+_NEVER: Final = float("inf")
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: reg-name, IPv4 or IP-literal, and an optional port
+_HOST: Final = re.compile(r"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 
 
 def _status_line(status: int) -> bytes:
@@ -162,6 +173,13 @@ class HttpProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._write_ready = asyncio.Event()
         self._write_ready.set()
+        self._input_done = False  # after a refused request or an upgrade: parse nothing
+        self._late_error: tuple[int, str] | None = None  # sent once earlier answers are out
+        # One deadline at a time (the head's, or the idle connection's), checked by the
+        # server's sweeper: a timer handle per request would cost the hit path.
+        self._deadline = _NEVER
+        self._expire: Callable[[], None] = self._close
+        self._stalled: asyncio.TimerHandle | None = None  # the client stopped reading
 
     # ------------------------------------------------------------ transport callbacks
 
@@ -172,10 +190,15 @@ class HttpProtocol(asyncio.Protocol):
         self.server.connections.add(self)
         if len(self.server.connections) > self.server.max_connections:
             self._fail(503, "too many connections")
+            return
+        self._arm(self.server.header_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self._closing = True
+        self._deadline = _NEVER
+        if self._stalled is not None:
+            self._stalled.cancel()
         if self._current_body is not None and not self._current_body.done:
             self._current_body.error = HttpError(400, "client went away")
             self._current_body.finish()
@@ -183,9 +206,22 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_ready.clear()
+        # a pipelining client that does not read must not make us buffer its answers,
+        # nor hold an origin stream forever
+        self.pause_reading()
+        if self._stalled is None:
+            loop = asyncio.get_running_loop()
+            self._stalled = loop.call_later(self.server.send_timeout, self._abort)
 
     def resume_writing(self) -> None:
         self._write_ready.set()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        if self._task is None and not self._closing:
+            self._run_ready()  # the answers held back while the client did not read
+        elif len(self._pending) <= PIPELINE_DEPTH // 2:
+            self.resume_reading()
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
@@ -193,26 +229,65 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        if not self._write_ready.is_set() or self._input_done:
+            return
         if self._reading_paused and self.transport is not None and not self._closing:
             self._reading_paused = False
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._input_done:
             return
         try:
             self.parser.feed_data(data)
         except HttpError as exc:
-            self._fail(exc.status, str(exc))
+            self._reject(exc.status, str(exc))
         except httptools.HttpParserUpgrade:
-            self._fail(400, "upgrades are not proxied")
+            # Upgrades are not proxied: the request is answered as plain HTTP, and what
+            # follows is the other protocol's bytes, never parsed as requests.
+            self._input_done = True
+            if self._pending:
+                self._pending[-1].keep_alive = False
+            elif self._task is None:
+                self._close()
         except httptools.HttpParserError as exc:
             # an HttpError raised in a parser callback arrives wrapped
             cause = exc.__context__ or exc.__cause__
             if isinstance(cause, HttpError):
-                self._fail(cause.status, str(cause))
+                self._reject(cause.status, str(cause))
             else:
-                self._fail(400, f"bad request: {exc}")
+                self._reject(400, f"bad request: {exc}")
+
+    def _reject(self, status: int, message: str) -> None:
+        """Refuse the message being parsed: its error is answered after every request
+        queued before it (answered early, it would be read as theirs), then we close."""
+        self._input_done = True
+        self.pause_reading()
+        body = self._current_body
+        if body is not None and not body.done:
+            body.error = body.error or HttpError(status, message)
+            body.finish()
+            if self._pending and self._pending[-1].body is body:
+                if self._task is not None and len(self._pending) == 1:
+                    self._fail(status, message)  # it is the request in flight: answer now
+                    return
+                self._pending.pop()  # queued, never run
+        if self._task is None and not self._pending:
+            self._fail(status, message)
+        else:
+            self._late_error = (status, message)
+
+    def _arm(self, delay: float, expire: Callable[[], None]) -> None:
+        self._deadline = time.monotonic() + delay
+        self._expire = expire
+
+    def _head_timed_out(self) -> None:
+        if not self._closing and not self._input_done:
+            self._reject(408, "request header timeout")
+
+    def _idle_timed_out(self) -> None:
+        if not self._pending and self._task is None:
+            self._close()
 
     # ------------------------------------------------------------ parser callbacks
 
@@ -220,6 +295,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._arm(self.server.header_timeout, self._head_timed_out)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -233,20 +309,28 @@ class HttpProtocol(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._deadline = _NEVER
         parser = self.parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise HttpError(400, f"HTTP/{version} is not served")
         method = parser.get_method().decode("ascii", "replace")
         if method == "CONNECT":
             raise HttpError(405, "CONNECT is not proxied")
-        path, query = self._target(self._url)
+        path, query, authority = self._target(self._url)
         headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._headers)
         host = ""
+        hosts = 0
         has_body = False
         for name, value in self._headers:
             lowered = name.lower()
             if lowered == b"host":
-                if host:
+                hosts += 1
+                if hosts > 1:
                     raise HttpError(400, "more than one Host")
-                host = value.decode("latin-1").lower()
+                host = value.decode("latin-1").strip().lower()
+                if not _HOST.fullmatch(host):
+                    raise HttpError(400, "bad Host")
             elif lowered == b"content-length":
                 length = int(value) if value.strip().isdigit() else -1
                 if length < 0:
@@ -255,18 +339,24 @@ class HttpProtocol(asyncio.Protocol):
                     raise HttpError(413, "request body too large")
                 has_body = has_body or length > 0
             elif lowered == b"transfer-encoding":
+                if version == "1.0":  # RFC 9112 §6.1: faulty framing, never guessed at
+                    raise HttpError(400, "Transfer-Encoding in HTTP/1.0")
                 has_body = True
-        if not host and parser.get_http_version() == "1.1":
+        if authority is not None:
+            host = authority  # RFC 9112 §3.2.2: the target's authority replaces Host
+        if not host and version == "1.1":
             raise HttpError(400, "missing Host")
         body = _Body(self) if has_body else None
         self._current_body = body
         exchange = Exchange.build(
             method, path, query, headers, host=host, client=self.client, body=body
         )
-        http11 = parser.get_http_version() == "1.1"
+        http11 = version == "1.1"
         self._pending.append(_Pending(exchange, parser.should_keep_alive(), http11, body))
         if len(self._pending) > PIPELINE_DEPTH:
             self.pause_reading()
+        if body is not None and self._task is None:
+            self._run_ready()  # the body streams to the origin as it arrives
 
     def on_body(self, chunk: bytes) -> None:
         if self._current_body is not None:
@@ -280,7 +370,10 @@ class HttpProtocol(asyncio.Protocol):
             self._run_ready()
 
     @staticmethod
-    def _target(url: bytes) -> tuple[str, str]:
+    def _target(url: bytes) -> tuple[str, str, str | None]:
+        """Path, query and (absolute-form only) authority of a request target; the path
+        normalised once, so routing, the cache key and the origin agree on it."""
+        authority: str | None = None
         if url[:1] != b"/":
             if url == b"*":
                 raise HttpError(400, "asterisk-form is not proxied")
@@ -288,17 +381,26 @@ class HttpProtocol(asyncio.Protocol):
             parts = urlsplit(url.decode("latin-1"))
             if parts.scheme not in ("http", "https") or not parts.path.startswith("/"):
                 raise HttpError(400, "bad request target")
+            authority = parts.netloc.lower()
+            if not authority or not _HOST.fullmatch(authority):
+                raise HttpError(400, "bad request target")
             url = (parts.path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
         if b"\x00" in url or b"#" in url:
             raise HttpError(400, "bad request target")
         path, _, query = url.partition(b"?")
-        return path.decode("latin-1"), query.decode("latin-1")
+        try:
+            normal = normalize_path(path.decode("latin-1"))
+        except ValueError as exc:
+            raise HttpError(400, f"bad request target: {exc}") from None
+        return normal, query.decode("latin-1"), authority
 
     # ------------------------------------------------------------ answering
 
     def _run_ready(self) -> None:
         """Answer queued requests: from memory at once where possible, else in a task."""
         while self._pending and self._task is None and not self._closing:
+            if not self._write_ready.is_set():
+                break  # the client is not reading: resume_writing carries on
             pending = self._pending[0]
             if pending.body is None:
                 fast = self.engine.answer_now(pending.exchange)
@@ -307,12 +409,21 @@ class HttpProtocol(asyncio.Protocol):
                     self._write_full(fast, pending)
                     continue
             self._task = asyncio.ensure_future(self._serve())
+        if self._closing:
+            return
         if len(self._pending) <= PIPELINE_DEPTH // 2:
             self.resume_reading()
+        if self._task is None and not self._pending:
+            if self._late_error is not None:
+                self._fail(*self._late_error)
+            elif self._deadline == _NEVER:
+                self._arm(self.server.keepalive_timeout, self._idle_timed_out)
 
     async def _serve(self) -> None:
         try:
             while self._pending and not self._closing:
+                if not self._write_ready.is_set():
+                    await self._write_ready.wait()  # never buffer answers nobody reads
                 pending = self._pending[0]
                 try:
                     response = await self.engine.handle(pending.exchange)
@@ -334,7 +445,7 @@ class HttpProtocol(asyncio.Protocol):
             self._fail(500, "internal error")
         finally:
             self._task = None
-        if self._pending and not self._closing:
+        if not self._closing:
             self._run_ready()
 
     def _head(self, response: ProxyResponse, length: int | None, keep_alive: bool) -> bytearray:
@@ -443,9 +554,20 @@ class HttpProtocol(asyncio.Protocol):
             )
         self._close()
 
+    def _abort(self) -> None:
+        """Drop a client that reads nothing: ``close`` would wait to flush to it forever."""
+        self._stalled = None
+        self._close()
+        if self.transport is not None:
+            self.transport.abort()
+
     def _close(self) -> None:
         self._closing = True
         self._pending.clear()
+        self._deadline = _NEVER
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -460,14 +582,21 @@ class HttpServer:
         max_body_size: int,
         max_header_size: int,
         max_connections: int,
+        header_timeout: float = HEADER_TIMEOUT,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self.engine = engine
         self.max_body_size = max_body_size
         self.max_header_size = max_header_size
         self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.send_timeout = send_timeout
         self.connections: set[HttpProtocol] = set()
         self.draining = False
         self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def __call__(self) -> HttpProtocol:
         return HttpProtocol(self)
@@ -475,12 +604,25 @@ class HttpServer:
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self, sock=sock)
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Expire the connections whose head or idle deadline has passed."""
+        tick = min(1.0, self.header_timeout / 4, self.keepalive_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for connection in [c for c in self.connections if c._deadline <= now]:
+                connection._deadline = _NEVER
+                connection._expire()
 
     async def stop(self, timeout: float) -> None:
         """Stop accepting; let in-flight requests finish up to ``timeout``; close."""
         self.draining = True
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             busy = [c for c in self.connections if c._task is not None or c._pending]

@@ -42,6 +42,59 @@ def _quote(text: str) -> str:
     return quote(text, safe="", errors="surrogateescape")
 
 
+_UNRESERVED: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+)
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
+
+
+def normalize_path(path: str) -> str:
+    """The one spelling of a request path that routing, the key and the origin all see.
+
+    RFC 3986 §6.2.2: percent-encoded unreserved characters are decoded and the other
+    escapes upper-cased; §5.2.4: dot segments are removed; empty segments are merged
+    (``//``), as nginx's ``merge_slashes`` does. A path the origin could read as a
+    different one (``%00``, a backslash, a dot segment hidden behind ``%2F``/``%5C``, a
+    broken escape) raises ``ValueError``: refused, never guessed at.
+    """
+    if "%" not in path and "/." not in path and "//" not in path and "\\" not in path:
+        return path  # the common case, unchanged
+    if "\\" in path:
+        raise ValueError("backslash in path")
+    out: list[str] = []
+    pieces = path.split("%")
+    out.append(pieces[0])
+    for piece in pieces[1:]:
+        code = piece[:2]
+        if len(code) < 2 or not set(code) <= _HEX:
+            raise ValueError("bad percent-encoding in path")
+        byte = int(code, 16)
+        if byte == 0:
+            raise ValueError("NUL in path")
+        out.append(chr(byte) if byte in _UNRESERVED else "%" + code.upper())
+        out.append(piece[2:])
+    decoded = "".join(out)
+    hidden = decoded.replace("%2F", "/").replace("%5C", "/")
+    if hidden != decoded and any(s in (".", "..") for s in hidden.split("/")):
+        raise ValueError("dot segment behind an encoded slash")
+    segments: list[str] = []
+    parts = decoded.split("/")
+    for part in parts[1:-1]:
+        if part == "..":
+            if segments:
+                segments.pop()
+        elif part not in (".", ""):
+            segments.append(part)
+    last = parts[-1] if len(parts) > 1 else ""
+    if last == "..":
+        if segments:
+            segments.pop()
+        last = ""
+    elif last == ".":
+        last = ""
+    return "/" + "".join(s + "/" for s in segments) + last
+
+
 def _cookie(headers: Mapping[str, str], name: str) -> str:
     for part in headers.get("cookie", "").split(";"):
         key, _, value = part.strip().partition("=")
