@@ -695,9 +695,7 @@ class Engine:
         data = encode(entry)
         try:
             if entry.variant:
-                fields = tuple(name for name, _ in entry.variant)
-                await store.set(key, encode_marker(VaryMarker(fields)), ttl, tags)
-                await store.set(variant_key(key, entry.variant), data, ttl, tags)
+                await _store_variant(store, key, entry, data, ttl, tags, cfg.max_variants)
             else:
                 await store.set(key, data, ttl, tags)
         except StoreError as exc:
@@ -1005,6 +1003,37 @@ def _selects(entry: CachedResponse, ex: Exchange) -> bool:
     the request's selecting fields match those of the request it was stored for."""
     names = tuple(name for name, _ in entry.variant)
     return not names or entry.variant == variant_of(names, ex.hmap)
+
+
+async def _store_variant(
+    store: Store,
+    key: str,
+    entry: CachedResponse,
+    data: bytes,
+    ttl: float,
+    tags: list[str],
+    limit: int,
+) -> None:
+    """RFC 9111 §4.1: a response that varies is stored under its variant key, and the
+    primary key holds a marker naming the selecting fields of the latest response. A
+    changed Vary set drops the variants stored under the old one; past ``limit``
+    variants the oldest go (faraday-http-cache #112: no unbounded growth per URL).
+    Two concurrent fills may each miss the other's variant in the list: it then
+    escapes the cap until it expires, never the lookup."""
+    fields = tuple(name for name, _ in entry.variant)
+    vkey = variant_key(key, entry.variant)
+    try:
+        current = decode(raw) if (raw := await store.get(key)) is not None else None
+    except EntryError:
+        current = None
+    listed = current.variants if isinstance(current, VaryMarker) else ()
+    same_set = isinstance(current, VaryMarker) and current.fields == fields
+    kept = [k for k in (listed if same_set else ()) if k != vkey] + [vkey]
+    dropped = [k for k in listed if k not in kept[-limit:]]
+    await store.set(vkey, data, ttl, tags)
+    await store.set(key, encode_marker(VaryMarker(fields, tuple(kept[-limit:]))), ttl, tags)
+    if dropped:
+        await store.delete(dropped)
 
 
 def _decoded_response(raw: bytes | None) -> CachedResponse | None:

@@ -79,9 +79,11 @@ class CachedResponse:
 
 @dataclass(frozen=True, slots=True)
 class VaryMarker:
-    """Stored under the primary key when responses vary: the header names to select by."""
+    """Stored under the primary key when responses vary: the header names to select by,
+    and the keys of the variants stored under it, oldest first (to cap their number)."""
 
     fields: tuple[str, ...]
+    variants: tuple[str, ...] = ()
 
 
 def compress(body: bytes, level: int) -> bytes:
@@ -121,7 +123,9 @@ def encode(entry: CachedResponse) -> bytes:
 
 
 def encode_marker(marker: VaryMarker) -> bytes:
-    return msgpack.packb([VERSION, _KIND_VARY, list(marker.fields)], use_bin_type=True)
+    return msgpack.packb(
+        [VERSION, _KIND_VARY, list(marker.fields), list(marker.variants)], use_bin_type=True
+    )
 
 
 def decode(raw: bytes) -> CachedResponse | VaryMarker:
@@ -134,10 +138,11 @@ def decode(raw: bytes) -> CachedResponse | VaryMarker:
         raise EntryError("not a sidecache envelope of this version")
     try:
         if data[1] == _KIND_VARY:
-            fields = data[2]
-            if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-                raise EntryError("bad vary marker")
-            return VaryMarker(tuple(fields))
+            fields, variants = data[2], data[3] if len(data) > 3 else []
+            for names in (fields, variants):
+                if not isinstance(names, list) or not all(isinstance(f, str) for f in names):
+                    raise EntryError("bad vary marker")
+            return VaryMarker(tuple(fields), tuple(variants))
         return _decode_response(data)
     except (TypeError, IndexError, ValueError) as exc:
         raise EntryError(f"malformed envelope: {exc}") from None

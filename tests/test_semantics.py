@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -463,6 +464,46 @@ async def test_vary_stores_a_variant_per_normalized_value(
     assert (await proxy.get("/negotiated", headers={"Foo": "1, 2"})).headers["X-Cache"] == "HIT"
     assert (await proxy.get("/negotiated", headers={"Foo": "3"})).headers["X-Cache"] == "HIT"
     assert hits(origin, "/negotiated") == 3
+
+
+def stored_keys(proxy: RunningProxy, route: str) -> list[str]:
+    store: Any = proxy.stores["local"]
+    return [k for k in store.keys() if k.startswith(f"sc:{route}:")]  # noqa: SIM118
+
+
+async def test_max_variants_caps_the_variants_of_a_url(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/variants/x", ("Cache-Control", "max-age=60"), ("Vary", "Foo"))
+    for value in ("1", "2", "3"):
+        await proxy.get("/variants/x", headers={"Foo": value})
+    assert len(stored_keys(proxy, "variants")) == 1 + 2  # the marker and two variants
+    for value in ("3", "2"):
+        assert (await proxy.get("/variants/x", headers={"Foo": value})).headers["X-Cache"] == "HIT"
+    oldest = await proxy.get("/variants/x", headers={"Foo": "1"})
+    assert status_of(oldest)["fwd"] == "vary-miss"
+    assert len(stored_keys(proxy, "variants")) == 1 + 2
+
+
+async def test_a_changed_vary_set_replaces_the_stored_variants(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    resource = serve(
+        origin, fake_clock, "/revary", ("Cache-Control", "max-age=60"), ("Vary", "Foo")
+    )
+    await proxy.get("/revary", headers={"Foo": "1", "Bar": "a"})
+    assert (await proxy.get("/revary", headers={"Foo": "1", "Bar": "b"})).headers[
+        "X-Cache"
+    ] == "HIT"
+    resource.headers = [("Cache-Control", "max-age=60"), ("Vary", "Bar")]
+    await proxy.get("/revary", headers={"Foo": "2", "Bar": "a"})  # the origin now varies on Bar
+    assert (await proxy.get("/revary", headers={"Foo": "1", "Bar": "b"})).headers[
+        "X-Cache"
+    ] == "MISS"
+    assert (await proxy.get("/revary", headers={"Foo": "9", "Bar": "a"})).headers[
+        "X-Cache"
+    ] == "HIT"
+    assert len(stored_keys(proxy, "default")) == 1 + 2  # the Foo variant is gone
 
 
 async def test_vary_accept_encoding_is_normalized_to_acceptable_codings(
