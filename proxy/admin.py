@@ -177,6 +177,7 @@ class StorePoller:
 
     def refresh(self) -> None:
         meter = self.engine.meter
+        meter.flush()
         for name, store in self.engine.stores.items():
             if isinstance(store, TieredStore):
                 continue  # its layers are backends of their own

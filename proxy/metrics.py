@@ -1,9 +1,9 @@
 """Prometheus metrics: every name and label set, and the ``Meter`` the proxy updates.
 
 Names follow ``sidecache_<noun>_<unit>``; labels are bounded (route and backend names,
-cache results, status classes), never paths or keys. The hot path calls ``Meter``
-methods that reuse labelled children, so a request costs a dict lookup and two
-increments. No awaits here. With ``--workers N`` the supervisor calls
+cache results, status classes), never paths or keys. Per-request figures are tallied
+in plain integers (well under a microsecond) and moved into prometheus by ``flush``:
+on every scrape and once a second. No awaits here. With ``--workers N`` the supervisor calls
 ``enable_multiprocess`` before forking: values then live in per-process mmap files
 and a scrape of any worker sums them (prometheus-client's multiprocess mode).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Final
 
@@ -22,6 +23,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     values,
 )
@@ -83,6 +85,8 @@ class Meter:
     """The proxy's metrics in one registry (one ``Meter`` per worker process)."""
 
     def __init__(self) -> None:
+        # no *_created series: noise, and absent in multiprocess mode anyway
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -241,21 +245,35 @@ class Meter:
             registry=r,
         )
         self.started.set(time.time())
-        self._request_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._tallies: dict[tuple[str, str], _Tally] = {}
         self._largest: dict[str, int] = {}
 
     # ------------------------------------------------------------ the request path
 
     def request(self, route: str, cache: str, seconds: float) -> None:
-        children = self._request_children.get((route, cache))
-        if children is None:
-            children = (
-                self.requests.labels(route, cache),
-                self.request_seconds.labels(route, cache),
-            )
-            self._request_children[(route, cache)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """Every request: plain integers here, copied to prometheus by ``flush``."""
+        tally = self._tallies.get((route, cache))
+        if tally is None:
+            tally = self._tallies[(route, cache)] = _Tally()
+        tally.count += 1
+        tally.seconds += seconds
+        tally.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def flush(self) -> None:
+        """Move the request tallies into the prometheus series (each scrape, and once a
+        second from the worker's poller so other workers' scrapes see them)."""
+        for (route, cache), tally in self._tallies.items():
+            if not tally.count:
+                continue
+            self.requests.labels(route, cache).inc(tally.count)
+            histogram = self.request_seconds.labels(route, cache)
+            # prometheus-client has no public "add n observations": its per-bucket values
+            # (not cumulative, +Inf last) and sum are what ``observe`` increments.
+            histogram._sum.inc(tally.seconds)
+            for index, count in enumerate(tally.buckets):
+                if count:
+                    histogram._buckets[index].inc(count)
+            tally.reset()
 
     def origin(self, route: str, status: int, seconds: float) -> None:
         self.origin_seconds.labels(route).observe(seconds)
@@ -318,7 +336,25 @@ class Meter:
         return merged
 
     def exposition(self) -> bytes:
+        self.flush()
         return generate_latest(self.scrape_registry())
 
     def families(self) -> Iterable[Metric]:
+        self.flush()
         return self.scrape_registry().collect()
+
+
+class _Tally:
+    """Requests of one (route, cache result) since the last flush."""
+
+    __slots__ = ("buckets", "count", "seconds")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+
+    def reset(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)

@@ -157,7 +157,7 @@ def advise(routes: list[dict[str, Any]], uptime: float) -> list[dict[str, str]]:
             add(
                 name,
                 "unused",
-                f"no request matched this route in {format_duration(uptime)}: "
+                f"no request matched this route in {format_duration(max(round(uptime), 1))}: "
                 "check its match, or remove it",
             )
         elif lookups >= NEVER_HIT_MIN and r["hits"] + r["stale"] == 0:
@@ -256,7 +256,7 @@ def render(stats: dict[str, Any]) -> str:
     """The ``/stats`` document as a table for a terminal, advice underneath."""
     rows = [[title for title, _ in COLUMNS]]
     for r in stats["routes"]:
-        rows.append([_cell(key, r[key]) for _, key in COLUMNS])
+        rows.append([_cell(key, r.get(key)) for _, key in COLUMNS])
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = [
         f"sidecache report: policy {stats['policy']['path']} ({stats['policy']['digest']}), "

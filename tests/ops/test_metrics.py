@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.conftest import Origin, Reply, SpawnProxy, policy_text
-from tests.ops.conftest import StartProxy, fetch, metric, scrape
+from tests.ops.conftest import StartProxy, eventually, fetch, metric, scrape
 
 POLICY = """
 defaults: {ttl: 60s, max_object_size: 4KiB}
@@ -73,8 +73,12 @@ async def test_metrics_sum_every_worker(origin: Origin, spawn_proxy: SpawnProxy)
     proxy = spawn_proxy(policy_text(origin.url, POLICY), "--workers", "2")
     for _ in range(40):
         assert (await fetch("GET", proxy.url + "/items/1")).status == 200
-    # every scrape lands on either worker; each answers for both
-    for _ in range(6):
+
+    async def counted() -> bool:  # each worker moves its tallies within a second
+        return await scrape(proxy.admin_url, "sidecache_requests_total", route="items") == 40
+
+    await eventually(counted, 5, "both workers' requests")
+    for _ in range(6):  # every scrape lands on either worker; each answers for both
         assert await scrape(proxy.admin_url, "sidecache_requests_total", route="items") == 40
     misses = await scrape(proxy.admin_url, "sidecache_requests_total", cache="MISS")
     assert misses == origin.hits["/items/1"] == 2  # one per worker's own memory store
