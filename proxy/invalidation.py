@@ -35,7 +35,7 @@ from proxy.metrics import Meter
 from proxy.stores.base import Store
 from proxy.stores.guard import GuardedStore
 from proxy.stores.redis import RedisStore
-from proxy.stores.tiered import TieredStore
+from proxy.stores.tiered import L2_FILL_TAG, TieredStore
 
 log = logging.getLogger("sidecache")
 
@@ -161,18 +161,26 @@ def plan(engine: Engine, request: PurgeRequest) -> Plan:
     return out
 
 
-def layers(stores: dict[str, Store]) -> tuple[list[Store], list[Store]]:
-    """Every distinct underlying store, as (shared, process-local)."""
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One distinct underlying store; ``l1`` when it fronts a shared store (tiered)."""
+
+    store: Store
+    l1: bool = False
+
+
+def layers(stores: dict[str, Store]) -> list[Layer]:
+    """Every distinct underlying store once, tiered stores taken apart."""
+    l1s = {id(store.l1) for store in stores.values() if isinstance(store, TieredStore)}
     seen: set[int] = set()
-    shared: list[Store] = []
-    local: list[Store] = []
+    out: list[Layer] = []
     for store in stores.values():
         parts = (store.l1, store.l2) if isinstance(store, TieredStore) else (store,)
         for part in parts:
             if id(part) not in seen:
                 seen.add(id(part))
-                (shared if part.shared else local).append(part)
-    return shared, local
+                out.append(Layer(part, id(part) in l1s))
+    return out
 
 
 @dataclass(slots=True)
@@ -273,23 +281,25 @@ class Invalidator:
 
     async def apply(self, request: PurgeRequest, *, local_only: bool) -> PurgeResult:
         todo = plan(self.engine, request)
-        shared, local = layers(self.engine.stores)
         result = PurgeResult()
-        for store in local if local_only else [*shared, *local]:
+        for layer in layers(self.engine.stores):
+            store = layer.store
+            if local_only and store.shared:
+                continue
+            tags = sorted(todo.tags)
+            if layer.l1 and tags:
+                # copies an L1 took from L2 carry no tags of their own (see tiered.py)
+                tags.append(L2_FILL_TAG)
             try:
-                removed = 0
-                counted = True
-                if todo.keys:
-                    removed += await store.delete(sorted(todo.keys))
-                if todo.tags:
-                    found = await store.purge_tags(sorted(todo.tags))
-                    counted = found >= 0
-                    removed += max(found, 0)
+                removed = await store.delete(sorted(todo.keys)) if todo.keys else 0
+                found = await store.purge_tags(tags) if tags else 0
             except StoreError as exc:
                 result.errors[store.name] = str(exc)
                 continue
-            result.stores[store.name] = removed if counted else -1
-            result.removed += removed
+            removed += max(found, 0)
+            result.stores[store.name] = removed if found >= 0 else -1
+            if not layer.l1:  # an L1 holds copies of L2 entries: count those once
+                result.removed += removed
         return result
 
     async def fan_out(

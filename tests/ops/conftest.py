@@ -27,6 +27,7 @@ from proxy.server import Worker, bind
 from tests.conftest import Origin, policy_text
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 
 
 # ---------------------------------------------------------------- redis
@@ -67,6 +68,19 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     executor.start()
     try:
         yield RedisServer(executor, port)
+    finally:
+        executor.stop()
+
+
+@pytest.fixture
+def memcached_addr() -> Iterator[str]:
+    """A memcached of this test's own, as ``host:port``."""
+    port = port_for.select_random()
+    command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-m", "16"]
+    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
+    executor.start()
+    try:
+        yield f"127.0.0.1:{port}"
     finally:
         executor.stop()
 

@@ -117,3 +117,37 @@ async def test_a_purge_reaches_every_worker_of_a_replica(origin: Origin, spawn_p
         assert (await fetch("GET", proxy.url + "/page")).status == 200
     assert origin.hits["/page"] == 4  # both workers fetched again, once each
     assert proxy.stop() == 0
+
+
+async def test_a_purge_empties_the_other_replicas_tiered_l1(
+    origin: Origin, redis_server: RedisServer, spawn_proxy: SpawnProxy
+):
+    origin.reply("/items/tagged", headers={"Surrogate-Key": "sale"})
+    text = policy_text(
+        origin.url,
+        f"""
+        backends:
+          l1: {{type: memory}}
+          l2: {{type: redis, url: "{redis_server.url}", timeout: 500ms}}
+          hot: {{type: tiered, l1: l1, l2: l2, l1_ttl: 60s}}
+        defaults: {{backend: hot, ttl: 60s}}
+        invalidation: {{channel: {CHANNEL}, redis: l2}}
+        """,
+    )
+    a, b = spawn_proxy(text), spawn_proxy(text)
+    await subscribed(redis_server, 2)
+
+    async def get(proxy: ProxyProcess) -> str:  # one Host for both, as behind a Service
+        answer = await fetch("GET", proxy.url + "/items/tagged", headers={"Host": "shop"})
+        return answer.cache
+
+    assert await get(a) == "MISS"  # stored in A's L1 and in L2
+    assert await get(b) == "HIT"  # from L2, and now in B's L1 too
+    assert origin.hits["/items/tagged"] == 1
+    answer = await fetch("POST", a.admin_url + "/purge", json={"tags": ["sale"]})
+    assert answer.status == 200, answer.body
+    assert answer.json()["removed"] == 1  # the L2 entry (L1 copies are not counted twice)
+    await purges_received(b, 1)
+    assert await get(b) == "MISS"  # B's L1 copy is gone too
+    assert origin.hits["/items/tagged"] == 2
+    assert await scrape(a.admin_url, "sidecache_store_operations_total", backend="l2") > 0

@@ -177,3 +177,26 @@ async def test_bad_purge_bodies_are_400(live_proxy: StartProxy, origin: Origin):
     assert (await proxy.purge({"source": "x", "tags": ["a"]})).status == 400  # internal field
     bad = await fetch("POST", proxy.admin_url + "/purge", data=b"{not json")
     assert bad.status == 400
+
+
+async def test_stores_that_cannot_count_answer_queued(
+    live_proxy: StartProxy, origin: Origin, memcached_addr: str
+):
+    proxy = await live_proxy(
+        f"""
+        backends:
+          pool: {{type: memcached, servers: ["{memcached_addr}"], timeout: 500ms}}
+        defaults: {{backend: pool, ttl: 60s}}
+        routes:
+          - name: products
+            match: {{path: "/api/products/{{id}}"}}
+            tags: ["product:{{id}}"]
+        """
+    )
+    await warm(proxy, "/api/products/1", "/api/products/2")
+    answer = await proxy.purge({"tags": ["product:1"]})
+    assert answer.status == 200
+    assert answer.json()["queued"] is True  # generation counters: nothing to count
+    assert answer.json()["stores"] == {"pool": -1}
+    assert (await proxy.get("/api/products/1")).cache == "MISS"
+    assert (await proxy.get("/api/products/2")).cache == "HIT"
