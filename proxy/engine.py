@@ -33,6 +33,7 @@ from proxy.cachecontrol import (
     CacheControl,
     accepts_gzip,
     format_cache_status,
+    parse_cache_control,
     parse_field_list,
     parse_vary,
 )
@@ -235,11 +236,7 @@ class Engine:
         if (untouched := passed_through(ex.hmap)) is not None:
             return await self._pass(ex, route, "bypass", untouched)  # Range, preconditions
         request_cc = request_cache_control(cfg, ex.hmap)
-        identity = ""
-        if cfg.cache_authorized and "authorization" in ex.hmap:
-            identity = hashlib.blake2b(
-                ex.hmap["authorization"].encode(), digest_size=16
-            ).hexdigest()
+        identity = _identity(ex.hmap, cfg.key.cookies) if cfg.cache_authorized else ""
         key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap, identity)
         store = self.stores[cfg.backend]
         try:
@@ -540,6 +537,10 @@ class Engine:
         if not decision.store:
             self.meter.not_stored(cfg.name, decision.reason)
             return Fill(None, self._live(ex, route, response, decision.reason), response.status)
+        if _is_personal(route, headers, response.headers):
+            self.meter.not_stored(cfg.name, "cookie")
+            # status 0: this request's credentials refused it, not the URL (no hit-for-miss)
+            return Fill(None, self._live(ex, route, response, "cookie"), 0)
         try:
             body, complete = await response.read_up_to(cfg.max_object_size)
         except OriginError as exc:  # the origin failed mid-body: nothing to store
@@ -953,6 +954,34 @@ def _body_intact(entry: CachedResponse, ex: Exchange) -> bool:
     except EntryError:
         return False
     return True
+
+
+def _identity(request: Mapping[str, str], keyed_cookies: Sequence[str]) -> str:
+    """Whom a request speaks for, on a ``cache_authorized`` route: its Authorization and,
+    unless the route keys on named cookies (which then identify the user), its Cookie."""
+    credentials = request.get("authorization", "")
+    if not keyed_cookies:
+        credentials += "\0" + request.get("cookie", "")
+    if credentials in ("", "\0"):
+        return ""
+    return hashlib.blake2b(credentials.encode(), digest_size=16).hexdigest()
+
+
+def _is_personal(
+    route: Route, forwarded: Sequence[tuple[str, str]], response: list[tuple[str, str]]
+) -> bool:
+    """Whether an answer to a request whose Cookie reached the origin may be personal,
+    so not for a shared key (web cache deception): unless the route keys by identity,
+    the origin varies on Cookie, or it marks the answer shareable (``public``,
+    ``s-maxage``, as RFC 9111 §3.5 allows for Authorization)."""
+    if route.config.cache_authorized or not any(k.lower() == "cookie" for k, _ in forwarded):
+        return False
+    if "cookie" in parse_vary(header_values(response, "Vary")):
+        return False
+    if route.config.origin_cache_control != "honor":
+        return True
+    cc = parse_cache_control(header_values(response, "Cache-Control"))
+    return not (cc.has("public") or cc.has("s-maxage"))
 
 
 def _refresh_early(entry: CachedResponse, now: float, beta: float) -> bool:
