@@ -167,7 +167,13 @@ async def test_honor_origin_freshness_beats_the_route_ttl(
 async def test_ignore_applies_the_route_ttl(
     proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
 ):
-    serve(origin, fake_clock, "/ignore/api", ("Cache-Control", "no-cache, private"))
+    serve(
+        origin,
+        fake_clock,
+        "/ignore/api",
+        ("Cache-Control", "no-cache, private"),
+        ("Expires", ago(fake_clock, 1)),
+    )
     await proxy.get("/ignore/api")
     fake_clock.advance(59)
     assert (await proxy.get("/ignore/api")).headers["X-Cache"] == "HIT"
@@ -300,7 +306,8 @@ async def test_pragma_no_cache_means_no_cache_without_cache_control(
     proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
 ):
     etag = ("ETag", '"p1"')
-    serve(origin, fake_clock, "/pragma", ("Pragma", "no-cache"), etag, not_modified=[etag])
+    expires = ("Expires", later(fake_clock, 600))
+    serve(origin, fake_clock, "/pragma", ("Pragma", "no-cache"), expires, etag, not_modified=[etag])
     serve(origin, fake_clock, "/pragma-cc", ("Pragma", "no-cache"), ("Cache-Control", "max-age=60"))
     await proxy.get("/pragma")
     await proxy.get("/pragma")
@@ -461,9 +468,12 @@ async def test_vary_stores_a_variant_per_normalized_value(
     assert status_of(other)["fwd"] == "vary-miss"
     absent = await proxy.get("/negotiated")
     assert absent.headers["X-Cache"] == "MISS"
+    empty = await proxy.get("/negotiated", headers={"Foo": ""})  # absent only matches absent
+    assert empty.headers["X-Cache"] == "MISS"
     assert (await proxy.get("/negotiated", headers={"Foo": "1, 2"})).headers["X-Cache"] == "HIT"
     assert (await proxy.get("/negotiated", headers={"Foo": "3"})).headers["X-Cache"] == "HIT"
-    assert hits(origin, "/negotiated") == 3
+    assert (await proxy.get("/negotiated")).headers["X-Cache"] == "HIT"
+    assert hits(origin, "/negotiated") == 4
 
 
 def stored_keys(proxy: RunningProxy, route: str) -> list[str]:
@@ -738,6 +748,23 @@ async def test_request_stale_if_error_widens_the_window(
     assert tolerant.status == 200
 
 
+async def test_must_revalidate_beats_a_request_stale_if_error(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    resource = serve(
+        origin,
+        fake_clock,
+        "/honor/strict",
+        ("Cache-Control", "max-age=1, must-revalidate"),
+        ("ETag", '"m"'),
+    )
+    await proxy.get("/honor/strict")
+    fake_clock.advance(2)
+    resource.status, resource.headers = 500, []
+    tolerant = {"Cache-Control": "stale-if-error=60"}
+    assert (await proxy.get("/honor/strict", headers=tolerant)).status == 500
+
+
 # ---------------------------------------------------------------- §5.2.2.4, §5.2.2.7 fields
 
 
@@ -920,10 +947,10 @@ async def test_a_mismatching_head_answer_drops_the_stored_get(
     await proxy.get("/head/changed")
     fake_clock.advance(3)
     resource.headers = [("Cache-Control", "max-age=100"), ("ETag", '"2"')]
-    resource.body = b"new body"
+    resource.body = b"HELLO"  # the same length: only the validator tells
     await proxy.request("HEAD", "/head/changed")
     after = await proxy.get("/head/changed")
-    assert await after.read() == b"new body"
+    assert await after.read() == b"HELLO"
     assert origin.requests[-1].headers.get("If-None-Match") is None
 
 
