@@ -21,11 +21,11 @@ backends:
   shared:
     type: redis
     url: {redis_url}
-    timeout: 20ms
+    timeout: 500ms
     key_prefix: "app:"
     breaker: {{failures: 3, cooldown: 2s}}
-  cluster: {{type: redis, nodes: ["{cluster}"], timeout: 30ms}}
-  mc: {{type: memcached, servers: ["{memcached_addr}"], item_size_max: 1MiB, timeout: 40ms}}
+  cluster: {{type: redis, nodes: ["{cluster}"], timeout: 1s}}
+  mc: {{type: memcached, servers: ["{memcached_addr}"], item_size_max: 1MiB, timeout: 400ms}}
   hot: {{type: tiered, l1: local, l2: shared, l1_ttl: 3s}}
   hot_mc: {{type: tiered, l1: local, l2: mc}}
 defaults: {{backend: shared}}
@@ -44,13 +44,14 @@ async def test_every_backend_type_is_built_and_works(
         shared, cluster, mc = stores["shared"], stores["cluster"], stores["mc"]
         assert isinstance(shared, GuardedStore)
         assert isinstance(shared.inner, RedisStore)
-        assert (shared.timeout, shared.breaker_failures, shared.breaker_cooldown) == (0.02, 3, 2)
+        assert (shared.timeout, shared.breaker_failures, shared.breaker_cooldown) == (0.5, 3, 2)
         assert isinstance(cluster, GuardedStore)
         assert isinstance(cluster.inner, RedisStore)
         assert cluster.inner.cluster is True
+        assert cluster.timeout == 1.0  # the first call also learns the slot map
         assert isinstance(mc, GuardedStore)
         assert isinstance(mc.inner, MemcachedStore)
-        assert mc.timeout == 0.04
+        assert mc.timeout == 0.4
         hot = stores["hot"]
         assert isinstance(hot, TieredStore)
         # the layers are the very instances the policy names: one pool, one breaker

@@ -62,16 +62,17 @@ async def test_a_timed_out_get_never_returns_another_keys_value(
     try:
         keys = [f"sc:{{r}}:{i}" for i in range(6)]
         for key in keys:
-            await store.set(key, f"value-of-{key}".encode(), 30)
+            await inner.set(key, f"value-of-{key}".encode(), 30)
         for i, key in enumerate(keys):
-            relay.delay = 0.2
+            relay.delay = 0.3
             with pytest.raises(StoreTimeout):
-                await store.get(key)
+                await store.get(key)  # the guard's deadline cancels the waiter
             relay.delay = 0
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.4)
+            # the same (only) connection answers the next calls, each with its own reply
             other = keys[(i + 1) % len(keys)]
-            assert await store.get(other) == f"value-of-{other}".encode()
-            assert await store.get(key) == f"value-of-{key}".encode()
+            assert await inner.get(other) == f"value-of-{other}".encode()
+            assert await inner.get(key) == f"value-of-{key}".encode()
         assert store.counters["get"].timeouts == len(keys)
     finally:
         await store.aclose()
@@ -83,7 +84,7 @@ async def test_many_concurrent_timeouts_leave_every_connection_clean(relay: Rela
     try:
         keys = [f"sc:{{r}}:{i}" for i in range(40)]
         for key in keys:
-            await store.set(key, key.encode() * 3, 30)
+            await inner.set(key, key.encode() * 3, 30)
         relay.delay = 0.07
         results = await asyncio.gather(*(store.get(k) for k in keys), return_exceptions=True)
         assert any(isinstance(r, StoreTimeout) for r in results)
@@ -94,9 +95,9 @@ async def test_many_concurrent_timeouts_leave_every_connection_clean(relay: Rela
         relay.delay = 0
         await asyncio.sleep(1.0)  # every late reply has been read by its own call
         for _ in range(3):
-            assert await store.get_many(keys) == [k.encode() * 3 for k in keys]
+            assert await inner.get_many(keys) == [k.encode() * 3 for k in keys]
             for key in keys:
-                assert await store.get(key) == key.encode() * 3
+                assert await inner.get(key) == key.encode() * 3
     finally:
         await store.aclose()
 
