@@ -48,6 +48,7 @@ class Sample:
     store_cpu_per_10k: float | None
     rss: int
     origin_hits: int | None
+    after: str = ""  # X-Cache (or an error) of one request right after the run
     note: str = ""
 
 
@@ -135,18 +136,20 @@ def measure(lab: Lab, row: Row, load: Load) -> Sample | str:
 
 
 def _check_after(server: Server, row: Row, sample: Sample) -> str:
-    notes = []
-    if sample.wrk.errors:
-        notes.append(f"{sample.wrk.errors} errors")
-    if row.kind == "hit" and sample.origin_hits and sample.origin_hits > sample.wrk.requests / 1000:
-        notes.append(f"{sample.origin_hits} origin requests")
+    """The progress line's remarks; records what a request right after the run saw."""
     if row.kind == "hit":
         try:
             _, headers, _ = fetch(server.url + row.path)
-            if not headers.get("x-cache", "").upper().startswith("HIT"):
-                notes.append(f"X-Cache after run: {headers.get('x-cache')}")
+            sample.after = headers.get("x-cache", "(none)")
         except OSError as exc:
-            notes.append(f"after run: {exc}")
+            sample.after = f"{type(exc).__name__}"
+    notes = []
+    if sample.wrk.errors:
+        notes.append(f"{sample.wrk.errors} errors")
+    if sample.origin_hits:
+        notes.append(f"{sample.origin_hits} origin requests")
+    if sample.after and not sample.after.upper().startswith("HIT"):
+        notes.append(f"X-Cache after run: {sample.after}")
     return "; ".join(notes)
 
 
@@ -193,8 +196,18 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _notes(out: Outcome) -> list[str]:
-    errors = {e.splitlines()[0][:120] for e in out.errors}
-    return sorted({x.note for x in out.samples if x.note} | errors)
+    """Problems summed up over rounds: errors, origin traffic on hit rows, lost HITs."""
+    s, n, notes = out.samples, len(out.samples), []
+    if errors := sum(x.wrk.errors for x in s):
+        notes.append(f"{errors} errors")
+    leaks = [x.origin_hits for x in s if x.origin_hits and x.origin_hits > x.wrk.requests / 1000]
+    if out.row.kind == "hit" and leaks:
+        notes.append(f"origin requests in {len(leaks)}/{n} runs (max {max(leaks)})")
+    misses = [x for x in s if x.after and not x.after.upper().startswith("HIT")]
+    if misses:
+        notes.append(f"not a HIT right after {len(misses)}/{n} runs ({misses[0].after})")
+    notes += sorted({e.splitlines()[0][:120] for e in out.errors})
+    return notes
 
 
 def throughput_table(outcomes: Sequence[Outcome]) -> str:
