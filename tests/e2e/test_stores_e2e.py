@@ -173,6 +173,38 @@ async def test_client_latency_redis_up_vs_down(
     )
 
 
+async def test_tiered_serves_hot_entries_from_memory_while_redis_is_down(
+    origin: Origin, own_redis: TCPExecutor, spawn_proxy: SpawnProxy, session: aiohttp.ClientSession
+) -> None:
+    policy = policy_text(
+        origin.url,
+        f"""
+        backends:
+          local: {{type: memory, max_size: 16MiB}}
+          shared:
+            type: redis
+            url: redis://127.0.0.1:{own_redis.port}/0
+            timeout: {int(TIMEOUT * 1000)}ms
+            breaker: {{failures: 3, cooldown: {COOLDOWN}s}}
+          hot: {{type: tiered, l1: local, l2: shared, l1_ttl: 30s}}
+        defaults:
+          backend: hot
+          ttl: 60s
+        """,
+    )
+    one, two = spawn_proxy(policy), spawn_proxy(policy)
+    assert (await fetch(session, one.url + "/hot"))[:2] == (200, "MISS")
+    assert (await fetch(session, two.url + "/hot"))[:2] == (200, "HIT")  # via L2
+    await asyncio.to_thread(own_redis.kill, True, signal.SIGKILL)
+    for proxy in (one, two):  # each now answers from its own L1
+        results = [await fetch(session, proxy.url + "/hot") for _ in range(20)]
+        assert {r[:2] for r in results} == {(200, "HIT")}
+    assert origin.hits["/hot"] == 1
+    results = [await fetch(session, one.url + f"/cold/{i}") for i in range(20)]
+    assert {r[:2] for r in results} == {(200, "MISS")}
+    assert max(r[2] for r in results) < BOUND
+
+
 # ---------------------------------------------------------------- memcached
 
 
