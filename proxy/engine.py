@@ -65,6 +65,7 @@ from proxy.freshness import (
     is_not_modified,
     passed_through,
     request_cache_control,
+    reusable_with_credentials,
     selects_for_update,
     stale_if_error_window,
     storable_headers,
@@ -279,6 +280,10 @@ class Engine:
                 must_revalidate=entry.must_revalidate,
                 request_cc=request_cc,
             )
+            if "authorization" in ex.hmap and not reusable_with_credentials(
+                route.config, entry.headers
+            ):
+                usability = Usability.REFUSED
             if usability in (Usability.FRESH, Usability.STALE_ALLOWED):
                 label = "HIT" if usability is Usability.FRESH else "STALE"
                 if route.config.early_refresh is not None and _refresh_early(
@@ -896,8 +901,8 @@ class Engine:
             return None
         if cfg.client_cache_control == "honor" or cfg.cache_authorized or cfg.early_refresh:
             return None
-        if passed_through(ex.hmap) is not None:  # Range, preconditions: the origin's
-            return None
+        if passed_through(ex.hmap) is not None or "authorization" in ex.hmap:
+            return None  # Range and preconditions are the origin's; §3.5 needs a look
         get_now = getattr(self.stores[cfg.backend], "get_now", None)
         if get_now is None:
             return None

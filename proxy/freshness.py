@@ -247,10 +247,24 @@ def _refusal(
     ):
         return "set-cookie"
     # §3.5: a response to a request with Authorization only when the origin says so
-    explicit_ok = cc.has("public") or cc.has("s-maxage") or cc.has("must-revalidate")
-    if "authorization" in request and not route.cache_authorized and not explicit_ok:
+    if "authorization" in request and not route.cache_authorized and not _shared_ok(cc):
         return "authorization"
     return None
+
+
+def _shared_ok(cc: CacheControl) -> bool:
+    return cc.has("public") or cc.has("s-maxage") or cc.has("must-revalidate")
+
+
+def reusable_with_credentials(route: RouteConfig, stored: Headers) -> bool:
+    """§3.5 read for reuse as well (as Apache Traffic Server does; nginx #824): a request
+    with Authorization is answered from a response stored for someone else only when
+    that response explicitly allows shared caching (public, s-maxage, must-revalidate).
+    Otherwise it goes forward, conditionally: a 304 vouches for the stored copy."""
+    if route.cache_authorized:
+        return True  # stored per credentials: the key already tells them apart
+    cc, _ = response_cache_control(route, stored)
+    return _shared_ok(cc)
 
 
 def _window(cc: CacheControl, directive: str, route_value: float, forbidden: bool) -> float:

@@ -23,6 +23,7 @@ from proxy.freshness import (
     passed_through,
     request_cache_control,
     response_cache_control,
+    reusable_with_credentials,
     selects_for_update,
     stale_if_error_window,
     storable_headers,
@@ -158,6 +159,20 @@ def test_authorization_needs_an_explicit_permission(directives: str, stored: boo
     headers = [("Cache-Control", directives)]
     assert decide(headers, request={"authorization": "Bearer x"}).store is stored
     assert decide(headers, request={"authorization": "x"}, cfg=route(cache_authorized=True)).store
+
+
+@pytest.mark.parametrize(
+    ("cfg", "directives", "reusable"),
+    [
+        (ROUTE, "max-age=60", False),
+        (ROUTE, "max-age=60, public", True),
+        (ROUTE, "s-maxage=60", True),
+        (ROUTE, "max-age=60, must-revalidate", True),
+        (route(cache_authorized=True), "max-age=60", True),
+    ],
+)
+def test_reuse_for_a_request_with_authorization(cfg: RouteConfig, directives: str, reusable: bool):
+    assert reusable_with_credentials(cfg, [("Cache-Control", directives)]) is reusable
 
 
 def test_ignore_applies_the_route_ttl_but_keeps_the_security_rules():

@@ -236,6 +236,22 @@ async def test_authorization_is_stored_only_as_section_3_5_permits(
     assert sent(origin, "Authorization") == "Bearer one"
 
 
+async def test_a_request_with_authorization_reuses_only_shareable_responses(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/anon", ("Cache-Control", "max-age=60"), ("ETag", '"a"'))
+    serve(origin, fake_clock, "/shareable", ("Cache-Control", "max-age=60, public"))
+    await proxy.get("/anon")
+    await proxy.get("/shareable")
+    auth = {"Authorization": "Bearer one"}
+    forwarded = await proxy.get("/anon", headers=auth)
+    assert status_of(forwarded)["fwd"] == "request"
+    assert sent(origin, "Authorization") == "Bearer one"
+    assert sent(origin, "If-None-Match") == '"a"'
+    assert (await proxy.get("/shareable", headers=auth)).headers["X-Cache"] == "HIT"
+    assert (await proxy.get("/anon")).headers["X-Cache"] == "HIT"
+
+
 async def test_cache_authorized_keys_on_the_credentials(
     proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
 ):
