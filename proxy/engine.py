@@ -69,6 +69,7 @@ from proxy.freshness import (
     selects_for_update,
     stale_if_error_window,
     storable_headers,
+    transform_forbidden,
     within_stale_window,
 )
 from proxy.keys import derive_key, path_tags, route_tag, user_tag, variant_key, variant_of
@@ -652,6 +653,7 @@ class Engine:
             and len(body) >= compression.min_size
             and first_header(headers, "Content-Encoding") is None
             and _compressible(first_header(headers, "Content-Type"))
+            and not transform_forbidden(headers)
         ):
             stored_body = compress(body, compression.level)
             encoding = "gzip"
@@ -859,7 +861,11 @@ class Engine:
         """A stored response with Age (RFC 9111 §4.2.3, §5.1) and Cache-Status."""
         age = int(entry.age(now))
         headers = [(k, v) for k, v in entry.headers if k.lower() != "content-length"]
-        if entry.body_encoding == "gzip" and accepts_gzip(ex.hmap.get("accept-encoding", "")):
+        if (
+            entry.body_encoding == "gzip"
+            and accepts_gzip(ex.hmap.get("accept-encoding", ""))
+            and not ("cache-control" in ex.hmap and transform_forbidden(ex.headers))
+        ):
             body = entry.body
             headers = _as_gzip(headers)
         else:

@@ -403,6 +403,14 @@ def stale_if_error_window(stored: float, request_cc: CacheControl, forbidden: bo
     return max(stored, float(requested)) if requested is not None else stored
 
 
+def transform_forbidden(headers: Headers) -> bool:
+    """``no-transform`` (RFC 9111 §5.2.1.6, §5.2.2.6; RFC 9110 §7.7): no intermediary
+    may change the content, so this cache neither compresses it for storage nor serves
+    its gzip in place of the origin's bytes."""
+    values = header_values(headers, "Cache-Control")
+    return bool(values) and parse_cache_control(values).has("no-transform")
+
+
 # ---------------------------------------------------------------- stored fields (§3.1, §3.2)
 
 

@@ -27,6 +27,7 @@ from proxy.freshness import (
     selects_for_update,
     stale_if_error_window,
     storable_headers,
+    transform_forbidden,
     within_stale_window,
 )
 from proxy.policy import Match, RouteConfig
@@ -579,3 +580,16 @@ def test_invalidation_targets(method: str, status: int, headers: Headers, paths:
 )
 def test_requests_passed_through(request_fields: dict[str, str], detail: str | None):
     assert passed_through(request_fields) == detail
+
+
+@pytest.mark.parametrize(
+    ("headers", "forbidden"),
+    [
+        ([("Cache-Control", "max-age=60, No-Transform")], True),
+        ([("Cache-Control", "max-age=60"), ("Cache-Control", "no-transform")], True),
+        ([("Cache-Control", "max-age=60")], False),
+        ([], False),
+    ],
+)
+def test_no_transform(headers: Headers, forbidden: bool):  # §5.2.2.6, RFC 9110 §7.7
+    assert transform_forbidden(headers) is forbidden

@@ -35,6 +35,8 @@ routes:
   - name: capped
     match: {prefix: /capped}
     max_ttl: 10s
+  - name: heuristic
+    match: {prefix: /heuristic}
     max_heuristic_ttl: 30s
   - name: statuses
     match: {prefix: /statuses}
@@ -200,12 +202,14 @@ async def test_max_ttl_and_max_heuristic_ttl_cap_lifetimes(
     proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
 ):
     serve(origin, fake_clock, "/capped/long", ("Cache-Control", "max-age=3600"))
-    serve(origin, fake_clock, "/capped/lm", ("Last-Modified", ago(fake_clock, 10 * 3600)))
+    serve(origin, fake_clock, "/heuristic/lm", ("Last-Modified", ago(fake_clock, 10 * 3600)))
     await proxy.get("/capped/long")
-    await proxy.get("/capped/lm")
+    await proxy.get("/heuristic/lm")
     fake_clock.advance(11)
     assert (await proxy.get("/capped/long")).headers["X-Cache"] == "MISS"
-    assert (await proxy.get("/capped/lm")).headers["X-Cache"] != "HIT"
+    assert (await proxy.get("/heuristic/lm")).headers["X-Cache"] == "HIT"
+    fake_clock.advance(20)  # 10% of 10 hours, but at most 30s
+    assert (await proxy.get("/heuristic/lm")).headers["X-Cache"] != "HIT"
 
 
 async def test_statuses_map_overrides_which_codes_are_stored(
@@ -379,6 +383,44 @@ async def test_storability(
     again = await proxy.get("/store")
     assert again.status == status
     assert (again.headers["X-Cache"] == "HIT") is stored
+
+
+async def test_no_transform_keeps_the_origin_bytes(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    text = b"compressible text " * 200
+    serve(
+        origin,
+        fake_clock,
+        "/no-transform",
+        ("Cache-Control", "max-age=60, no-transform"),
+        ("Content-Type", "text/plain"),
+        ("ETag", '"t"'),
+        body=text,
+    )
+    serve(
+        origin,
+        fake_clock,
+        "/text",
+        ("Cache-Control", "max-age=60"),
+        ("Content-Type", "text/plain"),
+        body=text,
+    )
+    gzip = {"Accept-Encoding": "gzip"}
+    for path in ("/no-transform", "/text"):
+        await proxy.get(path)
+    kept = await proxy.client.get("/no-transform", headers=gzip, auto_decompress=False)
+    assert kept.headers["X-Cache"] == "HIT"
+    assert "Content-Encoding" not in kept.headers
+    assert kept.headers["ETag"] == '"t"'
+    assert await kept.read() == text
+    asked = await proxy.client.get(
+        "/text", headers={**gzip, "Cache-Control": "no-transform"}, auto_decompress=False
+    )
+    assert "Content-Encoding" not in asked.headers
+    assert await asked.read() == text
+    compressed = await proxy.client.get("/text", headers=gzip, auto_decompress=False)
+    assert compressed.headers["Content-Encoding"] == "gzip"  # what no-transform prevents
 
 
 # ---------------------------------------------------------------- §4.2 freshness and age
