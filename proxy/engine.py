@@ -488,7 +488,8 @@ class Engine:
             return None
         entry = found[0]
         newer = stale is None or entry.response_time > stale.response_time
-        if newer and entry.age(self.clock.time()) < entry.lifetime:
+        fresh = entry.age(self.clock.time()) < entry.lifetime
+        if newer and fresh and _body_intact(entry, ex):
             return Fill(entry, None, entry.status, collapsed=True)
         return None
 
@@ -958,6 +959,8 @@ def _hostname(host: str) -> str:
 def _body_intact(entry: CachedResponse, ex: Exchange) -> bool:
     """Whether the body this client will get can be produced (a stored gzip body that
     does not inflate is a corrupt entry). Inflating is cached on the entry."""
+    if entry.status < 200:  # never stored by us; written out, it would desync the client
+        return False
     if entry.body_encoding is None or accepts_gzip(ex.hmap.get("accept-encoding", "")):
         return True
     try:

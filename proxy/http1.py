@@ -65,6 +65,11 @@ def _status_line(status: int) -> bytes:
     return line
 
 
+def _is_clean(name: str, value: str) -> bool:
+    text = name + value
+    return not any(c in text for c in "\r\n\0") and all(ord(c) < 256 for c in text)
+
+
 class _Date:
     """The Date header, formatted once a second."""
 
@@ -451,14 +456,24 @@ class HttpProtocol(asyncio.Protocol):
     def _head(self, response: ProxyResponse, length: int | None, keep_alive: bool) -> bytearray:
         out = bytearray(_status_line(response.status))
         has_date = False
-        for name, value in response.headers:
-            encoded = name.encode("latin-1")
-            lowered = encoded.lower()
-            if lowered in _FRAMING:
-                continue
-            if lowered == b"date":
-                has_date = True
-            out += encoded + b": " + value.encode("latin-1") + b"\r\n"
+        lines = 1
+        try:
+            for name, value in response.headers:
+                encoded = name.encode("latin-1")
+                lowered = encoded.lower()
+                if lowered in _FRAMING:
+                    continue
+                if lowered == b"date":
+                    has_date = True
+                out += encoded + b": " + value.encode("latin-1") + b"\r\n"
+                lines += 1
+        except UnicodeEncodeError:
+            lines = -1
+        if out.count(b"\n") != lines or out.count(b"\r") != lines or b"\0" in out:
+            # CR/LF/NUL inside a field (response splitting) or a field not in latin-1:
+            # only a foreign store value can carry one. Such fields are dropped.
+            response.headers = [(k, v) for k, v in response.headers if _is_clean(k, v)]
+            return self._head(response, length, keep_alive)
         if not has_date:
             out += _Date.get()
         if length is not None:
