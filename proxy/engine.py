@@ -346,12 +346,8 @@ class Engine:
             return False
         return within_stale_window(entry.lifetime, entry.age(now), entry.stale_while_revalidate)
 
-    def _within_sie(
-        self, entry: CachedResponse | None, now: float, request_cc: CacheControl
-    ) -> bool:
+    def _within_sie(self, entry: CachedResponse, now: float, request_cc: CacheControl) -> bool:
         """RFC 5861 §4 (the stored window, widened by the request's), same exceptions."""
-        if entry is None:
-            return False
         forbidden = entry.must_revalidate or entry.no_cache
         window = stale_if_error_window(entry.stale_if_error, request_cc, forbidden)
         return within_stale_window(entry.lifetime, entry.age(now), window)
@@ -514,22 +510,18 @@ class Engine:
             response = await self.origin.request("GET", ex.target, headers, None, cfg.timeout)
         except OriginError as exc:
             self.meter.origin_failed(cfg.name, _failure_kind(exc))
-            if self._within_sie(stale, self.clock.time(), request_cc):
-                assert stale is not None
-                self.meter.stale_served(cfg.name, "error")
-                status = _forwarded("stale", None, detail="stale-if-error")
-                live = self._from_cache(ex, route, stale, self.clock.time(), "STALE", status)
-                return Fill(None, live, 0)
+            if stale is not None and self._within_sie(stale, self.clock.time(), request_cc):
+                return self._stale_on_error(ex, route, stale, None)
             return Fill(None, _origin_failed(exc, route), 0)
         self.meter.origin(cfg.name, response.status, time.perf_counter() - began)
         response_time = self.clock.time()
-        if response.status in ERROR_STATUSES and self._within_sie(stale, response_time, request_cc):
-            assert stale is not None
-            self.meter.stale_served(cfg.name, "error")
+        if (
+            stale is not None
+            and response.status in ERROR_STATUSES
+            and self._within_sie(stale, response_time, request_cc)
+        ):
             response.release()
-            status = _forwarded("stale", response.status, detail="stale-if-error")
-            live = self._from_cache(ex, route, stale, response_time, "STALE", status)
-            return Fill(None, live, 0)
+            return self._stale_on_error(ex, route, stale, response.status)
         if response.status == 304 and stale is not None:
             response.release()
             if selects_for_update(stale.headers, response.headers):
@@ -560,6 +552,15 @@ class Engine:
         entry = self._make_entry(ex, route, response, body, decision, request_time, response_time)
         await self._store(ex, route, params, key, store, entry, decision.storage_ttl)
         return Fill(entry, None, response.status, own=_set_cookies(response.headers))
+
+    def _stale_on_error(
+        self, ex: Exchange, route: Route, stale: CachedResponse, status: int | None
+    ) -> Fill:
+        """RFC 5861 §4: the stale copy answers in place of the origin's failure."""
+        self.meter.stale_served(route.name, "error")
+        params = _forwarded("stale", status, detail="stale-if-error")
+        live = self._from_cache(ex, route, stale, self.clock.time(), "STALE", params)
+        return Fill(None, live, 0)
 
     async def _freshen(
         self,
