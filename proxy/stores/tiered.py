@@ -35,6 +35,11 @@ class TieredStore:
         """The L2 breaker's state (what decides whether this store is degraded)."""
         return str(getattr(self.l2, "state", "closed"))
 
+    def get_now(self, key: str) -> bytes | None:
+        """L1's synchronous read, for the engine's await-free hit path (``None``: go async)."""
+        read = getattr(self.l1, "get_now", None)
+        return read(key) if read is not None else None
+
     async def get(self, key: str) -> bytes | None:
         value = await self.l1.get(key)
         if value is not None:

@@ -69,6 +69,16 @@ async def test_l1_ttl_is_the_shorter_of_entry_and_l1(
     assert await tiered.get("sc:{r}:long") == b"v"  # from L2, and back into L1
 
 
+async def test_l1_hits_need_no_await(tiered: TieredStore, clock: FakeClock) -> None:
+    await tiered.set("sc:{r}:1", b"v", 60)
+    assert tiered.get_now("sc:{r}:1") == b"v"
+    assert tiered.get_now("sc:{r}:none") is None
+    clock.advance(L1_TTL)
+    assert tiered.get_now("sc:{r}:1") is None  # L2 still has it: the async path finds it
+    assert await tiered.get("sc:{r}:1") == b"v"
+    assert tiered.get_now("sc:{r}:1") == b"v"
+
+
 async def test_l2_hits_fill_l1(tiered: TieredStore, clock: FakeClock) -> None:
     await tiered.l2.set("sc:{r}:1", b"from-l2", 60)
     await tiered.l2.set("sc:{r}:2", b"two", 60)
