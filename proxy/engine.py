@@ -524,12 +524,9 @@ class Engine:
             return self._stale_on_error(ex, route, stale, response.status)
         if response.status == 304 and stale is not None:
             response.release()
-            if selects_for_update(stale.headers, response.headers):
-                return await self._freshen(
-                    ex, route, params, key, store, stale, response, request_time, response_time
-                )
-            # §4.3.4: a 304 naming another representation updates nothing; ask in full
-            return await self._fill(ex, route, params, key, store, None)
+            return await self._freshen(
+                ex, route, params, key, store, stale, response, request_time, response_time
+            )
         decision = decide_storage(
             cfg, "GET", ex.hmap, response.status, response.headers, response_time, request_cc
         )
@@ -576,7 +573,9 @@ class Engine:
     ) -> Fill:
         """RFC 9111 §4.3.4: a 304 freshens the stored response with its fields (§3.2).
         When the result may not be stored (the 304 brought Set-Cookie or no-store), it
-        answers this client only."""
+        answers this client only. A 304 naming another ETag must not update the stored
+        response: it answers this client as the origin put it, and the stored copy,
+        now suspect, goes (the request is never re-sent: that would be a retry)."""
         cfg = route.config
         merged = freshen_headers(stale.headers, response.headers)
         request_cc = request_cache_control(cfg, ex.hmap)
@@ -584,8 +583,13 @@ class Engine:
             cfg, "GET", ex.hmap, stale.status, merged, response_time, request_cc
         )
         entry = _refreshed(stale, merged, decision, response.headers, request_time, response_time)
-        if not decision.store:
-            status = _forwarded("uri-miss", 304, detail=decision.reason)
+        selected = selects_for_update(stale.headers, response.headers)
+        if not (selected and decision.store):
+            if not selected:
+                stored_key = variant_key(key, stale.variant) if stale.variant else key
+                await _quiet(store.delete([stored_key]))
+            reason = decision.reason if selected else "unmatched-304"
+            status = _forwarded("uri-miss", 304, detail=reason)
             own = replace(entry, headers=merged)
             return Fill(None, self._from_cache(ex, route, own, response_time, "MISS", status), 304)
         await self._store(ex, route, params, key, store, entry, decision.storage_ttl)
