@@ -100,7 +100,9 @@ class Worker:
         if self.state is not None:
             self.state.ready = False
         if self.http is not None:
-            await self.http.stop(self.loaded.policy.server.shutdown_timeout)
+            # the running policy's timeout: a reload may have changed it
+            running = self.engine.loaded if self.engine is not None else self.loaded
+            await self.http.stop(running.policy.server.shutdown_timeout)
         for runner in self._runners:
             await runner.cleanup()
         if self.ops is not None:
