@@ -24,7 +24,8 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.engine import Engine
-from proxy.invalidation import Invalidator, PurgeRequest, WorkerBus, peer_allowed
+from proxy.fanout import WorkerBus
+from proxy.invalidation import Invalidator, PurgeRequest, peer_allowed
 from proxy.logs import AccessLog, event
 from proxy.metrics import CONTENT_TYPE
 from proxy.policy import LoadedPolicy

@@ -25,7 +25,8 @@ import orjson
 
 from proxy import __version__
 from proxy.errors import PolicyError
-from proxy.invalidation import WorkerBus, new_replica_id
+from proxy.fanout import WorkerBus
+from proxy.invalidation import new_replica_id
 from proxy.logs import write_line
 from proxy.metrics import MULTIPROC_ENV, enable_multiprocess, forget_process
 from proxy.policy import LoadedPolicy, describe, load_policy, parse_policy

@@ -1,9 +1,9 @@
 """Purges: by URL, path prefix, tag and route, here and in every other worker and replica.
 
 ``Invalidator`` turns a purge request into store operations (exact keys for absolute
-URLs, index tags for the rest) and fans it out: to this replica's other workers over
-``WorkerBus`` (one Unix datagram socket per worker), and to other replicas over the
-policy's Redis pub/sub channel, whose ``Subscriber`` reconnects by itself. Shared
+URLs, index tags for the rest) and fans it out (``fanout.py``): to this replica's other
+workers over their Unix datagram sockets, and to other replicas over the policy's Redis
+pub/sub channel. Shared
 stores are purged once, by the process that took the request; every process drops its
 own process-local entries (memory stores, tiered L1s). No HTTP here: ``admin.py`` and
 ``server.py`` parse requests and call ``purge``.
@@ -12,15 +12,13 @@ own process-local entries (memory stores, tiered L1s). No HTTP here: ``admin.py`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import ipaddress
 import logging
 import os
 import secrets
 import socket
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -29,9 +27,9 @@ import orjson
 
 from proxy.engine import Engine, Exchange, ProxyResponse
 from proxy.errors import StoreError
+from proxy.fanout import Subscriber, WorkerBus
 from proxy.keys import derive_key, path_tags, route_tag, user_tag
 from proxy.logs import event
-from proxy.metrics import Meter
 from proxy.stores.base import Store
 from proxy.stores.guard import GuardedStore
 from proxy.stores.redis import RedisStore
@@ -43,9 +41,6 @@ FIELDS: Final = ("urls", "prefixes", "tags", "routes")
 MAX_ITEMS: Final = 10_000  # per purge request
 PUBLISH_TIMEOUT: Final = 1.0
 MAX_DATAGRAM: Final = 60_000
-RECONNECT_MAX: Final = 2.0  # seconds between subscribe attempts while Redis is away
-PING_AFTER: Final = 5.0  # silence on the subscription before we ask Redis for a pong
-DEAD_AFTER: Final = 15.0  # silence after which the subscription is rebuilt
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +232,7 @@ class Invalidator:
             current.stop()
             self.subscriber = None
         if backend is not None and channel is not None:
-            self.subscriber = Subscriber(backend, channel, self.engine, self.receive)
+            self.subscriber = Subscriber(backend, channel, self.engine.meter, self.receive)
             self.subscriber.start()
 
     async def aclose(self) -> None:
@@ -394,149 +389,3 @@ def peer_allowed(
 def _json_response(status: int, body: dict[str, Any]) -> ProxyResponse:
     headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
     return ProxyResponse(status, headers, orjson.dumps(body) + b"\n", cache="PURGE")
-
-
-# ---------------------------------------------------------------- fan-out transports
-
-
-class WorkerBus:
-    """Purge messages between the workers of one replica: one Unix datagram socket each.
-
-    The supervisor binds every worker's socket before forking, so messages sent while a
-    worker restarts wait in its socket for the new process.
-    """
-
-    def __init__(self, sock: socket.socket, peers: Sequence[str]) -> None:
-        self.sock = sock
-        self.peers = tuple(peers)
-        self._reading = False
-
-    @staticmethod
-    def create(directory: str, count: int) -> list[WorkerBus]:
-        paths = [os.path.join(directory, f"worker-{i}.sock") for i in range(count)]
-        socks = []
-        for path in paths:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.bind(path)
-            sock.setblocking(False)
-            socks.append(sock)
-        return [WorkerBus(socks[i], paths[:i] + paths[i + 1 :]) for i in range(count)]
-
-    def send_all(self, payloads: Sequence[bytes], meter: Meter) -> int:
-        """Send to every peer; answers how many got every message."""
-        told = 0
-        for peer in self.peers:
-            try:
-                for payload in payloads:
-                    self.sock.sendto(payload, peer)
-                    meter.message("workers", "out")
-            except OSError as exc:  # full queue (EAGAIN), or a worker between lives
-                meter.message_failed("workers")
-                log.warning("could not tell worker %s about a purge: %s", peer, exc)
-                continue
-            told += 1
-        return told
-
-    def listen(self, on_message: Callable[[bytes], None]) -> None:
-        def readable() -> None:
-            while True:
-                try:
-                    payload = self.sock.recv(65536)
-                except BlockingIOError:
-                    return
-                except OSError:
-                    log.warning("worker bus read failed", exc_info=True)
-                    return
-                on_message(payload)
-
-        asyncio.get_running_loop().add_reader(self.sock.fileno(), readable)
-        self._reading = True
-
-    def close(self) -> None:
-        if self._reading:
-            asyncio.get_running_loop().remove_reader(self.sock.fileno())
-            self._reading = False
-
-
-class Subscriber:
-    """Listens on a Redis pub/sub channel; resubscribes after Redis restarts or hangs."""
-
-    def __init__(
-        self,
-        backend: RedisStore,
-        channel: str,
-        engine: Engine,
-        on_message: Callable[[bytes, str], Any],
-    ) -> None:
-        self.backend = backend
-        self.channel = channel
-        self.engine = engine
-        self.on_message = on_message
-        self.subscribed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._lost_at: float | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self.run())
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    async def wait(self) -> None:
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def run(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await self._listen()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the reconnect boundary: any failure means resubscribe
-                if self._lost_at is None:
-                    self._lost_at = time.monotonic()
-                    event(
-                        "invalidation",
-                        f"channel {self.channel!r} unavailable: {exc}; resubscribing",
-                        level=logging.WARNING,
-                    )
-                self.engine.meter.message_failed("redis")
-            if self.subscribed.is_set():
-                delay = 0.1  # it worked until now: try again at once
-            self.subscribed.clear()
-            self.engine.meter.subscribed.set(0)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX)
-
-    async def _listen(self) -> None:
-        pubsub = await self.backend.pubsub()
-        try:
-            await pubsub.subscribe(self.channel)
-            last = time.monotonic()
-            pinged = False
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                now = time.monotonic()
-                if message is None:
-                    if now - last > DEAD_AFTER:
-                        raise ConnectionError(f"no answer from Redis for {DEAD_AFTER:.0f}s")
-                    if now - last > PING_AFTER and not pinged:
-                        await pubsub.ping()
-                        pinged = True
-                    continue
-                last, pinged = now, False
-                kind = message.get("type")
-                if kind == "subscribe":
-                    self.subscribed.set()
-                    self.engine.meter.subscribed.set(1)
-                    lost, self._lost_at = self._lost_at, None
-                    after = f" again after {now - lost:.1f}s" if lost is not None else ""
-                    event("invalidation", f"subscribed to channel {self.channel!r}{after}")
-                elif kind == "message":
-                    await self.on_message(message["data"], "redis")
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -16,8 +16,9 @@ from aiohttp import web
 from proxy import __version__
 from proxy.admin import AdminState, Operations
 from proxy.engine import Engine
+from proxy.fanout import WorkerBus
 from proxy.http1 import HttpServer
-from proxy.invalidation import WorkerBus, new_replica_id
+from proxy.invalidation import new_replica_id
 from proxy.logs import configure, event
 from proxy.origin import OriginClient
 from proxy.policy import LoadedPolicy, load_policy

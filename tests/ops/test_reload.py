@@ -175,3 +175,33 @@ async def test_a_backend_change_keeps_the_unchanged_stores(live_proxy: StartProx
     assert before.stores["local"] is kept
     assert (await proxy.get("/a")).cache == "HIT"
     assert (await proxy.get("/o/a")).cache == "MISS"  # a new, empty store
+
+
+async def test_a_reload_keeps_open_connections(live_proxy: StartProxy, origin: Origin):
+    proxy = await live_proxy(V1)
+    port = int(proxy.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = b"GET /items/1 HTTP/1.1\r\nHost: shop\r\n\r\n"
+
+    async def ask() -> bytes:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        return head
+
+    assert b"X-Cache: MISS" in await ask()
+    assert b"X-Cache: HIT" in await ask()
+    proxy.policy.write_text(policy_text(origin.url, V2))
+
+    async def applied() -> bool:
+        return await proxy.metric("sidecache_policy_reloads_total", result="ok") == 1
+
+    await eventually(applied, 10, "the reload")
+    assert b"X-Cache: BYPASS" in await ask()  # same connection, new policy
+    writer.close()
+    await writer.wait_closed()
