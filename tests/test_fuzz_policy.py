@@ -28,7 +28,8 @@ FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 
 def check(text: str) -> LoadedPolicy | None:
-    """Load ``text``; only a clean outcome is allowed, within a second."""
+    """Load ``text``; only a clean outcome is allowed, in bounded time (an alias bomb
+    or a quadratic path would take minutes; the bound is loose for a loaded machine)."""
     began = time.monotonic()
     loaded: LoadedPolicy | None = None
     issues: list[PolicyIssue] = []
@@ -44,7 +45,7 @@ def check(text: str) -> LoadedPolicy | None:
         assert issue.field
         assert issue.message
         assert "Traceback" not in issue.message
-    assert time.monotonic() - began < 1.0
+    assert time.monotonic() - began < 5.0
     return loaded
 
 
