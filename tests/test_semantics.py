@@ -772,6 +772,26 @@ async def test_stale_while_revalidate_then_stale_if_error(
     }
 
 
+async def test_stale_if_error_covers_a_dropped_connection(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/stale/down", ("Cache-Control", "max-age=1, stale-if-error=300"))
+    await proxy.get("/stale/down")
+    fake_clock.advance(70)  # past the route's stale-while-revalidate
+
+    async def hang_up(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()
+        await asyncio.sleep(0.01)
+        return web.Response()
+
+    origin.reply("/stale/down", hang_up)
+    answer = await proxy.get("/stale/down")
+    assert answer.status == 200
+    assert answer.headers["X-Cache"] == "STALE"
+    assert status_of(answer) == {"fwd": "stale", "ttl": "-69", "detail": "stale-if-error"}
+
+
 @pytest.mark.parametrize(
     "directive", ["must-revalidate", "proxy-revalidate", "s-maxage=1", "no-cache"]
 )
