@@ -128,7 +128,8 @@ def derive_key(
     if identity:
         digest.update(b"\0i")
         digest.update(identity.encode("utf-8", "surrogateescape"))
-    return f"{PREFIX}:{route}:{digest.hexdigest()}"
+    # {route} is a Redis Cluster hash tag: a route's entries, tag sets and leases share a slot
+    return f"{PREFIX}:{{{route}}}:{digest.hexdigest()}"
 
 
 def normalize_header(name: str, value: str | None) -> str:
