@@ -372,7 +372,7 @@ class Engine:
             if flight is not None and flight.waiters < cfg.coalesce.max_waiters:
                 fill = await self.coalescer.follow(flight, cfg.coalesce.timeout)
                 now = self.clock.time()
-                if fill is not None and fill.entry is not None and _selects(fill.entry, ex):
+                if fill is not None and fill.entry is not None and _answers(fill.entry, ex, route):
                     self.meter.follower(cfg.name)
                     status = _forwarded(fwd, fill.status, collapsed=True)
                     return self._from_cache(ex, route, fill.entry, now, "HIT", status)
@@ -1044,6 +1044,15 @@ def _with_fwd(response: ProxyResponse, fwd: str) -> ProxyResponse:
             for k, v in response.headers
         ]
     return response
+
+
+def _answers(entry: CachedResponse, ex: Exchange, route: Route) -> bool:
+    """Whether a response a leader fetched may answer this follower too: the same Vary
+    selection (RFC 9111 §4.1) and, for a request with Authorization, a response that
+    allows shared caching (§3.5)."""
+    if "authorization" in ex.hmap and not reusable_with_credentials(route.config, entry.headers):
+        return False
+    return _selects(entry, ex)
 
 
 def _selects(entry: CachedResponse, ex: Exchange) -> bool:
