@@ -20,6 +20,7 @@ each group's members atomically with one Lua call per group. No SCAN, no blob in
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import secrets
@@ -124,6 +125,8 @@ class RedisStore:
             )
             self._client = Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._closed = False
+        self._batch: list[tuple[str, asyncio.Future[bytes | None]]] = []
+        self._batch_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ key layout
 
@@ -160,6 +163,37 @@ class RedisStore:
     # ------------------------------------------------------------ Store
 
     async def get(self, key: str) -> bytes | None:
+        """Reads of one loop tick travel together: one MGET (one pooled round trip and
+        one pass through redis-py) for every concurrent request, instead of one each."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        self._batch.append((key, future))
+        if len(self._batch) == 1:
+            loop.call_soon(self._flush_batch)
+        return await future
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.ensure_future(self._read_batch(batch))
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
+
+    async def _read_batch(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
+        try:
+            if len(batch) == 1:
+                values: list[bytes | None] = [await self._get_one(batch[0][0])]
+            else:
+                values = await self.get_many([key for key, _ in batch])
+        except StoreError as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), value in zip(batch, values, strict=True):
+            if not future.done():  # a caller whose deadline passed has gone
+                future.set_result(value)
+
+    async def _get_one(self, key: str) -> bytes | None:
         stored, _ = self._entry(key)
         value = await self._run("get", lambda: self._client.get(stored))
         return cast("bytes | None", value)  # decode_responses is off: bytes or None
