@@ -449,7 +449,10 @@ class Engine:
                 try:
                     # another replica may have filled it between our lookup and the lease
                     if waited or stale is None:
-                        filled = await self._filled_by_other(store, key, ex, stale)
+                        try:
+                            filled = await self._filled_by_other(store, key, ex, stale)
+                        except StoreError:  # a failing store is a miss, never a 5xx
+                            filled = None
                         if filled is not None:
                             return filled
                     fill = await self._fill(ex, route, params, key, store, stale)
