@@ -148,6 +148,9 @@ class ProxyResponse:
     head_length: int | None = None
     cache: str = "MISS"  # the X-Cache label, for metrics and the access log
     route: str = ""
+    # A stored response's own fields, sent before ``headers``: the same tuple object
+    # for every hit on one entry, so the server can serialize it once.
+    stored: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -868,22 +871,23 @@ class Engine:
         status: str,
     ) -> ProxyResponse:
         """A stored response with Age (RFC 9111 §4.2.3, §5.1) and Cache-Status."""
-        age = int(entry.age(now))
-        headers = [(k, v) for k, v in entry.headers if k.lower() != "content-length"]
-        if (
+        age = entry.age(now)
+        gzip = (
             entry.body_encoding == "gzip"
             and accepts_gzip(ex.hmap.get("accept-encoding", ""))
             and not ("cache-control" in ex.hmap and transform_forbidden(ex.headers))
-        ):
-            body = entry.body
-            headers = _as_gzip(headers)
-        else:
-            body = entry.plain_body()
+        )
+        body = entry.body if gzip else entry.plain_body()
+        stored = entry.views.get(gzip)
+        if stored is None:
+            plain = [(k, v) for k, v in entry.headers if k.lower() != "content-length"]
+            stored = entry.views[gzip] = tuple(_as_gzip(plain) if gzip else plain)
         # RFC 9211 §2.7: the remaining freshness, negative once stale
-        detail = f"{status}; ttl={math.floor(entry.lifetime - entry.age(now))}"
-        headers.append(("Age", str(age)))
-        headers += _cache_headers(label, detail)
-        if is_not_modified(ex.hmap, entry.status, entry.headers, entry.response_time):
+        detail = f"{status}; ttl={math.floor(entry.lifetime - age)}"
+        headers = [("Age", str(int(age))), *_cache_headers(label, detail)]
+        if ("if-none-match" in ex.hmap or "if-modified-since" in ex.hmap) and is_not_modified(
+            ex.hmap, entry.status, entry.headers, entry.response_time
+        ):
             kept = {
                 "etag",
                 "last-modified",
@@ -896,12 +900,13 @@ class Engine:
                 "x-cache",
                 "cache-status",
             }
-            return ProxyResponse(
-                304, [(k, v) for k, v in headers if k.lower() in kept], cache=label
-            )
+            every = [*stored, *headers]
+            return ProxyResponse(304, [(k, v) for k, v in every if k.lower() in kept], cache=label)
         if ex.method == "HEAD":
-            return ProxyResponse(entry.status, headers, head_length=len(body), cache=label)
-        return ProxyResponse(entry.status, headers, body, cache=label)
+            return ProxyResponse(
+                entry.status, headers, head_length=len(body), cache=label, stored=stored
+            )
+        return ProxyResponse(entry.status, headers, body, cache=label, stored=stored)
 
     def answer_now(self, ex: Exchange) -> ProxyResponse | None:
         """The hit path without an await: a fresh entry in process memory answers at once.

@@ -49,6 +49,9 @@ class CachedResponse:
     # The request headers this variant was selected by: ((name, normalized value), ...)
     variant: Headers = ()
     _plain: list[bytes] = field(default_factory=list, compare=False, repr=False)
+    # The stored fields as served (plain or gzip view), built once per entry. init=False:
+    # ``dataclasses.replace`` (a 304 freshening the headers) starts a new, empty cache.
+    views: dict[bool, Headers] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def age(self, now: float) -> float:
         """current_age (RFC 9111 §4.2.3): corrected initial age plus resident time."""

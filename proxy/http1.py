@@ -17,7 +17,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from email.utils import formatdate
 from typing import Final
 from urllib.parse import urlsplit
@@ -46,6 +46,7 @@ _STATUS_LINES: dict[int, bytes] = {}
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 BODY_HIGH_WATER: Final = 1024 * 1024
 PIPELINE_DEPTH: Final = 32
+WIRE_CACHE: Final = 8192  # serialized stored-header blocks kept
 # Slowloris: a request head (or a new connection's first one) must arrive in this time
 # (408); an idle keep-alive connection is closed after KEEPALIVE_TIMEOUT; a client that
 # reads nothing of a response for SEND_TIMEOUT loses its connection.
@@ -456,24 +457,17 @@ class HttpProtocol(asyncio.Protocol):
     def _head(self, response: ProxyResponse, length: int | None, keep_alive: bool) -> bytearray:
         out = bytearray(_status_line(response.status))
         has_date = False
-        lines = 1
-        try:
-            for name, value in response.headers:
-                encoded = name.encode("latin-1")
-                lowered = encoded.lower()
-                if lowered in _FRAMING:
-                    continue
-                if lowered == b"date":
-                    has_date = True
-                out += encoded + b": " + value.encode("latin-1") + b"\r\n"
-                lines += 1
-        except UnicodeEncodeError:
-            lines = -1
-        if out.count(b"\n") != lines or out.count(b"\r") != lines or b"\0" in out:
+        if response.stored:
+            block, has_date = self.server.serialized(response.stored)
+            out += block
+        fields, dated = _serialize(response.headers)
+        if fields is None:
             # CR/LF/NUL inside a field (response splitting) or a field not in latin-1:
             # only a foreign store value can carry one. Such fields are dropped.
             response.headers = [(k, v) for k, v in response.headers if _is_clean(k, v)]
             return self._head(response, length, keep_alive)
+        out += fields
+        has_date = has_date or dated
         if not has_date:
             out += _Date.get()
         if length is not None:
@@ -587,6 +581,28 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
 
+def _serialize(headers: Sequence[tuple[str, str]]) -> tuple[bytes | None, bool]:
+    """Header lines without framing fields; ``None`` when a field is unsafe to send."""
+    out = bytearray()
+    has_date = False
+    lines = 0
+    try:
+        for name, value in headers:
+            encoded = name.encode("latin-1")
+            lowered = encoded.lower()
+            if lowered in _FRAMING:
+                continue
+            if lowered == b"date":
+                has_date = True
+            out += encoded + b": " + value.encode("latin-1") + b"\r\n"
+            lines += 1
+    except UnicodeEncodeError:
+        return None, False
+    if out.count(b"\n") != lines or out.count(b"\r") != lines or b"\0" in out:
+        return None, False
+    return bytes(out), has_date
+
+
 class HttpServer:
     """Factory and registry of connections for one listening socket."""
 
@@ -612,6 +628,22 @@ class HttpServer:
         self.draining = False
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # id(stored headers tuple) -> (the tuple, its header lines, has Date): a stored
+        # entry's fields are serialized once, not on every hit
+        self._wire: dict[int, tuple[tuple[tuple[str, str], ...], bytes, bool]] = {}
+
+    def serialized(self, stored: tuple[tuple[str, str], ...]) -> tuple[bytes, bool]:
+        """The header lines of a stored entry's fields (unsafe fields dropped)."""
+        cached = self._wire.get(id(stored))
+        if cached is not None and cached[0] is stored:
+            return cached[1], cached[2]
+        block, has_date = _serialize(stored)
+        if block is None:
+            block, has_date = _serialize([(k, v) for k, v in stored if _is_clean(k, v)])
+        if len(self._wire) >= WIRE_CACHE:
+            self._wire.clear()
+        self._wire[id(stored)] = (stored, block or b"", has_date)
+        return block or b"", has_date
 
     def __call__(self) -> HttpProtocol:
         return HttpProtocol(self)
