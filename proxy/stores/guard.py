@@ -8,6 +8,7 @@ breaker. It raises ``StoreError`` (never a library exception) and leaves the cho
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
@@ -76,6 +77,7 @@ class GuardedStore:
         self._clock = clock or SystemClock()
         self._state: BreakerState = "closed"
         self._failures = 0
+        self._last_timeout = -1e9
         self._opened_at = 0.0
         self._probing = False
 
@@ -108,8 +110,17 @@ class GuardedStore:
             self._failures = 0
             self._state = "closed"
 
-    def _failed(self, probe: bool) -> None:
+    def _failed(self, probe: bool, *, timeout: bool = False) -> None:
         if self._state == "closed":
+            if timeout:
+                # Timeouts of one burst count once: a batch of reads that missed one
+                # deadline together, or one stall of our own saturated event loop, is one
+                # piece of evidence, not N (under load the breaker otherwise opened on a
+                # healthy store). Sequential timeouts are a deadline apart and all count.
+                now = time.monotonic()  # real time: bursts are about the loop, not TTLs
+                if now - self._last_timeout < self.timeout / 2:
+                    return
+                self._last_timeout = now
             self._failures += 1
             if self._failures < self.breaker_failures:
                 return
@@ -131,12 +142,12 @@ class GuardedStore:
                 result = await fn()
         except StoreTimeout:
             counters.timeouts += 1
-            self._failed(probe)
+            self._failed(probe, timeout=True)
             raise
         except TimeoutError as exc:
             # our own deadline fired (asyncio.timeout turns the cancellation into this)
             counters.timeouts += 1
-            self._failed(probe)
+            self._failed(probe, timeout=True)
             raise StoreTimeout(self.name, f"{op} took over {deadline * 1000:.0f} ms") from exc
         except StoreError:
             counters.errors += 1
