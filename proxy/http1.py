@@ -53,6 +53,8 @@ WIRE_CACHE: Final = 8192  # serialized stored-header blocks kept
 HEADER_TIMEOUT: Final = 10.0
 KEEPALIVE_TIMEOUT: Final = 75.0
 SEND_TIMEOUT: Final = 60.0
+DRAIN_GRACE: Final = 1.0  # on stop, how long idle keep-alive connections may still ask
+LINGER: Final = 2.0  # after refusing a request, how long its remaining input is discarded
 _NEVER: Final = float("inf")
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: reg-name, IPv4 or IP-literal, and an optional port
 _HOST: Final = re.compile(r"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
@@ -577,8 +579,21 @@ class HttpProtocol(asyncio.Protocol):
         if self._stalled is not None:
             self._stalled.cancel()
             self._stalled = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._input_done and transport.can_write_eof():
+            # Lingering close (as nginx): the client may still be sending what we refused
+            # to read, and closing with unread input resets the connection, which can
+            # destroy our answer (a 408/413/400) before the client reads it. Send FIN,
+            # discard what still comes (data_received ignores it) for a moment, then close.
+            transport.write_eof()
+            if self._reading_paused:
+                self._reading_paused = False
+                transport.resume_reading()
+            asyncio.get_running_loop().call_later(self.server.linger, transport.close)
+            return
+        transport.close()
 
 
 def _serialize(headers: Sequence[tuple[str, str]]) -> tuple[bytes | None, bool]:
@@ -616,6 +631,7 @@ class HttpServer:
         header_timeout: float = HEADER_TIMEOUT,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
+        linger: float = LINGER,
     ) -> None:
         self.engine = engine
         self.max_body_size = max_body_size
@@ -624,6 +640,7 @@ class HttpServer:
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.send_timeout = send_timeout
+        self.linger = linger
         self.connections: set[HttpProtocol] = set()
         self.draining = False
         self._server: asyncio.base_events.Server | None = None
@@ -671,9 +688,13 @@ class HttpServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         deadline = time.monotonic() + timeout
+        # An idle keep-alive connection may have a request on its way: closing it now
+        # would lose that request. For a grace period such requests are answered with
+        # Connection: close (we are draining), then what is still idle is closed.
+        grace = time.monotonic() + min(DRAIN_GRACE, timeout)
         while time.monotonic() < deadline:
             busy = [c for c in self.connections if c._task is not None or c._pending]
-            if not busy:
+            if not busy and (not self.connections or time.monotonic() >= grace):
                 break
             await asyncio.sleep(0.05)
         for connection in list(self.connections):

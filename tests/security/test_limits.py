@@ -57,6 +57,30 @@ async def test_size_limits_answer_413_414_431_and_close(serve: Serve, origin: Or
     assert origin.hits["/after"] == 0
 
 
+async def test_413_reaches_a_client_that_is_still_uploading(serve: Serve, origin: Origin):
+    """Refused at its headers, a big upload keeps arriving: closing with unread input
+    would reset the connection and destroy the 413 before the client reads it (the
+    lingering close sends FIN and discards the rest for a moment instead)."""
+    served = await serve(POLICY)
+    reader, writer = await _open(served)
+    collector = asyncio.ensure_future(_read_all(reader, 5))
+    writer.write(b"PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: 4000000\r\n\r\n")
+    chunk = b"u" * 65536
+    for _ in range(40):  # keeps sending after the 413, as a real client does
+        if collector.done():
+            break
+        try:
+            writer.write(chunk)
+            await writer.drain()
+        except ConnectionError:
+            break
+        await asyncio.sleep(0.005)
+    data, _ = await collector
+    writer.close()
+    assert [a.status for a in parse(data)] == [413]
+    assert origin.requests == []
+
+
 async def test_upload_over_the_buffer_high_water_streams_through(serve: Serve, origin: Origin):
     """A body larger than the read buffer's high-water mark (1 MiB) must stream to the
     origin; before the fix reading paused and the request waited forever."""
@@ -113,9 +137,8 @@ async def test_silent_and_idle_connections_are_closed(serve: Serve, origin: Orig
 
 
 async def test_slowloris_crowd_does_not_starve_a_real_client(serve: Serve, origin: Origin):
-    served = await serve(
-        "server: {max_connections: 200}\ndefaults: {ttl: 60s}\n", header_timeout=1.0
-    )
+    policy = "server: {max_connections: 200}\ndefaults: {ttl: 60s}\n"
+    served = await serve(policy, header_timeout=1.0, linger=0.3)
     crowd = [await _open(served) for _ in range(100)]
     for _, writer in crowd:
         writer.write(b"GET /x HTTP/1.1\r\nHo")
@@ -123,8 +146,12 @@ async def test_slowloris_crowd_does_not_starve_a_real_client(serve: Serve, origi
     answers, _ = await talk(served.url, get("/real"))
     assert answers[0].status == 200
     assert time.monotonic() - began < 0.5
-    await asyncio.sleep(1.5)
-    assert len(served.http.connections) <= 1  # every dribbler was cut at its deadline
+    for reader, _ in crowd:  # every dribbler is answered 408 at its head's deadline
+        data, _ = await _read_all(reader, 3)
+        assert [a.status for a in parse(data)] == [408]
+    assert time.monotonic() - began < 2.5
+    await asyncio.sleep(0.5)
+    assert len(served.http.connections) <= 1  # and let go after the lingering close
     for _, writer in crowd:
         writer.close()
 
