@@ -1,0 +1,189 @@
+"""An open-loop HTTP/1.1 load generator that checks every body it gets.
+
+Requests are due on a fixed schedule (``--rate`` per second; 0 runs closed-loop, as
+fast as the connections allow) and latency is measured from the due time, so a stall
+is counted against every request it delays (no coordinated omission). Each answer is
+recorded with its start, latency, status, X-Cache and whether its body matched the
+origin's bytes (``bodies.py``); errors are recorded by kind. Columns are written as one
+JSON document at the end.
+
+Run: ``python -m chaos.load --port 8080 --rate 2000 --seconds 45 --out load.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+
+import uvloop
+
+from chaos.bodies import body_for
+
+KINDS = ("hot", "short", "cold", "pass")
+ROUTES = ("r", "m", "l")
+HOT_KEYS, SHORT_KEYS = 300, 100
+TIMEOUT = 10.0
+
+
+@dataclass
+class Plan:
+    rate: float
+    seconds: float
+    weights: tuple[int, ...]
+    seed: int
+    started: float = 0.0
+    issued: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next_due(self) -> float | None:
+        """The due time of the next request, or ``None`` when the run is over."""
+        now = time.monotonic()
+        if now - self.started >= self.seconds:
+            return None
+        n = self.issued
+        self.issued += 1
+        return self.started + n / self.rate if self.rate else now
+
+    def pick(self) -> tuple[str, int]:
+        kind = self.rng.choices(range(len(KINDS)), self.weights)[0]
+        route = self.rng.choice(ROUTES)
+        if KINDS[kind] == "hot":
+            return f"/{route}/hot/{self.rng.randrange(HOT_KEYS)}", kind
+        if KINDS[kind] == "short":
+            return f"/{route}/short/{self.rng.randrange(SHORT_KEYS)}", kind
+        if KINDS[kind] == "cold":
+            return f"/{route}/cold/{self.seed}-{self.issued}", kind
+        return f"/p/{self.rng.randrange(1000)}", kind
+
+
+@dataclass
+class Record:
+    start: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    status: list[int] = field(default_factory=list)  # 0: no answer (see error)
+    cache: list[str] = field(default_factory=list)
+    kind: list[int] = field(default_factory=list)
+    error: list[str] = field(default_factory=list)  # "" when answered
+    corrupt: list[str] = field(default_factory=list)  # paths whose body differed
+
+    def add(self, start: float, status: int, cache: str, kind: int, error: str) -> None:
+        self.start.append(start)
+        self.latency_ms.append((time.monotonic() - start) * 1000)
+        self.status.append(status)
+        self.cache.append(cache)
+        self.kind.append(kind)
+        self.error.append(error)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        parts = []
+        while size := int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16):
+            parts.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+        await reader.readuntil(b"\r\n")
+        body = b"".join(parts)
+    else:
+        body = await reader.read()
+        headers["connection"] = "close"
+    return status, headers, body
+
+
+async def connection(plan: Plan, port: int, record: Record) -> None:
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    while (due := plan.next_due()) is not None:
+        if (wait := due - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        path, kind = plan.pick()
+        try:
+            if writer is None or reader is None:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port), TIMEOUT
+                )
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: chaos\r\n\r\n".encode())
+            status, headers, body = await asyncio.wait_for(read_response(reader), TIMEOUT)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            record.add(due, 0, "-", kind, type(exc).__name__)
+        except TimeoutError:
+            record.add(due, 0, "-", kind, "timeout")
+        else:
+            record.add(due, status, headers.get("x-cache", "-")[:1], kind, "")
+            if status == 200 and body != body_for(path):
+                record.corrupt.append(path)
+            if headers.get("connection", "").lower() != "close":
+                continue
+        if writer is not None:
+            writer.close()
+        reader = writer = None
+    if writer is not None:
+        writer.close()
+
+
+def hot_paths() -> list[str]:
+    paths = [f"/{r}/hot/{i}" for r in ROUTES for i in range(HOT_KEYS)]
+    return paths + [f"/{r}/short/{i}" for r in ROUTES for i in range(SHORT_KEYS)]
+
+
+async def warm(port: int, passes: int, connections: int) -> None:
+    """Ask every hot and short key ``passes`` times over many connections (each worker
+    of ``--workers N`` keeps its own memory store), closed-loop; nothing is recorded."""
+    queue = hot_paths() * passes
+    random.Random(0).shuffle(queue)
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while queue:
+            writer.write(f"GET {queue.pop()} HTTP/1.1\r\nHost: chaos\r\n\r\n".encode())
+            _, headers, _ = await read_response(reader)
+            if headers.get("connection", "").lower() == "close":
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+
+    await asyncio.gather(*(one() for _ in range(connections)))
+
+
+async def run(args: argparse.Namespace) -> Record:
+    weights = tuple(int(w) for w in args.mix.split(","))
+    plan = Plan(args.rate, args.seconds, weights, args.seed, rng=random.Random(args.seed))
+    record = Record()
+    if args.warm_passes:
+        await warm(args.port, args.warm_passes, 8)
+    plan.started = time.monotonic()
+    await asyncio.gather(*(connection(plan, args.port, record) for _ in range(args.connections)))
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--rate", type=float, default=0.0, help="requests/s; 0: closed-loop")
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--mix", default="65,10,15,10", help="weights of hot,short,cold,pass")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--warm-passes", type=int, default=0, help="warm hot keys first")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    record = uvloop.run(run(args))
+    with open(args.out, "w") as out:
+        json.dump(record.__dict__, out)
+
+
+if __name__ == "__main__":
+    main()
