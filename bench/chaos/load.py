@@ -35,6 +35,8 @@ class Plan:
     seconds: float
     weights: tuple[int, ...]
     seed: int
+    keys: int = HOT_KEYS
+    routes: tuple[str, ...] = ROUTES
     started: float = 0.0
     issued: int = 0
     rng: random.Random = field(default_factory=random.Random)
@@ -50,9 +52,9 @@ class Plan:
 
     def pick(self) -> tuple[str, int]:
         kind = self.rng.choices(range(len(KINDS)), self.weights)[0]
-        route = self.rng.choice(ROUTES)
+        route = self.rng.choice(self.routes)
         if KINDS[kind] == "hot":
-            return f"/{route}/hot/{self.rng.randrange(HOT_KEYS)}", kind
+            return f"/{route}/hot/{self.rng.randrange(self.keys)}", kind
         if KINDS[kind] == "short":
             return f"/{route}/short/{self.rng.randrange(SHORT_KEYS)}", kind
         if KINDS[kind] == "cold":
@@ -161,6 +163,7 @@ async def warm(port: int, passes: int, connections: int) -> None:
 async def run(args: argparse.Namespace) -> Record:
     weights = tuple(int(w) for w in args.mix.split(","))
     plan = Plan(args.rate, args.seconds, weights, args.seed, rng=random.Random(args.seed))
+    plan.keys, plan.routes = args.keys, tuple(args.routes.split(","))
     record = Record()
     if args.warm_passes:
         await warm(args.port, args.warm_passes, 8)
@@ -178,6 +181,8 @@ def main() -> None:
     parser.add_argument("--mix", default="65,10,15,10", help="weights of hot,short,cold,pass")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--warm-passes", type=int, default=0, help="warm hot keys first")
+    parser.add_argument("--keys", type=int, default=HOT_KEYS, help="hot keys per route")
+    parser.add_argument("--routes", default=",".join(ROUTES), help="r,m,l: the cached routes")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     record = uvloop.run(run(args))
