@@ -2,5 +2,5 @@
 
 Every process it starts (Redis, Memcached, relays, the origin, sidecache, the load
 generator) runs in its own session and is stopped by its process group when the run
-ends, however it ends. Results go to ``bench/results/chaos-*.{json,md}``.
+ends, however it ends. Results go to ``bench/chaos/results/chaos-*.{json,md}``.
 """

@@ -7,7 +7,7 @@ fraction of the measured maximum, injects one fault, and reports what clients sa
 
 Timeline of a scenario: warm-up (not measured), then ``--before`` seconds, the fault for
 ``--during`` seconds, ``--after`` seconds after it is undone. Results: a JSON document
-with every figure and a Markdown table (``bench/results/chaos-<stamp>.*``).
+with every figure and a Markdown table (``bench/chaos/results/chaos-<stamp>.*``).
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ def main() -> int:
     parser.add_argument("--before", type=float, default=10)
     parser.add_argument("--during", type=float, default=20)
     parser.add_argument("--after", type=float, default=20)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "chaos" / "results"))
     parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
     parser.add_argument("--rev", default="HEAD", help="git revision to run, or 'worktree'")
     args = parser.parse_args()  # fmt: skip

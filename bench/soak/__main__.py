@@ -7,7 +7,7 @@ several times larger than the memory store, so it evicts all the time.
 Sampled every 5 s: the worker's RSS, open file descriptors and sockets (from /proc),
 its asyncio tasks, client connections and the engine's bounded maps (``soak.probe``),
 the memory store's bytes and entries (/metrics); per second: requests, errors, p50/p99.
-Results: ``bench/results/soak-<stamp>.{json,md}``.
+Results: ``bench/soak/results/soak-<stamp>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def main() -> int:
     parser.add_argument("--max-size", default="32MiB")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rev", default="HEAD", help="git revision to run, or 'worktree'")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "soak" / "results"))
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()  # fmt: skip
     workdir = Path(tempfile.mkdtemp(prefix="sidecache-soak-"))
