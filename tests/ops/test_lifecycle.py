@@ -44,7 +44,17 @@ async def test_sigterm_finishes_the_request_in_flight_and_exits_0(
             return False
 
     await eventually(draining, 5, "/readyz to turn 503")
-    with pytest.raises(ConnectionRefusedError):  # the listener no longer accepts
+
+    async def refusing() -> bool:
+        # every worker's listener closes (with 2, each gets SIGTERM a moment apart)
+        try:
+            socket.create_connection(("127.0.0.1", proxy.port), 1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    await eventually(refusing, 1.0, "the listener to stop accepting")
+    with pytest.raises(ConnectionRefusedError):  # and it stays closed
         socket.create_connection(("127.0.0.1", proxy.port), 1).close()
     answer = await in_flight
     assert answer.status == 200
