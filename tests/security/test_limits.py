@@ -5,6 +5,7 @@ the coalescing queue per key. Each limit holds without starving other clients.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 
@@ -58,27 +59,41 @@ async def test_size_limits_answer_413_414_431_and_close(serve: Serve, origin: Or
 
 
 async def test_413_reaches_a_client_that_is_still_uploading(serve: Serve, origin: Origin):
-    """Refused at its headers, a big upload keeps arriving: closing with unread input
-    would reset the connection and destroy the 413 before the client reads it (the
-    lingering close sends FIN and discards the rest for a moment instead)."""
+    """Refused at its headers, a big upload is already in our socket buffer: closing with
+    unread input sends a reset, which destroys the 413 before the client reads it; the
+    lingering close sends FIN and discards the rest for a moment instead."""
     served = await serve(POLICY)
     reader, writer = await _open(served)
-    collector = asyncio.ensure_future(_read_all(reader, 5))
     writer.write(b"PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: 4000000\r\n\r\n")
-    chunk = b"u" * 65536
-    for _ in range(40):  # keeps sending after the 413, as a real client does
-        if collector.done():
-            break
-        try:
-            writer.write(chunk)
-            await writer.drain()
-        except ConnectionError:
-            break
-        await asyncio.sleep(0.005)
-    data, _ = await collector
+    writer.write(b"u" * (512 * 1024))  # sent before reading anything, as clients do
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    await asyncio.sleep(0.3)  # the server has answered and closed (or reset) by now
+    data, _ = await _read_all(reader, 5)
     writer.close()
     assert [a.status for a in parse(data)] == [413]
     assert origin.requests == []
+
+
+async def test_slow_second_head_on_a_keep_alive_connection_gets_408(serve: Serve, origin: Origin):
+    """The head deadline restarts with each request, not only with the connection."""
+    served = await serve(POLICY, header_timeout=0.5, keepalive_timeout=30)
+    reader, writer = await _open(served)
+    writer.write(get("/first"))
+    head = await reader.readuntil(b"\r\n\r\n")
+    await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+    collector = asyncio.ensure_future(_read_all(reader, 5))
+    began = time.monotonic()
+    for byte in get("/second")[:-2]:
+        if collector.done():
+            break
+        writer.write(bytes([byte]))
+        await asyncio.sleep(0.1)
+    data, _ = await collector
+    writer.close()
+    assert [a.status for a in parse(data)] == [408]
+    assert time.monotonic() - began < 2.5
+    assert origin.hits["/second"] == 0
 
 
 async def test_upload_over_the_buffer_high_water_streams_through(serve: Serve, origin: Origin):
