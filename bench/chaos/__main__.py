@@ -254,6 +254,10 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the logs' directory")
     parser.add_argument("--rev", default="HEAD", help="git revision to run, or 'worktree'")
     args = parser.parse_args()  # fmt: skip
+    # A background job inherits SIGINT ignored, and SIGTERM would skip the ``finally``
+    # that stops every process this run started: both become a clean exit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.list:
         for name, fault in FAULTS.items():
             print(f"{name:22} {fault.what}")

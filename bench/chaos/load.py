@@ -1,8 +1,9 @@
 """An open-loop HTTP/1.1 load generator that checks every body it gets.
 
-Requests are due on a fixed schedule (``--rate`` per second; 0 runs closed-loop, as
-fast as the connections allow) and latency is measured from the due time, so a stall
-is counted against every request it delays (no coordinated omission). Each answer is
+Requests are due on a fixed schedule (``--rate`` per second; 0 runs closed-loop with
+``--connections`` in flight) and each starts at its due time on an idle keep-alive
+connection or a new one; latency is measured from the due time, so a stall is counted
+against every request it delays (no coordinated omission). Each answer is
 recorded with its start, latency, status, X-Cache and whether its body matched the
 origin's bytes (``bodies.py``); errors are recorded by kind. Columns are written as one
 JSON document at the end.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import random
 import time
@@ -105,34 +107,83 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     return status, headers, body
 
 
-async def connection(plan: Plan, port: int, record: Record) -> None:
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
+class Pool:
+    """Keep-alive connections to the proxy: an idle one if there is one, else a new one
+    up to ``cap``, else wait for one to come back. (A fixed set of connections would make
+    requests queue in the client behind slow ones, and the client would measure itself.)"""
+
+    def __init__(self, port: int, cap: int) -> None:
+        self.port, self.cap, self.total = port, cap, 0
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.waiters: collections.deque[asyncio.Future[Conn | None]] = collections.deque()
+
+    async def acquire(self) -> Conn | None:
+        """An idle connection, or ``None``: the caller opens a new one."""
+        if self.idle:
+            return self.idle.pop()
+        if self.total < self.cap:
+            self.total += 1
+            return None
+        waiter: asyncio.Future[Conn | None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        return await waiter
+
+    def release(self, conn: Conn | None) -> None:
+        """Give a connection back (``None``: it was closed, its slot is free)."""
+        if self.waiters:
+            self.waiters.popleft().set_result(conn)
+        elif conn is not None:
+            self.idle.append(conn)
+        else:
+            self.total -= 1
+
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def one_request(pool: Pool, record: Record, due: float, path: str, kind: int) -> None:
+    conn = await pool.acquire()
+    try:
+        if conn is None:
+            conn = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", pool.port), TIMEOUT)
+        reader, writer = conn
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: chaos\r\n\r\n".encode())
+        status, headers, body = await asyncio.wait_for(read_response(reader), TIMEOUT)
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        record.add(due, 0, "-", kind, type(exc).__name__)
+    except TimeoutError:
+        record.add(due, 0, "-", kind, "timeout")
+    else:
+        record.add(due, status, headers.get("x-cache", "-")[:1], kind, "")
+        if status == 200 and body != body_for(path):
+            record.corrupt.append(path)
+        if headers.get("connection", "").lower() != "close":
+            pool.release(conn)
+            return
+    if conn is not None:
+        conn[1].close()
+    pool.release(None)
+
+
+async def dispatch(plan: Plan, pool: Pool, record: Record, closed_loop: int) -> None:
+    """Start each request at its due time (open loop), or keep ``closed_loop`` requests
+    in flight back to back (``--rate 0``)."""
+    tasks: set[asyncio.Task[None]] = set()
+    gate = asyncio.Semaphore(closed_loop) if not plan.rate else None
     while (due := plan.next_due()) is not None:
-        if (wait := due - time.monotonic()) > 0:
+        if gate is not None:
+            await gate.acquire()
+            due = time.monotonic()
+        elif (wait := due - time.monotonic()) > 0:
             await asyncio.sleep(wait)
         path, kind = plan.pick()
-        try:
-            if writer is None or reader is None:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", port), TIMEOUT
-                )
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: chaos\r\n\r\n".encode())
-            status, headers, body = await asyncio.wait_for(read_response(reader), TIMEOUT)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            record.add(due, 0, "-", kind, type(exc).__name__)
-        except TimeoutError:
-            record.add(due, 0, "-", kind, "timeout")
-        else:
-            record.add(due, status, headers.get("x-cache", "-")[:1], kind, "")
-            if status == 200 and body != body_for(path):
-                record.corrupt.append(path)
-            if headers.get("connection", "").lower() != "close":
-                continue
-        if writer is not None:
-            writer.close()
-        reader = writer = None
-    if writer is not None:
+        task = asyncio.ensure_future(one_request(pool, record, due, path, kind))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        if gate is not None:
+            task.add_done_callback(lambda _: gate.release())
+    await asyncio.gather(*tasks)
+    for _, writer in pool.idle:
         writer.close()
 
 
@@ -168,7 +219,7 @@ async def run(args: argparse.Namespace) -> Record:
     if args.warm_passes:
         await warm(args.port, args.warm_passes, 8)
     plan.started = time.monotonic()
-    await asyncio.gather(*(connection(plan, args.port, record) for _ in range(args.connections)))
+    await dispatch(plan, Pool(args.port, args.max_connections), record, args.connections)
     return record
 
 
@@ -177,7 +228,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--rate", type=float, default=0.0, help="requests/s; 0: closed-loop")
     parser.add_argument("--seconds", type=float, required=True)
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=64, help="closed-loop concurrency")
+    parser.add_argument("--max-connections", type=int, default=4000, help="open-loop cap")
     parser.add_argument("--mix", default="65,10,15,10", help="weights of hot,short,cold,pass")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--warm-passes", type=int, default=0, help="warm hot keys first")

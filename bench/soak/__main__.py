@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -199,6 +200,10 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "soak" / "results"))
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()  # fmt: skip
+    # A background job inherits SIGINT ignored, and SIGTERM would skip the ``finally``
+    # that stops every process this run started: both become a clean exit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="sidecache-soak-"))
     lab = Lab(workdir)
     try:
