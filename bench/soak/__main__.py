@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def drive(lab: Lab, port: int, name: str, seconds: float, rate: float, args: Any
 
 def per_minute(load: dict, samples: list[dict], probes: list[dict], began: float) -> list[dict]:
     rows = []
-    starts, lat, status = load["start"], load["latency_ms"], load["status"]
+    starts, lat, status, error = load["start"], load["latency_ms"], load["status"], load["error"]
     minutes = int((max(starts) - began) // 60) + 1 if starts else 0
     for m in range(minutes):
         lo, hi = began + 60 * m, began + 60 * (m + 1)
@@ -108,6 +109,9 @@ def per_minute(load: dict, samples: list[dict], probes: list[dict], began: float
             "minute": m + 1,
             "rps": round(len(idx) / 60),
             "errors": sum(1 for i in idx if status[i] == 0 or status[i] >= 500),
+            "error_types": dict(
+                Counter(error[i] or str(status[i]) for i in idx if not 0 < status[i] < 500)
+            ),
             "p50_ms": round(percentile([lat[i] for i in idx], 0.5), 1),
             "p99_ms": round(percentile([lat[i] for i in idx], 0.99), 1),
             "rss_mib": round(last.get("rss", 0) / 2**20, 1),
@@ -125,6 +129,11 @@ def per_minute(load: dict, samples: list[dict], probes: list[dict], began: float
     return rows
 
 
+def _errors(row: dict) -> str:
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(row["error_types"].items()))
+    return f"{row['errors']} ({kinds})" if kinds else str(row["errors"])
+
+
 def markdown(summary: dict) -> str:
     lines = [
         f"sidecache at {summary['revision']}, 1 worker; memory store {summary['max_size']}; "
@@ -138,7 +147,7 @@ def markdown(summary: dict) -> str:
     ]
     for r in summary["minutes_table"]:
         lines.append(
-            f"| {r['minute']} | {r['rps']} | {r['errors']} | {r['p50_ms']} | {r['p99_ms']} "
+            f"| {r['minute']} | {r['rps']} | {_errors(r)} | {r['p50_ms']} | {r['p99_ms']} "
             f"| {r['rss_mib']} ({r['rss_max_mib']}) | {r['fds_max']} | {r['sockets_max']} "
             f"| {r['tasks_max']} | {r['connections_max']} | {r['store_mib']} "
             f"| {r['store_entries']} | {r['evictions']} |"
@@ -164,6 +173,10 @@ def verdict(rows: list[dict], max_size: int) -> dict[str, tuple[str, bool]]:
         return max((r[field] for r in early), default=0), max((r[field] for r in late), default=0)
 
     fds, tasks = growth("fds_max"), growth("tasks_max")
+    # beyond client connections, sockets are the origin and Redis pools: bounded by their
+    # sizes (256 and 64 by default) plus a few files; a leak would pass that bound
+    own = [r["fds_max"] - r["connections_max"] for r in settled]
+    bound = 256 + 64 + 64
     store = max((r["store_mib"] for r in rows), default=0)
     errors = sum(r["errors"] for r in rows)
     return {
@@ -172,6 +185,10 @@ def verdict(rows: list[dict], max_size: int) -> dict[str, tuple[str, bool]]:
             spread <= 0.10,
         ),
         "open fds: first third → last third (max)": (f"{fds[0]} → {fds[1]}", fds[1] <= fds[0] + 8),
+        "fds beyond client connections ≤ pools + 64": (
+            f"{min(own, default=0)}–{max(own, default=0)} (bound {bound})",
+            max(own, default=0) <= bound,
+        ),
         "asyncio tasks: first third → last third (max)": (
             f"{tasks[0]} → {tasks[1]}",
             tasks[1] <= tasks[0] + 16,
