@@ -119,8 +119,14 @@ class Pool:
 
     async def acquire(self) -> Conn | None:
         """An idle connection, or ``None``: the caller opens a new one."""
-        if self.idle:
-            return self.idle.pop()
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn[0].at_eof():
+                return conn
+            # the server closed it while it sat idle (its keep-alive timeout): as HTTP
+            # clients do, never send on a connection already known to be closed
+            conn[1].close()
+            self.total -= 1
         if self.total < self.cap:
             self.total += 1
             return None
