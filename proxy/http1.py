@@ -436,16 +436,19 @@ class HttpProtocol(asyncio.Protocol):
                 try:
                     response = await self.engine.handle(pending.exchange)
                 except HttpError as exc:
-                    self._pending.popleft()
                     self._fail(exc.status, str(exc))
                     return
-                self._pending.popleft()
+                if self._pending:  # emptied if the connection closed meanwhile
+                    self._pending.popleft()
                 if response.stream is None:
                     self._write_full(response, pending)
                 else:
                     await self._write_stream(response, pending)
                 if pending.body is not None and not pending.body.done:
-                    # the handler did not read the whole body: the connection is unusable
+                    # the handler did not read the whole body: the connection is unusable;
+                    # the rest of the upload is discarded (lingering close) so no reset
+                    # destroys the answer just written
+                    self._input_done = True
                     self._close()
                     return
         except Exception:

@@ -6,7 +6,10 @@ Closing idle connections at once loses exactly those requests: found by bench/ch
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+
+import pytest
 
 from tests.conftest import Origin
 from tests.security.conftest import Serve
@@ -48,3 +51,20 @@ async def test_a_silent_idle_connection_does_not_hold_the_drain(serve: Serve, or
     assert time.monotonic() - began < 3.0  # the idle grace, not the shutdown timeout
     assert await asyncio.wait_for(reader.read(), 5) is not None
     writer.close()
+
+
+async def test_a_request_outliving_the_drain_is_dropped_quietly(
+    serve: Serve, origin: Origin, caplog: pytest.LogCaptureFixture
+):
+    """Past shutdown_timeout the connection is closed under an in-flight request: its
+    late answer is discarded without an 'internal error' traceback."""
+    origin.reply("/slow", body=b"late", delay=0.5)
+    served = await serve("defaults: {ttl: 60s}\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(get("/slow"))
+    await asyncio.sleep(0.1)
+    await served.http.stop(0.1)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, no answer
+    await asyncio.sleep(0.6)  # the origin answers; the request task finishes
+    writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
