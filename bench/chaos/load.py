@@ -29,6 +29,7 @@ KINDS = ("hot", "short", "cold", "pass")
 ROUTES = ("r", "m", "l")
 HOT_KEYS, SHORT_KEYS = 300, 100
 TIMEOUT = 10.0
+IDLE_LIMIT = 50.0  # a client's keep-alive idle limit, below the server's 75 s
 
 
 @dataclass
@@ -114,17 +115,18 @@ class Pool:
 
     def __init__(self, port: int, cap: int) -> None:
         self.port, self.cap, self.total = port, cap, 0
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[Conn, float]] = []  # with the time each went idle
         self.waiters: collections.deque[asyncio.Future[Conn | None]] = collections.deque()
 
     async def acquire(self) -> Conn | None:
         """An idle connection, or ``None``: the caller opens a new one."""
         while self.idle:
-            conn = self.idle.pop()
-            if not conn[0].at_eof():
+            conn, since = self.idle.pop()
+            if not conn[0].at_eof() and time.monotonic() - since < IDLE_LIMIT:
                 return conn
-            # the server closed it while it sat idle (its keep-alive timeout): as HTTP
-            # clients do, never send on a connection already known to be closed
+            # As HTTP clients should: never send on a connection the server has closed,
+            # and let go of idle ones before the server's keep-alive timeout (75 s) so a
+            # request never races the server's close.
             conn[1].close()
             self.total -= 1
         if self.total < self.cap:
@@ -139,7 +141,7 @@ class Pool:
         if self.waiters:
             self.waiters.popleft().set_result(conn)
         elif conn is not None:
-            self.idle.append(conn)
+            self.idle.append((conn, time.monotonic()))
         else:
             self.total -= 1
 
@@ -189,7 +191,7 @@ async def dispatch(plan: Plan, pool: Pool, record: Record, closed_loop: int) -> 
         if gate is not None:
             task.add_done_callback(lambda _: gate.release())
     await asyncio.gather(*tasks)
-    for _, writer in pool.idle:
+    for (_, writer), _ in pool.idle:
         writer.close()
 
 
