@@ -8,10 +8,16 @@ the generation counters of the entries it holds, so losing one server never
 invalidates another's entries; a purge that misses a server is replayed on it before
 it serves again.
 
+A hit costs one round trip: a read asks for the entry and, in the same multi-get, the
+generation counters of the tags this process last saw on that key (a bounded hint; an
+entry naming other tags fetches those counters too before it is served). Reads issued
+in one loop tick to one server travel together as one multi-get.
+
 aiomcache must never be cancelled mid-call: a cancelled call leaves its reply unread on
 a pooled connection and the next command reads it (another key's value). Every call
-here runs as its own task awaited through ``asyncio.shield``; the guard's deadline
-cancels only the waiter, and the call finishes (or fails) on its own connection.
+here runs as its own task that callers only wait for (``asyncio.shield``, or a batch's
+per-caller future); the guard's deadline cancels only the waiter, and the call finishes
+(or fails) on its own connection.
 aiomcache also spins forever, never yielding, on a connection closed mid-command: its
 connections here read through ``_EofSafeReader``, which raises instead.
 """
@@ -46,6 +52,13 @@ _CHUNK_HEADROOM: Final = 2048  # item header + key + flags within item_size_max
 _MONTH: Final = 30 * 86400  # memcached reads larger exptimes as unix timestamps
 _INLINE, _MANIFEST = 0, 1
 _CONNECTION_ERRORS: Final = (OSError, EOFError, asyncio.IncompleteReadError)
+# keys whose tags a process remembers to fetch their counters with the entry (hints only:
+# ~40 bytes + the tag strings each; a forgotten key costs one more round trip on a hit)
+_PLANS: Final = 32768
+# a key's tags as its envelope names them, and their generation counters' keys
+_Plan = tuple[tuple[str, ...], tuple[bytes, ...]]
+# what a batched read answers: every key it asked for, None where the server had nothing
+_Found = dict[bytes, bytes | None]
 
 
 class _EofSafeReader(asyncio.StreamReader):
@@ -81,6 +94,15 @@ class _NodeDown(Exception):
 
 
 @dataclass(slots=True)
+class _Batch:
+    """The reads of one loop tick to one server: entries first, then counters."""
+
+    entries: dict[bytes, None] = field(default_factory=dict)
+    counters: dict[bytes, None] = field(default_factory=dict)
+    waiters: list[asyncio.Future[_Found]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Node:
     name: str
     client: aiomcache.Client
@@ -91,6 +113,7 @@ class _Node:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     missed: set[str] = field(default_factory=set)  # tags purged while it was unreachable
     replay: asyncio.Task[None] | None = None
+    batch: _Batch | None = None  # reads waiting for the end of this loop tick
 
 
 class MemcachedStore:
@@ -129,6 +152,9 @@ class MemcachedStore:
             client._pool = _Pool(host, int(port), minsize=1, maxsize=pool_size)
             self._nodes[server] = _Node(server, client)
         self._ring = HashRing(nodes=list(self._nodes), hash_fn="ketama")
+        self._only = next(iter(self._nodes.values())) if len(self._nodes) == 1 else None
+        self._plans: dict[bytes, _Plan] = {}
+        self._closed = False
 
     # ------------------------------------------------------------ keys and nodes
 
@@ -140,6 +166,8 @@ class MemcachedStore:
         return f"{self._prefix}~h:{hashlib.blake2b(raw, digest_size=20).hexdigest()}".encode()
 
     def _node(self, mkey: bytes) -> _Node:
+        if self._only is not None:
+            return self._only
         return self._nodes[self._ring.get_node(mkey.decode())]
 
     def node_of(self, key: str) -> str:
@@ -173,6 +201,24 @@ class MemcachedStore:
         *,
         replaying: bool = False,
     ) -> T:
+        task = self._start(node, fn, replaying=replaying)
+        try:
+            # shield: a deadline cancels this waiter, never the aiomcache call itself
+            return await asyncio.shield(task)
+        except Exception as exc:
+            mapped = self._mapped(node, op, exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def _start(
+        self,
+        node: _Node,
+        fn: Callable[[aiomcache.Client], Awaitable[T]],
+        *,
+        replaying: bool = False,
+    ) -> asyncio.Future[T]:
+        """Run ``fn`` on ``node`` as a task nobody cancels (or raise ``_NodeDown``)."""
         now = self._clock.monotonic()
         if not replaying and self._is_down(node, now):
             if node.missed and now >= node.down_until and node.replay is None:
@@ -184,13 +230,14 @@ class MemcachedStore:
         task = asyncio.ensure_future(fn(node.client))
         node.tasks.add(task)
         task.add_done_callback(lambda done: self._finished(node, done))
-        try:
-            # shield: a deadline cancels this waiter, never the aiomcache call itself
-            return await asyncio.shield(task)
-        except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(self.name, f"{op} on {node.name}: {exc!r}") from exc
-        except aiomcache.exceptions.ClientException as exc:
-            raise StoreError(self.name, f"{op} on {node.name}: {exc}") from exc
+        return task
+
+    def _mapped(self, node: _Node, op: str, exc: BaseException) -> BaseException:
+        if isinstance(exc, _CONNECTION_ERRORS):
+            return StoreUnavailable(self.name, f"{op} on {node.name}: {exc!r}")
+        if isinstance(exc, aiomcache.exceptions.ClientException):
+            return StoreError(self.name, f"{op} on {node.name}: {exc}")
+        return exc
 
     def _finished(self, node: _Node, task: asyncio.Task[Any]) -> None:
         node.tasks.discard(task)
@@ -260,27 +307,71 @@ class MemcachedStore:
     async def get(self, key: str) -> bytes | None:
         mkey = self._mkey("", key)
         node = self._node(mkey)
-        raw = (await self._fetch(node, [mkey])).get(mkey)
-        return None if raw is None else await self._open(node, raw)
+        plan = self._plans.get(mkey)
+        return await self._finish(node, mkey, plan, self._read(node, mkey, plan))
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        mkeys = [self._mkey("", key) for key in keys]
-        by_node: dict[str, list[bytes]] = {}
-        for mkey in mkeys:
-            by_node.setdefault(self._node(mkey).name, []).append(mkey)
-        found: dict[bytes, bytes] = {}
-        for part in await asyncio.gather(
-            *(self._fetch(self._nodes[n], ks) for n, ks in by_node.items())
-        ):
-            found.update(part)
+        reads = []
+        for key in keys:
+            mkey = self._mkey("", key)
+            node = self._node(mkey)
+            plan = self._plans.get(mkey)
+            reads.append(self._finish(node, mkey, plan, self._read(node, mkey, plan)))
+        return list(await asyncio.gather(*reads))
 
-        async def open_one(mkey: bytes) -> bytes | None:
-            raw = found.get(mkey)
-            return None if raw is None else await self._open(self._node(mkey), raw)
+    async def _finish(
+        self, node: _Node, mkey: bytes, plan: _Plan | None, read: asyncio.Future[_Found]
+    ) -> bytes | None:
+        found = await read
+        raw = found.get(mkey)
+        return None if raw is None else await self._open(node, mkey, raw, found, plan)
 
-        return list(await asyncio.gather(*(open_one(mkey) for mkey in mkeys)))
+    def _read(self, node: _Node, mkey: bytes | None, plan: _Plan | None) -> asyncio.Future[_Found]:
+        """Join this tick's multi-get to ``node``: the entry and its counters, as planned."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[_Found] = loop.create_future()
+        batch = node.batch
+        if batch is None:
+            batch = node.batch = _Batch()
+            loop.call_soon(self._flush, node)
+        if mkey is not None:
+            batch.entries[mkey] = None
+        if plan is not None:
+            for gkey in plan[1]:
+                batch.counters[gkey] = None
+        batch.waiters.append(waiter)
+        return waiter
 
-    async def _open(self, node: _Node, raw: bytes) -> bytes | None:
+    def _flush(self, node: _Node) -> None:
+        batch, node.batch = node.batch, None
+        if batch is None:
+            return  # settled by aclose
+        # entries before counters: a counter is read after the entry it vouches for
+        keys = [*batch.entries, *(k for k in batch.counters if k not in batch.entries)]
+        try:
+            if self._closed:
+                raise StoreUnavailable(self.name, "closed")
+            task = self._start(node, lambda c: c.multi_get(*keys))
+        except _NodeDown:
+            _settle(batch.waiters, dict.fromkeys(keys))  # a skipped server: all misses
+            return
+        except StoreError as exc:
+            _settle(batch.waiters, exc)
+            return
+
+        def deliver(done: asyncio.Future[tuple[bytes | None, ...]]) -> None:
+            if done.cancelled():
+                _settle(batch.waiters, StoreUnavailable(self.name, "closed"))
+            elif (exc := done.exception()) is not None:
+                _settle(batch.waiters, self._mapped(node, "get", exc))
+            else:
+                _settle(batch.waiters, dict(zip(keys, done.result(), strict=True)))
+
+        task.add_done_callback(deliver)
+
+    async def _open(
+        self, node: _Node, mkey: bytes, raw: bytes, found: _Found, plan: _Plan | None
+    ) -> bytes | None:
         """The body an envelope holds, or ``None`` when stale by tag, incomplete or foreign."""
         try:
             kind, gens, payload = msgpack.unpackb(raw)
@@ -289,15 +380,32 @@ class MemcachedStore:
                 return None
         except (ValueError, TypeError, msgpack.UnpackException):
             return None  # not ours (or from an incompatible version): a miss
+        tags = tuple(tag for tag, _ in pairs)
+        if plan is None or plan[0] != tags:
+            # first read here, or rewritten with other tags (by any process): learn them
+            plan = self._remember(mkey, tags)
         if pairs:
-            current = await self._generations(node, [tag for tag, _ in pairs])
-            if any(current.get(tag) != gen for tag, gen in pairs):
-                return None  # purged since written (or its counter is gone)
+            missing = [gkey for gkey in plan[1] if gkey not in found]
+            if missing:  # counters the read did not ask for: one more round trip
+                found = {**found, **await self._read(node, None, (tags, tuple(missing)))}
+            for (_, gen), gkey in zip(pairs, plan[1], strict=True):
+                if _as_int(found[gkey]) != gen:
+                    return None  # purged since written (or its counter is gone)
         if kind == _INLINE and isinstance(payload, bytes):
             return payload
         if kind == _MANIFEST and isinstance(payload, list) and len(payload) == 4:
             return await self._assemble(node, *payload)
         return None
+
+    def _remember(self, mkey: bytes, tags: tuple[str, ...]) -> _Plan:
+        plan = (tags, tuple(self._mkey("~g:", tag) for tag in tags))
+        plans = self._plans
+        plans.pop(mkey, None)
+        if tags:  # an untagged entry needs no plan
+            if len(plans) >= _PLANS:
+                del plans[next(iter(plans))]  # oldest first
+            plans[mkey] = plan
+        return plan
 
     async def _assemble(
         self, node: _Node, nonce: Any, count: Any, size: Any, digest: Any
@@ -354,6 +462,7 @@ class MemcachedStore:
             await self._call(node, "set", lambda c: c.set(mkey, envelope, exptime))
         except _NodeDown:
             return  # a skipped server: the write is skipped, as any failed write is
+        self._remember(mkey, tuple(tag for tag, _ in gens))
 
     async def delete(self, keys: Sequence[str]) -> int:
         async def delete_one(mkey: bytes) -> bool:
@@ -428,7 +537,11 @@ class MemcachedStore:
         return StoreStats()
 
     async def aclose(self) -> None:
+        self._closed = True
         for node in self._nodes.values():
+            if node.batch is not None:
+                _settle(node.batch.waiters, StoreUnavailable(self.name, "closed"))
+                node.batch = None
             pending = [*node.tasks, *([node.replay] if node.replay else [])]
             for task in pending:
                 task.cancel()  # the clients are being closed: poisoning no longer matters
@@ -449,3 +562,13 @@ def _as_int(raw: bytes | None) -> int | None:
         return int(raw)
     except ValueError:
         return None
+
+
+def _settle(waiters: list[asyncio.Future[_Found]], outcome: _Found | BaseException) -> None:
+    for waiter in waiters:
+        if waiter.done():
+            continue  # its caller has gone (a deadline): the others still get theirs
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
