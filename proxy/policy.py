@@ -736,8 +736,16 @@ def parse_policy(text: str, path: str = "<policy>") -> LoadedPolicy:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError([PolicyIssue(path, line, col, "(yaml)", str(problem))]) from None
+        problem = str(getattr(exc, "problem", None) or exc)
+        field_name = "(yaml)"
+        if "nesting depth" in problem:
+            # PyYAML ≥ 6.0.4's scanner stops deep flow nesting before our own depth check
+            # sees it: say it the same way, naming the key the nesting starts at
+            problem = f"nested more than {_MAX_DEPTH} levels deep"
+            lines = text.splitlines()
+            key = lines[line - 1].strip().partition(":")[0] if line <= len(lines) else ""
+            field_name = key if key and key[0] not in "[{" else field_name
+        raise PolicyError([PolicyIssue(path, line, col, field_name, problem)]) from None
     if node is None:
         raise PolicyError([PolicyIssue(path, 1, 1, "(top level)", "the policy file is empty")])
     try:
