@@ -164,6 +164,17 @@ class Fill:
     own: Headers = ()  # the leader's Set-Cookie: for its client only, never stored nor shared
 
 
+@dataclass(slots=True)
+class Ticket:
+    """A request resolved for the synchronous hit path: see ``Engine.ticket``."""
+
+    ex: Exchange
+    route: Route
+    key: str
+    get_now: Callable[[str], bytes | None]
+    router: Router  # the policy it was resolved under
+
+
 class Engine:
     """Routes, looks up, fetches, stores. One per worker process."""
 
@@ -915,6 +926,22 @@ class Engine:
         answers ``None`` and the caller goes through ``handle``.
         """
         start = time.perf_counter()
+        ticket = self.ticket(ex)
+        if ticket is None:
+            return None
+        raw = ticket.get_now(ticket.key)
+        if raw is None:
+            return None
+        made = self.answer_ticket(ticket, raw, self.clock.time(), start)
+        return made[0] if made is not None else None
+
+    def ticket(self, ex: Exchange) -> Ticket | None:
+        """What a request resolves to on the synchronous hit path (its route, key and
+        the store's synchronous reader), or ``None`` when it can never take that path.
+
+        It depends on the request and the policy only, so a server may keep it for
+        requests identical to ``ex`` while ``ticket.router is engine.router``.
+        """
         route, _ = self.router.match(ex.method, _hostname(ex.host), ex.path)
         cfg = route.config
         if not cfg.cache or ex.method not in CACHEABLE_METHODS or ex.body is not None:
@@ -923,13 +950,22 @@ class Engine:
             return None
         if passed_through(ex.hmap) is not None or "authorization" in ex.hmap:
             return None  # Range and preconditions are the origin's; §3.5 needs a look
-        get_now = getattr(self.stores[cfg.backend], "get_now", None)
+        get_now: Callable[[str], bytes | None] | None = getattr(
+            self.stores[cfg.backend], "get_now", None
+        )
         if get_now is None:
             return None
         key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap)
-        raw = get_now(key)
-        if raw is None:
-            return None
+        return Ticket(ex, route, key, get_now, self.router)
+
+    def answer_ticket(
+        self, ticket: Ticket, raw: bytes, now: float, start: float
+    ) -> tuple[ProxyResponse, float] | None:
+        """The answer to ``ticket``'s request from ``raw`` (what its store holds under
+        its key) if that is a fresh entry servable without an await, and until when
+        (``clock.time()``) the very same answer, Age and Cache-Status included, holds
+        while the store keeps ``raw``; else ``None``."""
+        key = ticket.key
         entry = self._decoded.get(key)
         if entry is None or entry[0] is not raw:
             try:
@@ -941,17 +977,24 @@ class Engine:
             if len(self._decoded) >= DECODED_CACHE:
                 self._decoded.pop(next(iter(self._decoded)))
             entry = self._decoded[key] = (raw, value)
-        now = self.clock.time()
         cached = entry[1]
         if cached.no_cache or cached.age(now) >= cached.lifetime:
             return None
+        ex = ticket.ex
         if not _body_intact(cached, ex):
             return None
         if self._recent:
             self._note_repeat(key, now)
-        response = self._from_cache(ex, route, cached, now, "HIT", "hit")
-        self._observe(ex, route.name, response, start)
-        return response
+        response = self._from_cache(ex, ticket.route, cached, now, "HIT", "hit")
+        self._observe(ex, ticket.route.name, response, start)
+        return response, _same_answer_until(cached, now)
+
+    def served_again(self, ticket: Ticket, now: float, start: float) -> None:
+        """Account for a hit a server answered with the bytes of an earlier answer to
+        the same request (see ``answer_ticket``)."""
+        if self._recent:
+            self._note_repeat(ticket.key, now)
+        self.meter.request(ticket.route.name, "HIT", time.perf_counter() - start)
 
     async def aclose(self) -> None:
         for task in list(self._background):
@@ -967,6 +1010,16 @@ def _hostname(host: str) -> str:
     if host.startswith("["):
         return host[: host.find("]") + 1]
     return host.partition(":")[0]
+
+
+def _same_answer_until(entry: CachedResponse, now: float) -> float:
+    """When a hit's answer at ``now`` stops being exact: the next whole second of Age,
+    the next whole second of Cache-Status' ``ttl``, or the end of freshness."""
+    age = entry.age(now)
+    left = entry.lifetime - age
+    if now < entry.response_time:  # a clock behind the origin's: Age waits for it
+        return min(entry.response_time, now + left)
+    return now + min(1.0 - age % 1.0, left % 1.0 or 1e-9, left)
 
 
 def _body_intact(entry: CachedResponse, ex: Exchange) -> bool:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from proxy.engine import Engine, Exchange, ProxyResponse
+from proxy.engine import Engine, Exchange, ProxyResponse, Ticket
 from proxy.keys import normalize_path
 
 log = logging.getLogger("sidecache")
@@ -47,6 +47,9 @@ _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connecti
 BODY_HIGH_WATER: Final = 1024 * 1024
 PIPELINE_DEPTH: Final = 32
 WIRE_CACHE: Final = 8192  # serialized stored-header blocks kept
+MEMO_SIZE: Final = 4096  # request heads remembered with their answer (the wire memo)
+MEMO_HEAD_MAX: Final = 2048  # longer request heads are never remembered
+MEMO_INLINE: Final = 65536  # answers below this are kept as one bytes object
 # Slowloris: a request head (or a new connection's first one) must arrive in this time
 # (408); an idle keep-alive connection is closed after KEEPALIVE_TIMEOUT; a client that
 # reads nothing of a response for SEND_TIMEOUT loses its connection.
@@ -159,6 +162,21 @@ class _Pending:
         self.body = body
 
 
+class _Memo:
+    """A request head seen before, as bytes, with what it resolved to and the bytes of
+    its last answer: a repeated hit is a dict lookup, a store read and one write."""
+
+    __slots__ = ("date_until", "keep_alive", "parts", "raw", "ticket", "until")
+
+    def __init__(self, ticket: Ticket, keep_alive: bool) -> None:
+        self.ticket = ticket
+        self.keep_alive = keep_alive
+        self.raw: bytes | None = None  # the stored bytes the answer was made from
+        self.until = 0.0  # the answer is exact until then (engine clock)
+        self.date_until = _NEVER  # ... and until then (wall clock) when we dated it
+        self.parts: tuple[bytes, ...] = ()
+
+
 Handler = Callable[[Exchange], Awaitable[ProxyResponse]]
 
 
@@ -182,6 +200,10 @@ class HttpProtocol(asyncio.Protocol):
         self._write_ready = asyncio.Event()
         self._write_ready.set()
         self._input_done = False  # after a refused request or an upgrade: parse nothing
+        self._in_message = False  # the parser holds part of a request
+        self._began = 0  # requests begun in the current data_received
+        self._answered: Ticket | None = None  # the synchronous hit answered in it
+        self._answered_keep_alive = False
         self._late_error: tuple[int, str] | None = None  # sent once earlier answers are out
         # One deadline at a time (the head's, or the idle connection's), checked by the
         # server's sweeper: a timer handle per request would cost the hit path.
@@ -246,6 +268,13 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._input_done:
             return
+        memoable = not (self._in_message or self._pending or self._task is not None)
+        if memoable:
+            memo = self.server.memo.get(data)
+            if memo is not None and self._replay(memo):
+                return
+        self._began = 0
+        self._answered = None
         try:
             self.parser.feed_data(data)
         except HttpError as exc:
@@ -265,6 +294,70 @@ class HttpProtocol(asyncio.Protocol):
                 self._reject(cause.status, str(cause))
             else:
                 self._reject(400, f"bad request: {exc}")
+        else:
+            # One whole request that was a synchronous hit, alone in this chunk and
+            # nothing left over: identical bytes will mean the identical request.
+            ticket = self._answered_hit()
+            if (
+                ticket is not None
+                and memoable
+                and self._began == 1
+                and not self._in_message
+                and len(data) <= MEMO_HEAD_MAX
+            ):
+                self.server.remember(data, _Memo(ticket, self._answered_keep_alive))
+
+    def _answered_hit(self) -> Ticket | None:
+        """The ticket of the synchronous hit answered by the last ``feed_data``."""
+        return self._answered
+
+    def _replay(self, memo: _Memo) -> bool:
+        """Answer a request whose head is byte for byte one answered from memory before:
+        the same ticket, and the same answer bytes while the entry, its Age and its
+        Cache-Status are unchanged. ``False``: parse and answer it the usual way."""
+        start = time.perf_counter()
+        engine = self.engine
+        ticket = memo.ticket
+        if ticket.router is not engine.router or self.server.draining or engine.access_log:
+            return False
+        transport = self.transport
+        if transport is None or not self._write_ready.is_set():
+            return False
+        now = engine.clock.time()
+        raw = ticket.get_now(ticket.key)
+        if raw is None:
+            return False
+        if (
+            raw is memo.raw
+            and now < memo.until
+            and (memo.date_until == _NEVER or time.time() < memo.date_until)
+        ):
+            engine.served_again(ticket, now, start)
+        else:
+            made = engine.answer_ticket(ticket, raw, now, start)
+            if made is None:
+                return False
+            response, memo.until = made
+            head, dated = self._head(response, _length(response, ticket.ex), memo.keep_alive)
+            head += b"\r\n"
+            memo.date_until = _Date.second + 1 if dated else _NEVER
+            memo.raw = raw
+            if response.status in (204, 304) or ticket.ex.method == "HEAD":
+                memo.parts = (bytes(head),)
+            elif len(response.body) < MEMO_INLINE:
+                memo.parts = (bytes(head + response.body),)
+            else:
+                memo.parts = (bytes(head), response.body)
+        if len(memo.parts) == 1:
+            transport.write(memo.parts[0])
+        else:
+            transport.writelines(memo.parts)
+        if memo.keep_alive:
+            self._deadline = time.monotonic() + self.server.keepalive_timeout
+            self._expire = self._idle_timed_out
+        else:
+            self._close()
+        return True
 
     def _reject(self, status: int, message: str) -> None:
         """Refuse the message being parsed: its error is answered after every request
@@ -300,6 +393,8 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
+        self._in_message = True
+        self._began += 1
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -371,6 +466,7 @@ class HttpProtocol(asyncio.Protocol):
             self._current_body.feed(chunk, self.server.max_body_size)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         if self._current_body is not None:
             self._current_body.finish()
             self._current_body = None
@@ -411,10 +507,17 @@ class HttpProtocol(asyncio.Protocol):
                 break  # the client is not reading: resume_writing carries on
             pending = self._pending[0]
             if pending.body is None:
-                fast = self.engine.answer_now(pending.exchange)
-                if fast is not None:
+                start = time.perf_counter()
+                ticket = self.engine.ticket(pending.exchange)
+                raw = ticket.get_now(ticket.key) if ticket is not None else None
+                made = None
+                if ticket is not None and raw is not None:
+                    made = self.engine.answer_ticket(ticket, raw, self.engine.clock.time(), start)
+                if made is not None:
                     self._pending.popleft()
-                    self._write_full(fast, pending)
+                    self._answered = ticket
+                    self._answered_keep_alive = pending.keep_alive
+                    self._write_full(made[0], pending)
                     continue
             self._task = asyncio.ensure_future(self._serve())
         if self._closing:
@@ -459,7 +562,11 @@ class HttpProtocol(asyncio.Protocol):
         if not self._closing:
             self._run_ready()
 
-    def _head(self, response: ProxyResponse, length: int | None, keep_alive: bool) -> bytearray:
+    def _head(
+        self, response: ProxyResponse, length: int | None, keep_alive: bool
+    ) -> tuple[bytearray, bool]:
+        """The status line and header fields (no final CRLF), and whether the Date in
+        it is ours (the current second) rather than the response's."""
         out = bytearray(_status_line(response.status))
         has_date = False
         if response.stored:
@@ -479,24 +586,16 @@ class HttpProtocol(asyncio.Protocol):
             out += b"Content-Length: %d\r\n" % length
         if not keep_alive:
             out += b"Connection: close\r\n"
-        return out
+        return out, not has_date
 
     def _write_full(self, response: ProxyResponse, pending: _Pending) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         no_body = response.status in (204, 304) or response.status < 200
-        length: int | None = None
-        if response.head_length is not None:
-            length = response.head_length
-        elif pending.head:  # a HEAD passed through: announce the origin's length
-            for name, value in response.headers:
-                if name.lower() == "content-length" and value.strip().isdigit():
-                    length = int(value)
-        elif not no_body:
-            length = len(response.body)
+        length = _length(response, pending.exchange)
         keep_alive = pending.keep_alive and not self.server.draining
-        head = self._head(response, length, keep_alive)
+        head, _ = self._head(response, length, keep_alive)
         head += b"\r\n"
         if pending.head or no_body:
             transport.write(head)
@@ -519,7 +618,7 @@ class HttpProtocol(asyncio.Protocol):
         chunked = length is None and pending.http11
         keep_alive = pending.keep_alive and not self.server.draining
         keep_alive = keep_alive and (length is not None or chunked)
-        head = self._head(response, length, keep_alive)
+        head, _ = self._head(response, length, keep_alive)
         if chunked:
             head += b"Transfer-Encoding: chunked\r\n"
         head += b"\r\n"
@@ -599,6 +698,20 @@ class HttpProtocol(asyncio.Protocol):
         transport.close()
 
 
+def _length(response: ProxyResponse, request: Exchange) -> int | None:
+    """The Content-Length of a response written whole (``None``: it has none)."""
+    if response.head_length is not None:
+        return response.head_length
+    if request.method == "HEAD":  # a HEAD passed through: announce the origin's length
+        for name, value in response.headers:
+            if name.lower() == "content-length" and value.strip().isdigit():
+                return int(value)
+        return None
+    if response.status in (204, 304) or response.status < 200:
+        return None
+    return len(response.body)
+
+
 def _serialize(headers: Sequence[tuple[str, str]]) -> tuple[bytes | None, bool]:
     """Header lines without framing fields; ``None`` when a field is unsafe to send."""
     out = bytearray()
@@ -651,6 +764,13 @@ class HttpServer:
         # id(stored headers tuple) -> (the tuple, its header lines, has Date): a stored
         # entry's fields are serialized once, not on every hit
         self._wire: dict[int, tuple[tuple[tuple[str, str], ...], bytes, bool]] = {}
+        # request head bytes -> what they resolved to and their last answer (hits only)
+        self.memo: dict[bytes, _Memo] = {}
+
+    def remember(self, head: bytes, memo: _Memo) -> None:
+        if len(self.memo) >= MEMO_SIZE:
+            self.memo.pop(next(iter(self.memo)))
+        self.memo[head] = memo
 
     def serialized(self, stored: tuple[tuple[str, str], ...]) -> tuple[bytes, bool]:
         """The header lines of a stored entry's fields (unsafe fields dropped)."""

@@ -124,6 +124,7 @@ class RunningProxy:
     stores: dict[str, Store]
     clock: Clock
     url: str
+    http: HttpServer | None = None
 
     async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
         response = await self.client.get(path, **kwargs)
@@ -164,7 +165,7 @@ async def make_proxy(origin: Origin) -> AsyncIterator[MakeProxy]:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         client = ProxyClient(url)
         running.append((client, http, engine, stores))
-        return RunningProxy(client, engine, stores, clock or engine.clock, url)
+        return RunningProxy(client, engine, stores, clock or engine.clock, url, http)
 
     yield factory
     for client, http, engine, stores in running:

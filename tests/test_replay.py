@@ -1,0 +1,167 @@
+"""The wire memo: a request head seen before, byte for byte, is answered from the bytes
+of its last answer. What a client sees must not change: Age and Cache-Status move with
+time, freshness ends on time, a replaced or purged entry and a new policy take effect,
+HEAD, 304 and Connection: close keep their framing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from proxy.clock import FakeClock
+from proxy.policy import parse_policy
+from tests.conftest import MakeProxy, Origin, Reply, RunningProxy, policy_text
+
+POLICY = """
+defaults: {ttl: 10s}
+"""
+
+
+class Conn:
+    """One keep-alive client connection that sends exact bytes and reads one answer."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, proxy: RunningProxy) -> Conn:
+        host, port = proxy.url.removeprefix("http://").split(":")
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    async def ask(self, raw: bytes, *, head: bool = False) -> tuple[int, dict[str, str], bytes]:
+        self.writer.write(raw)
+        await self.writer.drain()
+        block = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        status_line, *lines = block.decode("latin-1").split("\r\n")[:-2]
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            assert name.lower() not in headers, f"field twice: {name}"
+            headers[name.lower()] = value.strip()
+        status = int(status_line.split()[1])
+        body = b""
+        if not head and status not in (204, 304):
+            body = await self.reader.readexactly(int(headers["content-length"]))
+        return status, headers, body
+
+    async def closed(self) -> bool:
+        return await asyncio.wait_for(self.reader.read(1), 5) == b""
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+GET = b"GET /r/1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n"
+
+
+def _memo_size(proxy: RunningProxy) -> int:
+    assert proxy.http is not None
+    return len(proxy.http.memo)
+
+
+async def test_age_and_freshness_stay_exact(make_proxy: MakeProxy, origin: Origin):
+    # a whole second, so the origin's Date (one-second resolution) adds no initial age
+    clock = FakeClock(start=float(int(time.time())))
+    origin.clock = clock
+    proxy = await make_proxy(POLICY, clock=clock)
+    conn = await Conn.open(proxy)
+    status, headers, first = await conn.ask(GET)
+    assert (status, headers["x-cache"]) == (200, "MISS")
+    ages, ttls = [], []
+    for step in (0.0, 0.0, 0.4, 0.7, 0.0, 3.2, 5.0):
+        clock.advance(step)
+        status, headers, body = await conn.ask(GET)
+        assert (status, headers["x-cache"], body) == (200, "HIT", first)
+        ages.append(int(headers["age"]))
+        ttls.append(int(headers["cache-status"].partition("ttl=")[2]))
+    assert _memo_size(proxy) == 1  # the hits above were replays
+    assert ages == [0, 0, 0, 1, 1, 4, 9]
+    assert ttls == [10, 10, 9, 8, 8, 5, 0]
+    clock.advance(0.75)  # age 10.05 of 10 s: no longer fresh
+    _, headers, _ = await conn.ask(GET)
+    assert headers["x-cache"] != "HIT"
+    assert origin.hits["/r/1"] == 2
+    # the refreshed entry replaces the remembered answer: its body, its Age
+    _, headers, body = await conn.ask(GET)
+    assert (headers["x-cache"], headers["age"]) == ("HIT", "0")
+    assert b'"hit": 2' in body
+    conn.close()
+
+
+async def test_a_purged_entry_is_not_replayed(make_proxy: MakeProxy, origin: Origin):
+    proxy = await make_proxy(POLICY)
+    conn = await Conn.open(proxy)
+    for _ in range(3):
+        await conn.ask(GET)
+    assert _memo_size(proxy) == 1
+    assert proxy.http is not None
+    ticket = proxy.http.memo[GET].ticket
+    store = proxy.engine.stores[ticket.route.config.backend]
+    assert await store.delete([ticket.key]) == 1
+    _, headers, _ = await conn.ask(GET)
+    assert headers["x-cache"] == "MISS"
+    assert origin.hits["/r/1"] == 2
+    conn.close()
+
+
+async def test_a_new_policy_is_applied_to_remembered_requests(
+    make_proxy: MakeProxy, origin: Origin
+):
+    proxy = await make_proxy(POLICY)
+    conn = await Conn.open(proxy)
+    for _ in range(3):
+        assert (await conn.ask(GET))[0] == 200
+    assert origin.hits["/r/1"] == 1
+    proxy.engine.apply(parse_policy(policy_text(origin.url, "defaults: {cache: false}"), "p.yaml"))
+    for _ in range(2):
+        _, headers, _ = await conn.ask(GET)
+        assert headers["x-cache"] == "BYPASS"
+    assert origin.hits["/r/1"] == 3
+    conn.close()
+
+
+async def test_head_304_and_connection_close_keep_their_framing(
+    make_proxy: MakeProxy, origin: Origin
+):
+    origin.reply("/r/1", Reply(headers={"ETag": '"v1"'}))
+    proxy = await make_proxy(POLICY)
+    conn = await Conn.open(proxy)
+    _, _, body = await conn.ask(GET)
+    head = b"HEAD /r/1 HTTP/1.1\r\nHost: a\r\n\r\n"
+    revalidate = b'GET /r/1 HTTP/1.1\r\nHost: a\r\nIf-None-Match: "v1"\r\n\r\n'
+    for _ in range(3):
+        status, headers, _ = await conn.ask(head, head=True)
+        assert (status, headers["x-cache"]) == (200, "HIT")
+        assert headers["content-length"] == str(len(body))
+        status, headers, _ = await conn.ask(revalidate)
+        assert (status, headers["etag"], headers["x-cache"]) == (304, '"v1"', "HIT")
+        assert "content-length" not in headers
+        status, headers, again = await conn.ask(GET)  # framing intact after both
+        assert (status, again) == (200, body)
+    conn.close()
+    closing = b"GET /r/1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    for _ in range(3):
+        conn = await Conn.open(proxy)
+        status, headers, again = await conn.ask(closing)
+        assert (status, headers["connection"], again) == (200, "close", body)
+        assert await conn.closed()
+        conn.close()
+    assert origin.hits["/r/1"] == 1
+    assert _memo_size(proxy) == 4
+
+
+async def test_a_pipelined_burst_is_answered_in_order(make_proxy: MakeProxy, origin: Origin):
+    proxy = await make_proxy(POLICY)
+    conn = await Conn.open(proxy)
+    paths = [f"/r/{i}".encode() for i in range(3)]
+    for path in paths:  # each one alone first: cached and remembered
+        for _ in range(2):
+            await conn.ask(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    conn.writer.write(b"".join(b"GET " + p + b" HTTP/1.1\r\nHost: a\r\n\r\n" for p in paths * 2))
+    for path in paths * 2:
+        block = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(block.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await conn.reader.readexactly(length)
+        assert b'"path": "' + path + b'"' in body
+    conn.close()
