@@ -171,7 +171,8 @@ class Ticket:
     ex: Exchange
     route: Route
     key: str
-    get_now: Callable[[str], bytes | None]
+    get_now: Callable[[str], bytes | None] | None  # None: a shared store, read with ``get``
+    store: Store
     router: Router  # the policy it was resolved under
 
 
@@ -927,7 +928,7 @@ class Engine:
         """
         start = time.perf_counter()
         ticket = self.ticket(ex)
-        if ticket is None:
+        if ticket is None or ticket.get_now is None:
             return None
         raw = ticket.get_now(ticket.key)
         if raw is None:
@@ -950,13 +951,23 @@ class Engine:
             return None
         if passed_through(ex.hmap) is not None or "authorization" in ex.hmap:
             return None  # Range and preconditions are the origin's; §3.5 needs a look
-        get_now: Callable[[str], bytes | None] | None = getattr(
-            self.stores[cfg.backend], "get_now", None
-        )
-        if get_now is None:
+        store = self.stores[cfg.backend]
+        get_now: Callable[[str], bytes | None] | None = getattr(store, "get_now", None)
+        if get_now is None and not store.shared:
             return None
         key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap)
-        return Ticket(ex, route, key, get_now, self.router)
+        return Ticket(ex, route, key, get_now, store, self.router)
+
+    async def fetch_ticket(self, ticket: Ticket) -> bytes | None:
+        """What a shared store holds under a ticket's key (``None``: a miss, or the store
+        failed: the caller then goes through ``handle``, which decides what that means)."""
+        began = time.perf_counter()
+        try:
+            raw = await ticket.store.get(ticket.key)
+        except StoreError:
+            return None
+        self.meter.store_time(ticket.route.config.backend, "get", time.perf_counter() - began)
+        return raw
 
     def answer_ticket(
         self, ticket: Ticket, raw: bytes, now: float, start: float
@@ -967,7 +978,7 @@ class Engine:
         while the store keeps ``raw``; else ``None``."""
         key = ticket.key
         entry = self._decoded.get(key)
-        if entry is None or entry[0] is not raw:
+        if entry is None or (entry[0] is not raw and entry[0] != raw):  # shared: a copy
             try:
                 value = decode(raw)
             except EntryError:

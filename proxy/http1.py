@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import re
 import socket
@@ -166,11 +167,12 @@ class _Memo:
     """A request head seen before, as bytes, with what it resolved to and the bytes of
     its last answer: a repeated hit is a dict lookup, a store read and one write."""
 
-    __slots__ = ("date_until", "keep_alive", "parts", "raw", "ticket", "until")
+    __slots__ = ("date_until", "http11", "keep_alive", "parts", "raw", "ticket", "until")
 
-    def __init__(self, ticket: Ticket, keep_alive: bool) -> None:
+    def __init__(self, ticket: Ticket, pending: _Pending) -> None:
         self.ticket = ticket
-        self.keep_alive = keep_alive
+        self.keep_alive = pending.keep_alive
+        self.http11 = pending.http11
         self.raw: bytes | None = None  # the stored bytes the answer was made from
         self.until = 0.0  # the answer is exact until then (engine clock)
         self.date_until = _NEVER  # ... and until then (wall clock) when we dated it
@@ -203,7 +205,7 @@ class HttpProtocol(asyncio.Protocol):
         self._in_message = False  # the parser holds part of a request
         self._began = 0  # requests begun in the current data_received
         self._answered: Ticket | None = None  # the synchronous hit answered in it
-        self._answered_keep_alive = False
+        self._last: _Pending | None = None  # the last request parsed
         self._late_error: tuple[int, str] | None = None  # sent once earlier answers are out
         # One deadline at a time (the head's, or the idle connection's), checked by the
         # server's sweeper: a timer handle per request would cost the hit path.
@@ -295,20 +297,25 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._reject(400, f"bad request: {exc}")
         else:
-            # One whole request that was a synchronous hit, alone in this chunk and
-            # nothing left over: identical bytes will mean the identical request.
-            ticket = self._answered_hit()
+            # One whole request without a body, alone in this chunk, nothing left over:
+            # identical bytes will mean the identical request. Remembered when it was a
+            # hit from memory, or (before its answer) when its store is a shared one.
+            last = self._last
             if (
-                ticket is not None
-                and memoable
+                memoable
                 and self._began == 1
                 and not self._in_message
+                and last is not None
+                and last.body is None
                 and len(data) <= MEMO_HEAD_MAX
             ):
-                self.server.remember(data, _Memo(ticket, self._answered_keep_alive))
+                ticket = self._answered_hit()
+                if ticket is not None:
+                    self.server.remember(data, _Memo(ticket, last))
 
     def _answered_hit(self) -> Ticket | None:
-        """The ticket of the synchronous hit answered by the last ``feed_data``."""
+        """The ticket of the last ``feed_data``'s request: a hit answered from memory, or
+        one whose store is a shared one."""
         return self._answered
 
     def _replay(self, memo: _Memo) -> bool:
@@ -320,15 +327,46 @@ class HttpProtocol(asyncio.Protocol):
         ticket = memo.ticket
         if ticket.router is not engine.router or self.server.draining or engine.access_log:
             return False
-        transport = self.transport
-        if transport is None or not self._write_ready.is_set():
+        if self.transport is None or not self._write_ready.is_set():
             return False
-        now = engine.clock.time()
+        if ticket.get_now is None:
+            self._task = asyncio.ensure_future(self._replay_later(memo, start))
+            return True
         raw = ticket.get_now(ticket.key)
-        if raw is None:
-            return False
+        return raw is not None and self._answer_memo(memo, raw, start)
+
+    async def _replay_later(self, memo: _Memo, start: float) -> None:
+        """``_replay`` from a shared store: requests pipelined meanwhile queue behind it;
+        when the stored answer changed shape (stale, a miss, Vary...), the request is
+        answered the usual way, as if just parsed."""
+        try:
+            raw = await self.engine.fetch_ticket(memo.ticket)
+            if self._closing:
+                return
+            if raw is None or not self._answer_memo(memo, raw, start):
+                ex = dataclasses.replace(memo.ticket.ex, client=self.client)
+                self._pending.appendleft(_Pending(ex, memo.keep_alive, memo.http11, None))
+                await self._serve()
+                return
+        except Exception:
+            log.exception("request failed")
+            self._fail(500, "internal error")
+        finally:
+            self._task = None
+        if not self._closing:
+            self._run_ready()
+
+    def _answer_memo(self, memo: _Memo, raw: bytes, start: float) -> bool:
+        """Write the remembered answer, rebuilt first if it is no longer exact; ``False``
+        when ``raw`` cannot be answered without the engine's full path."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return True  # the client is gone: nothing to answer
+        engine = self.engine
+        ticket = memo.ticket
+        now = engine.clock.time()
         if (
-            raw is memo.raw
+            (raw is memo.raw or raw == memo.raw)
             and now < memo.until
             and (memo.date_until == _NEVER or time.time() < memo.date_until)
         ):
@@ -455,7 +493,8 @@ class HttpProtocol(asyncio.Protocol):
             method, path, query, headers, host=host, client=self.client, body=body
         )
         http11 = version == "1.1"
-        self._pending.append(_Pending(exchange, parser.should_keep_alive(), http11, body))
+        self._last = _Pending(exchange, parser.should_keep_alive(), http11, body)
+        self._pending.append(self._last)
         if len(self._pending) > PIPELINE_DEPTH:
             self.pause_reading()
         if body is not None and self._task is None:
@@ -509,16 +548,19 @@ class HttpProtocol(asyncio.Protocol):
             if pending.body is None:
                 start = time.perf_counter()
                 ticket = self.engine.ticket(pending.exchange)
-                raw = ticket.get_now(ticket.key) if ticket is not None else None
-                made = None
-                if ticket is not None and raw is not None:
-                    made = self.engine.answer_ticket(ticket, raw, self.engine.clock.time(), start)
-                if made is not None:
-                    self._pending.popleft()
-                    self._answered = ticket
-                    self._answered_keep_alive = pending.keep_alive
-                    self._write_full(made[0], pending)
-                    continue
+                if ticket is not None and ticket.get_now is not None:
+                    raw = ticket.get_now(ticket.key)
+                    made = None
+                    if raw is not None:
+                        now = self.engine.clock.time()
+                        made = self.engine.answer_ticket(ticket, raw, now, start)
+                    if made is not None:
+                        self._pending.popleft()
+                        self._answered = ticket
+                        self._write_full(made[0], pending)
+                        continue
+                elif ticket is not None:
+                    self._answered = ticket  # a shared store's: remembered before its answer
             self._task = asyncio.ensure_future(self._serve())
         if self._closing:
             return
