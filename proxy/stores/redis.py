@@ -3,6 +3,8 @@
 It owns the key layout in Redis, one round trip per operation where it can, and the
 translation of every redis-py exception into ``StoreError``. Deadlines and the breaker
 are ``GuardedStore``'s: no per-command ``socket_timeout`` here (it costs a task per call).
+``get``, the hit path, skips the pool: ``_ReadPump`` sends the reads of many requests as
+one command on a connection of its own (see there).
 
 Key layout (``P`` = ``key_prefix``, which must not contain braces). Every key belongs to a
 *group*: the key's Redis hash tag (the engine's ``sc:{route}:<digest>`` → ``route``), or,
@@ -31,7 +33,9 @@ from redis import exceptions as rexc
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from proxy.errors import StoreError, StoreTimeout, StoreUnavailable
@@ -112,6 +116,7 @@ class RedisStore:
             "health_check_interval": 0,
         }
         self._client: Redis | RedisCluster
+        pool: BlockingConnectionPool | None = None
         if self.cluster:
             common["max_connections"] = pool_size
             if nodes:
@@ -120,13 +125,19 @@ class RedisStore:
             else:
                 self._client = RedisCluster.from_url(url, **common)
         else:
+            # Maintenance notifications (a RESP3 feature of managed Redis) left on "auto"
+            # also switch off the pool's check for a connection the server closed while
+            # idle, so every pooled connection failed once after a Redis restart.
             pool = BlockingConnectionPool.from_url(
-                url, max_connections=pool_size, timeout=None, **common
+                url,
+                max_connections=pool_size,
+                timeout=None,
+                maint_notifications_config=MaintNotificationsConfig(enabled=False),
+                **common,
             )
             self._client = Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._closed = False
-        self._batch: list[tuple[str, asyncio.Future[bytes | None]]] = []
-        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._reads = _ReadPump(name, self._client, pool)
 
     # ------------------------------------------------------------ key layout
 
@@ -153,50 +164,13 @@ class RedisStore:
     async def _run(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             return await fn()
-        except rexc.TimeoutError as exc:
-            raise StoreTimeout(self.name, f"{op}: {exc}") from exc
-        except (rexc.ConnectionError, rexc.ClusterError, rexc.ClusterDownError, OSError) as exc:
-            raise StoreUnavailable(self.name, f"{op}: {exc}") from exc
-        except rexc.RedisError as exc:
-            raise StoreError(self.name, f"{op}: {type(exc).__name__}: {exc}") from exc
+        except (rexc.RedisError, OSError) as exc:
+            raise _store_error(self.name, op, exc) from exc
 
     # ------------------------------------------------------------ Store
 
     async def get(self, key: str) -> bytes | None:
-        """Reads of one loop tick travel together: one MGET (one pooled round trip and
-        one pass through redis-py) for every concurrent request, instead of one each."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes | None] = loop.create_future()
-        self._batch.append((key, future))
-        if len(self._batch) == 1:
-            loop.call_soon(self._flush_batch)
-        return await future
-
-    def _flush_batch(self) -> None:
-        batch, self._batch = self._batch, []
-        task = asyncio.ensure_future(self._read_batch(batch))
-        self._batch_tasks.add(task)
-        task.add_done_callback(self._batch_tasks.discard)
-
-    async def _read_batch(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
-        try:
-            if len(batch) == 1:
-                values: list[bytes | None] = [await self._get_one(batch[0][0])]
-            else:
-                values = await self.get_many([key for key, _ in batch])
-        except StoreError as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, future), value in zip(batch, values, strict=True):
-            if not future.done():  # a caller whose deadline passed has gone
-                future.set_result(value)
-
-    async def _get_one(self, key: str) -> bytes | None:
-        stored, _ = self._entry(key)
-        value = await self._run("get", lambda: self._client.get(stored))
-        return cast("bytes | None", value)  # decode_responses is off: bytes or None
+        return await self._reads.read(self._entry(key)[0].encode())
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -291,6 +265,7 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
+        await self._reads.aclose()
         await self._client.aclose()
 
     # ------------------------------------------------------------ pub/sub (coalescing)
@@ -307,6 +282,159 @@ class RedisStore:
         """Publish ``message``; answers how many subscribers received it."""
         receivers: int = await self._run("publish", lambda: self._client.publish(channel, message))
         return receivers
+
+
+class _ReadPump:
+    """``get`` for every request: the reads queued while one is out leave as ONE command.
+
+    One pump task owns the read path. It takes the queue, sends one GET or MGET of its
+    distinct keys, hands every waiter its value, then takes what queued meanwhile: under
+    load a command carries all the reads of a round trip, at low load each read goes at
+    once. Single node: on a connection of the pump's own, with the connection's
+    ``send_packed_command``/``read_response`` (no pool, no command wrappers); cluster:
+    ``mget_nonatomic`` splits the keys by slot.
+
+    Only the pump reads replies, so a caller that gives up (its deadline cancels its
+    future) never leaves a reply on the connection for another. A connection that saw
+    any error is dropped. When new reads arrive and every waiter of the command in flight
+    has given up, the connection is presumed stuck (a frozen Redis, a dead peer): that
+    pump is cancelled, which drops its connection, and a new one starts on a new one.
+    """
+
+    def __init__(
+        self, name: str, client: Redis | RedisCluster, pool: BlockingConnectionPool | None
+    ) -> None:
+        self._name = name
+        self._client = client
+        self._pool = pool
+        self._conn: AbstractConnection | None = None  # single node: idle between pumps
+        self._keys: list[bytes] = []
+        self._waiters: list[asyncio.Future[bytes | None]] = []
+        self._out: list[asyncio.Future[bytes | None]] = []  # waiters of the command out
+        self._task: asyncio.Task[None] | None = None
+        self._dropped: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def read(self, key: bytes) -> asyncio.Future[bytes | None]:
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(StoreUnavailable(self._name, "get: store closed"))
+            return future
+        if not self._waiters:
+            self._start()
+        self._keys.append(key)
+        self._waiters.append(future)
+        return future
+
+    def _start(self) -> None:
+        if self._task is not None:
+            out = self._out
+            if not out or not all(waiter.done() for waiter in out):
+                return  # busy: the pump takes the queue when the command out is answered
+            self._task.cancel()  # stuck: see the class docstring
+            self._dropped.add(self._task)  # held until its connection is closed
+            self._task.add_done_callback(self._dropped.discard)
+            self._conn = None
+        self._out = []
+        self._task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def _pump(self) -> None:
+        me = asyncio.current_task()
+        conn = self._conn
+        if conn is None and self._pool is not None:
+            conn = self._conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            if conn is not None and conn.is_connected:
+                await _drop_if_closed(conn)  # idle since the last pump: Redis may have gone
+            while self._waiters and self._task is me:
+                keys, waiters = self._keys, self._waiters
+                self._keys, self._waiters, self._out = [], [], waiters
+                try:
+                    values = await self._fetch(conn, keys)
+                except rexc.ResponseError as exc:  # read whole: the connection is in step
+                    _fail(waiters, _store_error(self._name, "get", exc))
+                except Exception as exc:
+                    _fail(waiters, _store_error(self._name, "get", exc))
+                    if conn is not None:
+                        await conn.disconnect(nowait=True)
+                else:
+                    for waiter, value in zip(waiters, values, strict=True):
+                        if not waiter.done():  # a caller whose deadline passed has gone
+                            waiter.set_result(value)
+        except asyncio.CancelledError:
+            if conn is not None:  # maybe mid-reply or mid-handshake: never reuse it
+                if self._conn is conn:
+                    self._conn = None
+                await conn.disconnect(nowait=True)
+            raise
+        finally:
+            if self._task is me:
+                self._task, self._out = None, []
+
+    async def _fetch(self, conn: AbstractConnection | None, keys: list[bytes]) -> list[Any]:
+        unique = list(dict.fromkeys(keys)) if len(keys) > 1 else keys
+        values: list[Any]
+        if conn is None:
+            client = cast("RedisCluster", self._client)
+            if len(unique) == 1:
+                values = [await client.get(unique[0])]
+            else:
+                values = await client.mget_nonatomic(unique)
+        else:
+            if not conn.is_connected:
+                await conn.connect()  # type: ignore[no-untyped-call]
+            # a single key is read with GET, so a wrong type is an error, not a miss
+            name = b"GET" if len(unique) == 1 else b"MGET"
+            await conn.send_packed_command(_command(name, unique), check_health=False)
+            reply = await conn.read_response(disable_decoding=True)
+            values = [reply] if len(unique) == 1 else reply
+        if len(unique) == len(keys):
+            return values
+        found = dict(zip(unique, values, strict=True))
+        return [found[key] for key in keys]
+
+    async def aclose(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        _fail([*self._out, *self._waiters], StoreUnavailable(self._name, "get: store closed"))
+        self._keys, self._waiters, self._out = [], [], []
+        tasks = [*self._dropped, *([task] if task is not None else [])]
+        for each in tasks:
+            each.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.disconnect()
+            self._conn = None
+
+
+def _command(name: bytes, keys: Sequence[bytes]) -> bytes:
+    """``name key...`` in RESP, packed in one pass (redis-py's packer costs more per key)."""
+    parts = [b"*%d\r\n$%d\r\n%s\r\n" % (len(keys) + 1, len(name), name)]
+    parts += [b"$%d\r\n%s\r\n" % (len(key), key) for key in keys]
+    return b"".join(parts)
+
+
+async def _drop_if_closed(conn: AbstractConnection) -> None:
+    # the pool does this check on every checkout; here it runs once per pump
+    try:
+        if await conn.can_read():  # EOF, or bytes nobody asked for
+            await conn.disconnect(nowait=True)
+    except rexc.ConnectionError:
+        await conn.disconnect(nowait=True)
+
+
+def _fail(waiters: Sequence[asyncio.Future[bytes | None]], exc: StoreError) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(exc)
+
+
+def _store_error(name: str, op: str, exc: BaseException) -> StoreError:
+    if isinstance(exc, rexc.TimeoutError):
+        return StoreTimeout(name, f"{op}: {exc}")
+    if isinstance(exc, rexc.ConnectionError | rexc.ClusterError | OSError):
+        return StoreUnavailable(name, f"{op}: {exc}")
+    return StoreError(name, f"{op}: {type(exc).__name__}: {exc}")
 
 
 def _queue(pipe: Pipeline | ClusterPipeline, *command: bytes | str | int) -> None:
