@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -44,6 +45,15 @@ async def test_entries_across_slots(store: RedisStore) -> None:
     assert await store.get(keys[3]) == b"body3" + bytes(range(256))
     assert await store.delete([*keys[:6], "sc:{nowhere}:0"]) == 6
     assert await store.get_many(keys[:7]) == [None] * 6 + [b"body6" + bytes(range(256))]
+
+
+async def test_concurrent_reads_across_slots_each_get_their_answer(store: RedisStore) -> None:
+    keys = [f"sc:{{{route}}}:{i}" for i, route in enumerate(ROUTES)]
+    for i, key in enumerate(keys):
+        await store.set(key, f"body{i}".encode(), 30)
+    wanted = [*keys, "sc:{nowhere}:0", keys[5], "plain key"]
+    values = await asyncio.gather(*(store.get(key) for key in wanted))
+    assert values == [f"body{i}".encode() for i in range(12)] + [None, b"body5", None]
 
 
 async def test_entry_tag_sets_and_lease_share_the_route_slot(
