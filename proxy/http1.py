@@ -330,31 +330,10 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is None or not self._write_ready.is_set():
             return False
         if ticket.get_now is None:
-            self._task = asyncio.ensure_future(self._replay_later(memo, start))
+            self._task = asyncio.ensure_future(self._serve((memo, start)))
             return True
         raw = ticket.get_now(ticket.key)
         return raw is not None and self._answer_memo(memo, raw, start)
-
-    async def _replay_later(self, memo: _Memo, start: float) -> None:
-        """``_replay`` from a shared store: requests pipelined meanwhile queue behind it;
-        when the stored answer changed shape (stale, a miss, Vary...), the request is
-        answered the usual way, as if just parsed."""
-        try:
-            raw = await self.engine.fetch_ticket(memo.ticket)
-            if self._closing:
-                return
-            if raw is None or not self._answer_memo(memo, raw, start):
-                ex = dataclasses.replace(memo.ticket.ex, client=self.client)
-                self._pending.appendleft(_Pending(ex, memo.keep_alive, memo.http11, None))
-                await self._serve()
-                return
-        except Exception:
-            log.exception("request failed")
-            self._fail(500, "internal error")
-        finally:
-            self._task = None
-        if not self._closing:
-            self._run_ready()
 
     def _answer_memo(self, memo: _Memo, raw: bytes, start: float) -> bool:
         """Write the remembered answer, rebuilt first if it is no longer exact; ``False``
@@ -572,8 +551,19 @@ class HttpProtocol(asyncio.Protocol):
             elif self._deadline == _NEVER:
                 self._arm(self.server.keepalive_timeout, self._idle_timed_out)
 
-    async def _serve(self) -> None:
+    async def _serve(self, replay: tuple[_Memo, float] | None = None) -> None:
+        """Answer the queued requests in order; first, a ``_replay`` from a shared store
+        (requests pipelined meanwhile queue behind it): when the stored answer changed
+        shape (stale, a miss, Vary...), its request is answered the usual way."""
         try:
+            if replay is not None:
+                memo, start = replay
+                raw = await self.engine.fetch_ticket(memo.ticket)
+                if self._closing:
+                    return
+                if raw is None or not self._answer_memo(memo, raw, start):
+                    ex = dataclasses.replace(memo.ticket.ex, client=self.client)
+                    self._pending.appendleft(_Pending(ex, memo.keep_alive, memo.http11, None))
             while self._pending and not self._closing:
                 if not self._write_ready.is_set():
                     await self._write_ready.wait()  # never buffer answers nobody reads
