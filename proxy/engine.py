@@ -96,6 +96,9 @@ _CONDITIONALS: Final = (
 )
 VIA: Final = f"1.1 sidecache/{__version__}"
 DECODED_CACHE: Final = 4096  # decoded entries kept for the synchronous hit path
+# ... and the bytes they may hold (stored bytes and decoded body, each counted): entries
+# evicted from a store stay alive here, outside the store's own bound
+DECODED_BYTES: Final = 32 * 1024**2
 RECENT_KEYS: Final = 4096  # bound of the repeat-request sample
 
 
@@ -205,6 +208,7 @@ class Engine:
         # Decoded entries of the in-memory hit path, valid while the store holds the
         # very same bytes object (identity check): no msgpack decode per hit.
         self._decoded: dict[str, tuple[bytes, CachedResponse]] = {}
+        self._decoded_bytes = 0
         self._refreshing: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self.apply(loaded)
@@ -985,9 +989,8 @@ class Engine:
                 return None
             if isinstance(value, VaryMarker) or value.variant:
                 return None
-            if len(self._decoded) >= DECODED_CACHE:
-                self._decoded.pop(next(iter(self._decoded)))
-            entry = self._decoded[key] = (raw, value)
+            entry = (raw, value)
+            self._keep_decoded(key, entry)
         cached = entry[1]
         if cached.no_cache or cached.age(now) >= cached.lifetime:
             return None
@@ -999,6 +1002,23 @@ class Engine:
         response = self._from_cache(ex, ticket.route, cached, now, "HIT", "hit")
         self._observe(ex, ticket.route.name, response, start)
         return response, _same_answer_until(cached, now)
+
+    def _keep_decoded(self, key: str, entry: tuple[bytes, CachedResponse]) -> None:
+        """Keep a decoded entry for the next hit, within DECODED_CACHE and DECODED_BYTES
+        (oldest out first; one larger than a quarter of the budget is not kept)."""
+        decoded = self._decoded
+        old = decoded.pop(key, None)
+        if old is not None:
+            self._decoded_bytes -= 2 * len(old[0])
+        size = 2 * len(entry[0])
+        if size > DECODED_BYTES // 4:
+            return
+        while decoded and (
+            len(decoded) >= DECODED_CACHE or self._decoded_bytes + size > DECODED_BYTES
+        ):
+            self._decoded_bytes -= 2 * len(decoded.pop(next(iter(decoded)))[0])
+        decoded[key] = entry
+        self._decoded_bytes += size
 
     def served_again(self, ticket: Ticket, now: float, start: float) -> None:
         """Account for a hit a server answered with the bytes of an earlier answer to

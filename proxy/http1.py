@@ -49,8 +49,9 @@ BODY_HIGH_WATER: Final = 1024 * 1024
 PIPELINE_DEPTH: Final = 32
 WIRE_CACHE: Final = 8192  # serialized stored-header blocks kept
 MEMO_SIZE: Final = 4096  # request heads remembered with their answer (the wire memo)
+MEMO_BYTES: Final = 32 * 1024**2  # ... and the answer bytes they may hold
 MEMO_HEAD_MAX: Final = 2048  # longer request heads are never remembered
-MEMO_INLINE: Final = 65536  # answers below this are kept as one bytes object
+MEMO_INLINE: Final = 16384  # answers below this are kept as one bytes object
 # Slowloris: a request head (or a new connection's first one) must arrive in this time
 # (408); an idle keep-alive connection is closed after KEEPALIVE_TIMEOUT; a client that
 # reads nothing of a response for SEND_TIMEOUT loses its connection.
@@ -167,9 +168,20 @@ class _Memo:
     """A request head seen before, as bytes, with what it resolved to and the bytes of
     its last answer: a repeated hit is a dict lookup, a store read and one write."""
 
-    __slots__ = ("date_until", "http11", "keep_alive", "parts", "raw", "ticket", "until")
+    __slots__ = (
+        "date_until",
+        "head",
+        "http11",
+        "keep_alive",
+        "parts",
+        "raw",
+        "size",
+        "ticket",
+        "until",
+    )
 
-    def __init__(self, ticket: Ticket, pending: _Pending) -> None:
+    def __init__(self, head: bytes, ticket: Ticket, pending: _Pending) -> None:
+        self.head = head  # the request head's bytes: the memo's key
         self.ticket = ticket
         self.keep_alive = pending.keep_alive
         self.http11 = pending.http11
@@ -177,6 +189,7 @@ class _Memo:
         self.until = 0.0  # the answer is exact until then (engine clock)
         self.date_until = _NEVER  # ... and until then (wall clock) when we dated it
         self.parts: tuple[bytes, ...] = ()
+        self.size = 0  # the bytes it holds (its answer and the stored bytes), see MEMO_BYTES
 
 
 Handler = Callable[[Exchange], Awaitable[ProxyResponse]]
@@ -311,7 +324,7 @@ class HttpProtocol(asyncio.Protocol):
             ):
                 ticket = self._answered_hit()
                 if ticket is not None:
-                    self.server.remember(data, _Memo(ticket, last))
+                    self.server.remember(_Memo(data, ticket, last))
 
     def _answered_hit(self) -> Ticket | None:
         """The ticket of the last ``feed_data``'s request: a hit answered from memory, or
@@ -365,6 +378,7 @@ class HttpProtocol(asyncio.Protocol):
                 memo.parts = (bytes(head + response.body),)
             else:
                 memo.parts = (bytes(head), response.body)
+            self.server.resize(memo, len(raw) + sum(len(part) for part in memo.parts))
         if len(memo.parts) == 1:
             transport.write(memo.parts[0])
         else:
@@ -798,11 +812,33 @@ class HttpServer:
         self._wire: dict[int, tuple[tuple[tuple[str, str], ...], bytes, bool]] = {}
         # request head bytes -> what they resolved to and their last answer (hits only)
         self.memo: dict[bytes, _Memo] = {}
+        self.memo_bytes = 0
 
-    def remember(self, head: bytes, memo: _Memo) -> None:
-        if len(self.memo) >= MEMO_SIZE:
-            self.memo.pop(next(iter(self.memo)))
-        self.memo[head] = memo
+    def remember(self, memo: _Memo) -> None:
+        self.forget(memo.head)
+        while len(self.memo) >= MEMO_SIZE:
+            self.forget(next(iter(self.memo)))
+        self.memo[memo.head] = memo
+        self.memo_bytes += memo.size
+
+    def forget(self, head: bytes) -> None:
+        old = self.memo.pop(head, None)
+        if old is not None:
+            self.memo_bytes -= old.size
+
+    def resize(self, memo: _Memo, size: int) -> None:
+        """A remembered answer was (re)built: entries evicted from a store stay alive
+        here, so what the memo holds is bounded (oldest out first; an answer larger than
+        a quarter of the bound is not remembered)."""
+        if self.memo.get(memo.head) is not memo:  # forgotten meanwhile
+            memo.size = size
+            return
+        self.memo_bytes += size - memo.size
+        memo.size = size
+        if size > MEMO_BYTES // 4:
+            self.forget(memo.head)
+        while self.memo_bytes > MEMO_BYTES:
+            self.forget(next(iter(self.memo)))
 
     def serialized(self, stored: tuple[tuple[str, str], ...]) -> tuple[bytes, bool]:
         """The header lines of a stored entry's fields (unsafe fields dropped)."""

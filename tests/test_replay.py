@@ -6,9 +6,12 @@ HEAD, 304 and Connection: close keep their framing."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 from proxy.clock import FakeClock
+from proxy.engine import DECODED_BYTES
+from proxy.http1 import MEMO_BYTES
 from proxy.policy import parse_policy
 from tests.conftest import MakeProxy, Origin, Reply, RunningProxy, policy_text
 
@@ -165,3 +168,28 @@ async def test_a_pipelined_burst_is_answered_in_order(make_proxy: MakeProxy, ori
         body = await conn.reader.readexactly(length)
         assert b'"path": "' + path + b'"' in body
     conn.close()
+
+
+async def test_what_the_hit_path_keeps_outside_the_store_is_bounded(
+    make_proxy: MakeProxy, origin: Origin
+):
+    # entries the store evicted would live on in the memo and the decoded-entry cache
+    bodies = [random.Random(i).randbytes(100_000) for i in range(400)]  # incompressible
+    for i, body in enumerate(bodies):
+        origin.reply(f"/big/{i}", Reply(body=body))
+    proxy = await make_proxy("defaults: {ttl: 60s}\n")
+    conn = await Conn.open(proxy)
+    for i in range(400):
+        raw = f"GET /big/{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+        for label in ("MISS", "HIT", "HIT"):
+            _, headers, body = await conn.ask(raw)
+            assert (headers["x-cache"], body) == (label, bodies[i])
+    conn.close()
+    assert proxy.http is not None
+    memo = proxy.http.memo.values()
+    held = sum(len(m.raw or b"") + sum(len(p) for p in m.parts) for m in memo)
+    assert 10 < len(memo) < 400
+    assert held <= MEMO_BYTES
+    decoded = proxy.engine._decoded.values()
+    assert 10 < len(decoded) < 400
+    assert sum(len(raw) + len(entry.body) for raw, entry in decoded) <= DECODED_BYTES
