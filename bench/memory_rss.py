@@ -4,29 +4,187 @@ Run by hand (not part of the suite):
 
     .venv/bin/python bench/memory_rss.py --entries 200 --size 65536 --max-size 4MiB
     .venv/bin/python bench/memory_rss.py --entries 100000 --size 1024 --max-size 1GiB
+    .venv/bin/python bench/memory_rss.py --entries 100000 --size 1024 --max-size 1GiB \
+        --hits --breakdown
+    git show HEAD~1:proxy/stores/memory.py > /tmp/before.py
+    .venv/bin/python bench/memory_rss.py --store-only --entries 100000 --against /tmp/before.py
 
 Starts an aiohttp origin and ``sidecache run`` on loopback, requests N distinct URLs
 of SIZE bytes each (incompressible), and prints RSS before and after with the store's
-own byte count (from /proc and from the admin /stats or the store bound).
+own figures (entries, bytes, from the admin /metrics). ``--hits`` requests each URL a
+second time right after the first (a hit while it is stored: hits fill the engine's
+and the HTTP server's per-entry caches, which may keep entries the store has evicted).
+``--breakdown`` runs the proxy under a small wrapper that, on SIGUSR1, walks the store
+and the engine's and the HTTP server's per-entry structures and reports what each holds
+(bytes as allocated: object sizes rounded up as pymalloc and malloc do); a structure's
+row counts only what the rows above it did not.
+
+``--store-only`` skips the proxy: it fills a ``MemoryStore`` in a fresh process the way
+the engine does (a 1,218-byte envelope per 1 KiB body, a route tag and the path tags
+of ``/o/N``), prints the RSS growth per entry and times ``get_now`` (hits on random
+keys, hits on a few hot keys, misses); ``--against FILE`` does the same for another
+version of ``proxy/stores/memory.py``, alternating rounds, for a side-by-side figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import port_for
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+
+# Runs in the proxy process (python -c). On SIGUSR1 it writes a JSON breakdown of the
+# per-entry structures to $SIDECACHE_BREAKDOWN. Objects are counted once, in the order
+# below: what the engine or the server holds beyond the store shows as theirs.
+WRAPPER = r"""
+import gc, json, os, runpy, signal, sys, types
+SKIP = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType,
+        types.MethodType, types.CodeType, types.FrameType)
+
+def allocated(obj):
+    n = sys.getsizeof(obj)
+    return (n + 15) // 16 * 16 if n <= 512 else (n + 8 + 15) // 16 * 16
+
+def walk(root, seen, stop):
+    sizes = {"envelopes": [0, 0], "other": [0, 0]}
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or id(obj) in stop or isinstance(obj, SKIP):
+            continue
+        seen.add(id(obj))
+        row = sizes["envelopes" if isinstance(obj, bytes) and len(obj) > 256 else "other"]
+        row[0] += 1
+        row[1] += allocated(obj)
+        stack.extend(gc.get_referents(obj))
+        if isinstance(obj, dict):
+            stack.extend(obj)  # gc does not report the str keys of a dict
+    return sizes
+
+def dump(signum, frame):
+    from proxy.engine import Engine
+    from proxy.http1 import HttpServer
+    from proxy.stores.memory import MemoryStore
+    objs = gc.get_objects()
+    stores = [o for o in objs if isinstance(o, MemoryStore)]
+    engines = [o for o in objs if isinstance(o, Engine)]
+    servers = [o for o in objs if isinstance(o, HttpServer)]
+    stop = {id(o) for o in stores + engines + servers}
+    seen, rows = set(), []
+    for owner, names in ((stores, None), (engines, ("_decoded", "_recent")),
+                         (servers, ("_wire", "memo"))):
+        for obj in owner:
+            for name in names or [n for n in vars(obj) if n != "_clock"]:
+                if hasattr(obj, name):
+                    part = walk(getattr(obj, name), seen, stop)
+                    label = f"{type(obj).__name__}.{name}"
+                    try:
+                        length = len(getattr(obj, name))
+                    except TypeError:
+                        length = None
+                    rows.append([label, length, part])
+    figures = [[s.name, s.stats().entries, s.stats().bytes] for s in stores]
+    path = os.environ["SIDECACHE_BREAKDOWN"]
+    with open(path + ".tmp", "w") as handle:
+        json.dump({"rows": rows, "stores": figures}, handle)
+    os.replace(path + ".tmp", path)
+
+signal.signal(signal.SIGUSR1, dump)
+sys.argv[0] = "sidecache"
+runpy.run_module("proxy", run_name="__main__", alter_sys=True)
+"""
+
+
+def store_only_child(path: str, entries: int, value_size: int) -> None:
+    """Runs in a fresh process: fill one store module's MemoryStore, print JSON figures."""
+    import gc
+    import importlib.util
+    import random
+
+    sys.path.insert(0, str(ROOT))
+    from proxy.keys import derive_key, path_tags, route_tag
+    from proxy.policy import KeySpec
+
+    spec = importlib.util.spec_from_file_location("candidate_memory", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    store = module.MemoryStore("local", 1 << 40)
+    key_spec = KeySpec()
+
+    def key_of(i: int) -> str:  # a new string each time, as the engine derives it
+        return derive_key("default", "127.0.0.1:8080", f"/o/{i}", "", key_spec, {})
+
+    template = os.urandom(value_size)
+    gc.collect()
+    before = rss_kib(os.getpid())
+
+    async def fill() -> None:
+        for i in range(entries):
+            tags = [route_tag("default"), *path_tags(f"/o/{i}")]
+            value = template[:-4] + i.to_bytes(4, "big")
+            await store.set(key_of(i), value, 3600, tags)
+
+    asyncio.run(fill())
+    gc.collect()
+    growth = (rss_kib(os.getpid()) - before) * 1024
+    random.seed(8)
+    probes = {
+        "random": [key_of(random.randrange(entries)) for _ in range(20000)],
+        "hot": [key_of(i % 16) for i in range(20000)],
+        "miss": [key_of(random.randrange(entries))[:-1] + "g" for _ in range(20000)],
+    }
+    timings = {}
+    for name, batch in probes.items():
+        get_now = store.get_now
+        best = float("inf")
+        for _ in range(7):
+            started = time.perf_counter()
+            for key in batch:
+                get_now(key)
+            best = min(best, time.perf_counter() - started)
+        timings[name] = best / len(batch) * 1e9
+    stats = store.stats()
+    print(json.dumps({"growth": growth / entries, "bytes": stats.bytes / entries, **timings}))
+
+
+def store_only(args: argparse.Namespace) -> None:
+    candidates = {"in tree": str(ROOT / "proxy" / "stores" / "memory.py")}
+    if args.against:
+        candidates["against"] = args.against
+    value_size = 1218
+    print(f"{args.entries} entries of a {value_size}-byte value, tags r:default, p:/o, p:/o/N")
+    print(
+        f"  {'store':<10} {'RSS B/entry':>12} {'counted B/entry':>16} "
+        f"{'get_now random':>15} {'hot':>7} {'miss':>7}  (ns, best of 7)"
+    )
+    for round_ in range(args.rounds):
+        for label, path in candidates.items():
+            command = [sys.executable, __file__, "--store-only-child", path]
+            command += ["--entries", str(args.entries)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            row = json.loads(out)
+            print(
+                f"  {label:<10} {row['growth']:>12.0f} {row['bytes']:>16.0f} "
+                f"{row['random']:>15.0f} {row['hot']:>7.0f} {row['miss']:>7.0f}"
+                f"   round {round_ + 1}"
+            )
 
 
 def rss_kib(pid: int) -> int:
@@ -36,13 +194,68 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-async def main() -> None:
+async def store_figures(session: aiohttp.ClientSession, admin: int) -> tuple[int, int]:
+    """(entries, bytes) of the memory store, from /metrics (refreshed once a second)."""
+    await asyncio.sleep(1.2)
+    async with session.get(f"http://127.0.0.1:{admin}/metrics") as r:
+        text = await r.text()
+    found = []
+    for name in ("sidecache_store_entries", "sidecache_store_bytes"):
+        match = re.search(rf"^{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
+        found.append(int(float(match.group(1))) if match else -1)
+    return found[0], found[1]
+
+
+def read_breakdown(proc: subprocess.Popen[bytes], path: Path) -> dict[str, Any]:
+    path.unlink(missing_ok=True)
+    proc.send_signal(signal.SIGUSR1)
+    for _ in range(600):
+        if path.exists():
+            break
+        time.sleep(0.1)
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+async def breakdown(proc: subprocess.Popen[bytes], path: Path, entries: int) -> None:
+    data = await asyncio.to_thread(read_breakdown, proc, path)
+    print(f"  {'structure':<24} {'len':>8} {'objects':>9} {'MiB':>8} {'B/entry':>8}")
+    total = 0
+    for label, length, part in data["rows"]:
+        for kind, (count, size) in part.items():
+            if not count:
+                continue
+            total += size
+            name = label if kind == "other" else f"{label} (envelopes)"
+            print(
+                f"  {name:<24} {length if length is not None else '':>8} {count:>9} "
+                f"{size / MiB:>8.1f} {size / max(entries, 1):>8.0f}"
+            )
+    print(f"  {'total':<24} {'':>8} {'':>9} {total / MiB:>8.1f} {total / max(entries, 1):>8.0f}")
+
+
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=200)
     parser.add_argument("--size", type=int, default=64 * 1024)
     parser.add_argument("--max-size", default="4MiB")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--hits", action="store_true", help="request each URL twice in a row")
+    parser.add_argument("--breakdown", action="store_true", help="per-structure sizes")
+    parser.add_argument("--store-only", action="store_true", help="in-process store figures")
+    parser.add_argument("--against", help="another memory.py for --store-only")
+    parser.add_argument("--rounds", type=int, default=3, help="--store-only rounds")
+    parser.add_argument("--store-only-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.store_only_child:
+        store_only_child(args.store_only_child, args.entries, 1218)
+    elif args.store_only:
+        store_only(args)
+    else:
+        asyncio.run(fill_proxy(args))
+
+
+async def fill_proxy(args: argparse.Namespace) -> None:
 
     body = os.urandom(args.size)
 
@@ -62,11 +275,14 @@ async def main() -> None:
         f"backends: {{local: {{type: memory, max_size: {args.max_size}}}}}\n"
         "defaults: {ttl: 1h, max_object_size: 16MiB, compression: {algorithm: none}}\n"
     )
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        handle.write(policy)
-    command = [sys.executable, "-m", "proxy", "run", "--policy", handle.name]
+    workdir = Path(tempfile.mkdtemp(prefix="memory-rss-"))
+    (workdir / "policy.yaml").write_text(policy)
+    dump_path = workdir / "breakdown.json"
+    launcher = ["-c", WRAPPER] if args.breakdown else ["-m", "proxy"]
+    command = [sys.executable, *launcher, "run", "--policy", str(workdir / "policy.yaml")]
     command += ["--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)  # noqa: ASYNC220
+    env = {**os.environ, "SIDECACHE_BREAKDOWN": str(dump_path)}
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, env=env)  # noqa: ASYNC220
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(100):
@@ -78,24 +294,35 @@ async def main() -> None:
                     await asyncio.sleep(0.1)
             await asyncio.sleep(0.3)
             before = rss_kib(proc.pid)
-            started = time.monotonic()
             sem = asyncio.Semaphore(args.concurrency)
+            labels: dict[str, int] = {}
 
             async def fetch(i: int) -> None:
-                async with sem, session.get(f"http://127.0.0.1:{port}/o/{i}") as r:
-                    await r.read()
+                async with sem:
+                    for _ in range(2 if args.hits else 1):
+                        async with session.get(f"http://127.0.0.1:{port}/o/{i}") as r:
+                            await r.read()
+                        label = r.headers.get("X-Cache", "?")
+                        labels[label] = labels.get(label, 0) + 1
 
+            started = time.monotonic()
             await asyncio.gather(*(fetch(i) for i in range(args.entries)))
             elapsed = time.monotonic() - started
             after = rss_kib(proc.pid)
-            first = await session.get(f"http://127.0.0.1:{port}/o/0")
-            last = await session.get(f"http://127.0.0.1:{port}/o/{args.entries - 1}")
-            print(f"entries requested: {args.entries} x {args.size} B in {elapsed:.1f}s")
-            print(f"store bound: {args.max_size}")
+            entries, held = await store_figures(session, admin)
+            print(f"entries requested: {args.entries} x {args.size} B in {elapsed:.1f}s {labels}")
+            print(f"store bound: {args.max_size}; store holds {entries} entries, {held} B")
+            bodies = entries * args.size
             print(
                 f"RSS before: {before / 1024:.1f} MiB, after: {after / 1024:.1f} MiB, "
-                f"growth: {(after - before) / 1024:.1f} MiB"
+                f"growth: {(after - before) / 1024:.1f} MiB "
+                f"({(after - before) * 1024 / max(bodies, 1):.2f}x the bodies held, "
+                f"{(after - before) * 1024 / max(entries, 1):.0f} B per entry held)"
             )
+            if args.breakdown:
+                await breakdown(proc, dump_path, entries)
+            first = await session.get(f"http://127.0.0.1:{port}/o/0")
+            last = await session.get(f"http://127.0.0.1:{port}/o/{args.entries - 1}")
             print(
                 f"oldest entry: {first.headers.get('X-Cache')}, "
                 f"newest entry: {last.headers.get('X-Cache')}"
@@ -107,4 +334,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

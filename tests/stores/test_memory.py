@@ -6,6 +6,7 @@ Time moves only through ``FakeClock``; nothing here sleeps.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import pytest
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ KiB = 1024
 
 
 def cost(key: str, value: bytes, tags: tuple[str, ...] = ()) -> int:
-    return len(key) + len(value) + ENTRY_OVERHEAD + TAG_OVERHEAD * len(tags)
+    return len(key) + len(value) + ENTRY_OVERHEAD + sum(TAG_OVERHEAD + len(t) for t in tags)
 
 
 @pytest.fixture
@@ -239,6 +240,119 @@ async def test_bound_and_accounting_hold_under_any_sequence(
     held = store.keys()
     tagged = [k for k in held if written[k][1]]
     assert await store.purge_tags(["a", "b", "c"]) == len(tagged)
+
+
+class ReferenceLRU:
+    """The behaviour the store must have, written the obvious way (an OrderedDict)."""
+
+    def __init__(self, max_size: int, clock: FakeClock) -> None:
+        self.max_size = max_size
+        self.clock = clock
+        self.data: OrderedDict[str, tuple[bytes, float, tuple[str, ...]]] = OrderedDict()
+        self.size = 0
+        self.evictions = 0
+
+    def get(self, key: str) -> bytes | None:
+        item = self.data.get(key)
+        if item is None:
+            return None
+        if item[1] <= self.clock.monotonic():
+            self.delete(key)
+            return None
+        self.data.move_to_end(key)
+        return item[0]
+
+    def set(self, key: str, value: bytes, ttl: float, tags: tuple[str, ...]) -> None:
+        self.delete(key)
+        if cost(key, value, tags) > self.max_size:
+            return
+        self.data[key] = (value, self.clock.monotonic() + ttl, tags)
+        self.size += cost(key, value, tags)
+        while self.size > self.max_size:
+            self.delete(next(iter(self.data)))
+            self.evictions += 1
+
+    def delete(self, key: str) -> int:
+        item = self.data.pop(key, None)
+        if item is None:
+            return 0
+        self.size -= cost(key, item[0], item[2])
+        return 1
+
+    def purge(self, tags: list[str]) -> int:
+        doomed = [k for k, (_, _, held) in self.data.items() if set(held) & set(tags)]
+        return sum(self.delete(key) for key in doomed)
+
+
+MODEL_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "set", "get", "get", "get", "delete", "purge", "tick"]),
+        st.integers(0, 40),  # key number
+        st.integers(0, 600),  # value size
+        st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=3),
+    ),
+    max_size=200,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=st.integers(1, 12), ops=MODEL_OPS)
+async def test_behaves_as_an_exact_lru(entries: int, ops: list[tuple[str, int, int, list[str]]]):
+    # Reads, rewrites, removals and evictions in any order, across many generation
+    # switches: the store keeps and drops exactly what an exact LRU would.
+    clock = FakeClock()
+    store = MemoryStore("mem", entries * cost("k00", bytes(300), ("a", "b")), clock)
+    model = ReferenceLRU(store.max_size, clock)
+    for op, n, size, tags in ops:
+        key = f"k{n:02}"
+        if op == "set":
+            await store.set(key, bytes(size), 1 + n % 7, tags=tags)
+            model.set(key, bytes(size), 1 + n % 7, tuple(tags))
+        elif op == "get":
+            assert store.get_now(key) == model.get(key)
+        elif op == "delete":
+            assert await store.delete([key]) == model.delete(key)
+        elif op == "purge":
+            assert await store.purge_tags(tags) == model.purge(tags)
+        else:
+            clock.advance(1)
+        assert store.keys() == list(model.data)
+        assert store.stats() == StoreStats(len(model.data), model.size, model.evictions)
+
+
+async def test_eviction_order_survives_reads_of_the_oldest(clock: FakeClock) -> None:
+    # thousands of entries, most of the least recent read again between evictions
+    count = 5000
+    store = sized_store(clock, count, value=10, key="k0000")
+    model = ReferenceLRU(store.max_size, clock)
+    for i in range(count):
+        await store.set(f"k{i:04}", bytes(10), 60)
+        model.set(f"k{i:04}", bytes(10), 60, ())
+    for phase in range(3):
+        for i in range(count):
+            if i % 4 != phase:  # three in four of the least recent are read again
+                assert store.get_now(f"k{i:04}") == model.get(f"k{i:04}")
+        for i in range(count // 2):
+            await store.set(f"n{phase}{i:04}", bytes(10), 60)
+            model.set(f"n{phase}{i:04}", bytes(10), 60, ())
+        assert store.keys() == list(model.data)
+    assert store.stats().evictions == model.evictions > count
+
+
+async def test_a_shared_tag_finds_every_entry_after_churn(store: MemoryStore) -> None:
+    # entries come and go under one tag many times over: a purge still removes
+    # exactly the entries that carry it now
+    for _ in range(50):
+        for i in range(40):
+            await store.set(f"k{i}", b"v", 60, tags=["shared", f"own{i}"])
+        for i in range(0, 40, 2):
+            await store.delete([f"k{i}"])
+        for i in range(1, 40, 4):
+            await store.set(f"k{i}", b"v", 60, tags=[f"own{i}"])  # leaves "shared"
+    assert await store.purge_tags(["shared"]) == 10
+    assert len(store.keys()) == 10
+    assert await store.purge_tags([f"own{i}" for i in range(40)]) == 10
+    assert store.stats() == StoreStats(entries=0, bytes=0, evictions=0)
 
 
 # ---------------------------------------------------------------- TTLs
