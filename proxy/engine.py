@@ -11,29 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
 import logging
 import math
-import random
 import time
 from collections.abc import (
-    AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Final
 
-from proxy import __version__
+from proxy import __version__, replies
 from proxy.cachecontrol import (
-    CACHE_NAME,
     CacheControl,
     accepts_gzip,
-    format_cache_status,
-    parse_cache_control,
     parse_field_list,
     parse_vary,
 )
@@ -48,7 +42,8 @@ from proxy.entry import (
     encode,
     encode_marker,
 )
-from proxy.errors import OriginError, OriginTimeout, StoreError
+from proxy.errors import OriginError, StoreError
+from proxy.exchange import Exchange, Headers, ProxyResponse, Ticket
 from proxy.freshness import (
     ERROR_STATUSES,
     HOP_BY_HOP,
@@ -82,9 +77,7 @@ from proxy.stores.base import Store
 
 log = logging.getLogger("sidecache")
 
-Headers = tuple[tuple[str, str], ...]
 CACHEABLE_METHODS: Final = frozenset({"GET", "HEAD"})
-_COMPRESSIBLE: Final = ("text/", "json", "xml", "javascript", "ecmascript", "svg", "csv", "yaml")
 _NOT_FORWARDED: Final = HOP_BY_HOP | {"host"}
 _CONDITIONALS: Final = (
     "if-none-match",
@@ -102,60 +95,6 @@ DECODED_BYTES: Final = 32 * 1024**2
 RECENT_KEYS: Final = 4096  # bound of the repeat-request sample
 
 
-@dataclass(frozen=True, slots=True)
-class Exchange:
-    """One client request, as the engine sees it (no server types)."""
-
-    method: str
-    path: str
-    query: str
-    headers: Headers
-    host: str = ""
-    client: str = ""
-    scheme: str = "http"
-    body: AsyncIterable[bytes] | None = None
-    hmap: Mapping[str, str] = field(default_factory=dict)
-
-    @staticmethod
-    def build(
-        method: str,
-        path: str,
-        query: str,
-        headers: Headers,
-        *,
-        host: str = "",
-        client: str = "",
-        scheme: str = "http",
-        body: AsyncIterable[bytes] | None = None,
-    ) -> Exchange:
-        hmap: dict[str, str] = {}
-        for name, value in headers:
-            lowered = name.lower()
-            hmap[lowered] = f"{hmap[lowered]}, {value}" if lowered in hmap else value
-        return Exchange(method, path, query, headers, host, client, scheme, body, hmap)
-
-    @property
-    def target(self) -> str:
-        return f"{self.path}?{self.query}" if self.query else self.path
-
-
-@dataclass(slots=True)
-class ProxyResponse:
-    """What goes back to the client: a body in memory or a stream."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-    stream: AsyncIterator[bytes] | None = None
-    # For HEAD answered from cache: the Content-Length a GET would have had.
-    head_length: int | None = None
-    cache: str = "MISS"  # the X-Cache label, for metrics and the access log
-    route: str = ""
-    # A stored response's own fields, sent before ``headers``: the same tuple object
-    # for every hit on one entry, so the server can serialize it once.
-    stored: tuple[tuple[str, str], ...] = ()
-
-
 @dataclass(slots=True)
 class Fill:
     """The outcome of one origin fetch for a cacheable request."""
@@ -165,18 +104,6 @@ class Fill:
     status: int = 0
     collapsed: bool = False  # filled by another replica's leader (cross-replica lock)
     own: Headers = ()  # the leader's Set-Cookie: for its client only, never stored nor shared
-
-
-@dataclass(slots=True)
-class Ticket:
-    """A request resolved for the synchronous hit path: see ``Engine.ticket``."""
-
-    ex: Exchange
-    route: Route
-    key: str
-    get_now: Callable[[str], bytes | None] | None  # None: a shared store, read with ``get``
-    store: Store
-    router: Router  # the policy it was resolved under
 
 
 class Engine:
@@ -222,7 +149,7 @@ class Engine:
 
     async def handle(self, ex: Exchange) -> ProxyResponse:
         start = time.perf_counter()
-        route, params = self.router.match(ex.method, _hostname(ex.host), ex.path)
+        route, params = self.router.match(ex.method, replies.hostname(ex.host), ex.path)
         response = await self._handle(ex, route, params)
         self._observe(ex, route.name, response, start)
         return response
@@ -257,7 +184,7 @@ class Engine:
         if (untouched := passed_through(ex.hmap)) is not None:
             return await self._pass(ex, route, "bypass", untouched)  # Range, preconditions
         request_cc = request_cache_control(cfg, ex.hmap)
-        identity = _identity(ex.hmap, cfg.key.cookies) if cfg.cache_authorized else ""
+        identity = replies.identity(ex.hmap, cfg.key.cookies) if cfg.cache_authorized else ""
         key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap, identity)
         store = self.stores[cfg.backend]
         try:
@@ -269,7 +196,7 @@ class Engine:
                 found = await self._lookup(store, key, ex)
         except StoreError as exc:
             if cfg.store_failure == "closed":
-                return _plain(503, "cache unavailable", route, "detail=store-down")
+                return replies.plain(503, "cache unavailable", route, "detail=store-down")
             log.debug("store lookup failed: %s", exc)
             found = None
         return await self._answer(ex, route, params, key, store, found, request_cc)
@@ -289,7 +216,7 @@ class Engine:
             self._note_repeat(key, now)
         stale: CachedResponse | None = None
         fwd = "vary-miss" if _VARY_MISS.get() else "uri-miss"  # RFC 9211 §2.2
-        if found is not None and not _body_intact(found[0], ex):
+        if found is not None and not replies.body_intact(found[0], ex):
             found = None  # a corrupt stored body is a miss; the fill overwrites it
         if found is not None:
             entry, entry_key = found
@@ -306,7 +233,7 @@ class Engine:
                 usability = Usability.REFUSED
             if usability in (Usability.FRESH, Usability.STALE_ALLOWED):
                 label = "HIT" if usability is Usability.FRESH else "STALE"
-                if route.config.early_refresh is not None and _refresh_early(
+                if route.config.early_refresh is not None and replies.refresh_early(
                     entry, now, route.config.early_refresh.beta
                 ):
                     self._refresh_in_background(ex, route, params, key, entry_key, store, entry)
@@ -320,7 +247,7 @@ class Engine:
                 self.meter.stale_served(route.name, "revalidate")
                 return self._from_cache(ex, route, entry, now, "STALE", _STALE_HIT)
         if request_cc.has("only-if-cached"):  # RFC 9111 §5.2.1.7
-            return _plain(504, "not cached", route, "detail=only-if-cached")
+            return replies.plain(504, "not cached", route, "detail=only-if-cached")
         if ex.method == "HEAD":
             stored_key = found[1] if found is not None else key
             return await self._head(ex, route, params, key, store, stale, stored_key, fwd)
@@ -350,8 +277,8 @@ class Engine:
             return None  # corrupt or foreign: a miss, overwritten by the next fill
         if isinstance(value, VaryMarker):
             vkey = variant_key(key, variant_of(value.fields, ex.hmap))
-            selected = _decoded_response(await store.get(vkey))
-            if selected is None or not _selects(selected, ex):
+            selected = replies.decoded_response(await store.get(vkey))
+            if selected is None or not replies.selects(selected, ex):
                 _VARY_MISS.set(True)
                 return None
             return selected, vkey
@@ -391,9 +318,13 @@ class Engine:
             if flight is not None and flight.waiters < cfg.coalesce.max_waiters:
                 fill = await self.coalescer.follow(flight, cfg.coalesce.timeout)
                 now = self.clock.time()
-                if fill is not None and fill.entry is not None and _answers(fill.entry, ex, route):
+                if (
+                    fill is not None
+                    and fill.entry is not None
+                    and replies.answers(fill.entry, ex, route)
+                ):
                     self.meter.follower(cfg.name)
-                    status = _forwarded(fwd, fill.status, collapsed=True)
+                    status = replies.forwarded(fwd, fill.status, collapsed=True)
                     return self._from_cache(ex, route, fill.entry, now, "HIT", status)
                 # leader failed, timed out, its answer was private or for other headers
                 return await self._own_fill(ex, route, params, key, store, stale, fwd)
@@ -424,13 +355,13 @@ class Engine:
         if fill.live is not None:
             if fill.entry is None and fill.status and fill.status < 500:
                 self.coalescer.mark_uncacheable(key, route.config.coalesce.hit_for_miss)
-            return _with_fwd(fill.live, fwd)
+            return replies.with_fwd(fill.live, fwd)
         assert fill.entry is not None
         now = self.clock.time()
         if fill.collapsed:
-            status = _forwarded(fwd, fill.status, collapsed=True)
+            status = replies.forwarded(fwd, fill.status, collapsed=True)
             return self._from_cache(ex, route, fill.entry, now, "HIT", status)
-        status = _forwarded(fwd, fill.status, stored=True)
+        status = replies.forwarded(fwd, fill.status, stored=True)
         response = self._from_cache(ex, route, fill.entry, now, "MISS", status)
         response.headers += fill.own
         return response
@@ -507,7 +438,7 @@ class Engine:
         entry = found[0]
         newer = stale is None or entry.response_time > stale.response_time
         fresh = entry.age(self.clock.time()) < entry.lifetime
-        if newer and fresh and _body_intact(entry, ex):
+        if newer and fresh and replies.body_intact(entry, ex):
             return Fill(entry, None, entry.status, collapsed=True)
         return None
 
@@ -525,16 +456,16 @@ class Engine:
         request_cc = request_cache_control(cfg, ex.hmap)
         headers = self._forward_headers(ex, route, strip_conditionals=True)
         if stale is not None:
-            headers += _validators(stale)
+            headers += replies.validators(stale)
         request_time = self.clock.time()
         began = time.perf_counter()
         try:
             response = await self.origin.request("GET", ex.target, headers, None, cfg.timeout)
         except OriginError as exc:
-            self.meter.origin_failed(cfg.name, _failure_kind(exc))
+            self.meter.origin_failed(cfg.name, replies.failure_kind(exc))
             if stale is not None and self._within_sie(stale, self.clock.time(), request_cc):
                 return self._stale_on_error(ex, route, stale, None)
-            return Fill(None, _origin_failed(exc, route), 0)
+            return Fill(None, replies.origin_failed(exc, route), 0)
         self.meter.origin(cfg.name, response.status, time.perf_counter() - began)
         response_time = self.clock.time()
         if (
@@ -555,14 +486,14 @@ class Engine:
         if not decision.store:
             self.meter.not_stored(cfg.name, decision.reason)
             return Fill(None, self._live(ex, route, response, decision.reason), response.status)
-        if _is_personal(route, headers, response.headers):
+        if replies.is_personal(route, headers, response.headers):
             self.meter.not_stored(cfg.name, "cookie")
             # status 0: this request's credentials refused it, not the URL (no hit-for-miss)
             return Fill(None, self._live(ex, route, response, "cookie"), 0)
         try:
             body, complete = await response.read_up_to(cfg.max_object_size)
         except OriginError as exc:  # the origin failed mid-body: nothing to store
-            return Fill(None, _origin_failed(exc, route), 0)
+            return Fill(None, replies.origin_failed(exc, route), 0)
         if not complete:
             self.meter.not_stored(cfg.name, "size")
             live = self._live(ex, route, response, "size", head=body)
@@ -570,14 +501,14 @@ class Engine:
         response.release()
         entry = self._make_entry(ex, route, response, body, decision, request_time, response_time)
         await self._store(ex, route, params, key, store, entry, decision.storage_ttl)
-        return Fill(entry, None, response.status, own=_set_cookies(response.headers))
+        return Fill(entry, None, response.status, own=replies.set_cookies(response.headers))
 
     def _stale_on_error(
         self, ex: Exchange, route: Route, stale: CachedResponse, status: int | None
     ) -> Fill:
         """RFC 5861 §4: the stale copy answers in place of the origin's failure."""
         self.meter.stale_served(route.name, "error")
-        params = _forwarded("stale", status, detail="stale-if-error")
+        params = replies.forwarded("stale", status, detail="stale-if-error")
         live = self._from_cache(ex, route, stale, self.clock.time(), "STALE", params)
         return Fill(None, live, 0)
 
@@ -604,18 +535,20 @@ class Engine:
         decision = decide_storage(
             cfg, "GET", ex.hmap, stale.status, merged, response_time, request_cc
         )
-        entry = _refreshed(stale, merged, decision, response.headers, request_time, response_time)
+        entry = replies.refreshed(
+            stale, merged, decision, response.headers, request_time, response_time
+        )
         selected = selects_for_update(stale.headers, response.headers)
         if not (selected and decision.store):
             if not selected:
                 stored_key = variant_key(key, stale.variant) if stale.variant else key
                 await _quiet(store.delete([stored_key]))
             reason = decision.reason if selected else "unmatched-304"
-            status = _forwarded("uri-miss", 304, detail=reason)
+            status = replies.forwarded("uri-miss", 304, detail=reason)
             own = replace(entry, headers=merged)
             return Fill(None, self._from_cache(ex, route, own, response_time, "MISS", status), 304)
         await self._store(ex, route, params, key, store, entry, decision.storage_ttl)
-        return Fill(entry, None, 304, own=_set_cookies(response.headers))
+        return Fill(entry, None, 304, own=replies.set_cookies(response.headers))
 
     async def _head(
         self,
@@ -636,7 +569,7 @@ class Engine:
         try:
             response = await self.origin.request("HEAD", ex.target, headers, None, cfg.timeout)
         except OriginError as exc:
-            return _with_fwd(_origin_failed(exc, route), fwd)
+            return replies.with_fwd(replies.origin_failed(exc, route), fwd)
         response_time = self.clock.time()
         updated = False
         if stored is not None and response.status == 200:
@@ -648,14 +581,14 @@ class Engine:
                     cfg, "GET", ex.hmap, stored.status, merged, response_time, request_cc
                 )
                 if decision.store:
-                    entry = _refreshed(
+                    entry = replies.refreshed(
                         stored, merged, decision, response.headers, request_time, response_time
                     )
                     await self._store(ex, route, params, key, store, entry, decision.storage_ttl)
                     updated = True
             else:
                 await _quiet(store.delete([stored_key]))
-        status = _forwarded(fwd, response.status, stored=updated)
+        status = replies.forwarded(fwd, response.status, stored=updated)
         live = self._live(ex, route, response, None, cache_status=status)
         length_field = first_header(response.headers, "Content-Length") or ""
         live.head_length = int(length_field) if length_field.strip().isdigit() else None
@@ -680,7 +613,7 @@ class Engine:
             compression.algorithm == "gzip"
             and len(body) >= compression.min_size
             and first_header(headers, "Content-Encoding") is None
-            and _compressible(first_header(headers, "Content-Type"))
+            and replies.compressible(first_header(headers, "Content-Type"))
             and not transform_forbidden(headers)
         ):
             stored_body = compress(body, compression.level)
@@ -792,8 +725,8 @@ class Engine:
                 ex.method, ex.target, headers, ex.body, cfg.timeout
             )
         except OriginError as exc:
-            self.meter.origin_failed(cfg.name, _failure_kind(exc))
-            return _origin_failed(exc, route)
+            self.meter.origin_failed(cfg.name, replies.failure_kind(exc))
+            return replies.origin_failed(exc, route)
         self.meter.origin(cfg.name, response.status, time.perf_counter() - began)
         if ex.method not in CACHEABLE_METHODS and 200 <= response.status < 400:
             await self._invalidate_after_unsafe(ex, route, response.headers)
@@ -871,7 +804,7 @@ class Engine:
             cache_status = f"fwd=uri-miss; fwd-status={response.status}"
             if reason:
                 cache_status += f"; detail={reason}"
-        headers += _cache_headers(label, cache_status)
+        headers += replies.cache_headers(label, cache_status)
         if ex.method == "HEAD" or response.status in (204, 304) or response.status < 200:
             response.release()
             return ProxyResponse(response.status, headers, cache=label)
@@ -897,10 +830,10 @@ class Engine:
         stored = entry.views.get(gzip)
         if stored is None:
             plain = [(k, v) for k, v in entry.headers if k.lower() != "content-length"]
-            stored = entry.views[gzip] = tuple(_as_gzip(plain) if gzip else plain)
+            stored = entry.views[gzip] = tuple(replies.as_gzip(plain) if gzip else plain)
         # RFC 9211 §2.7: the remaining freshness, negative once stale
         detail = f"{status}; ttl={math.floor(entry.lifetime - age)}"
-        headers = [("Age", str(int(age))), *_cache_headers(label, detail)]
+        headers = [("Age", str(int(age))), *replies.cache_headers(label, detail)]
         if ("if-none-match" in ex.hmap or "if-modified-since" in ex.hmap) and is_not_modified(
             ex.hmap, entry.status, entry.headers, entry.response_time
         ):
@@ -947,7 +880,7 @@ class Engine:
         It depends on the request and the policy only, so a server may keep it for
         requests identical to ``ex`` while ``ticket.router is engine.router``.
         """
-        route, _ = self.router.match(ex.method, _hostname(ex.host), ex.path)
+        route, _ = self.router.match(ex.method, replies.hostname(ex.host), ex.path)
         cfg = route.config
         if not cfg.cache or ex.method not in CACHEABLE_METHODS or ex.body is not None:
             return None
@@ -995,13 +928,13 @@ class Engine:
         if cached.no_cache or cached.age(now) >= cached.lifetime:
             return None
         ex = ticket.ex
-        if not _body_intact(cached, ex):
+        if not replies.body_intact(cached, ex):
             return None
         if self._recent:
             self._note_repeat(key, now)
         response = self._from_cache(ex, ticket.route, cached, now, "HIT", "hit")
         self._observe(ex, ticket.route.name, response, start)
-        return response, _same_answer_until(cached, now)
+        return response, replies.same_answer_until(cached, now)
 
     def _keep_decoded(self, key: str, entry: tuple[bytes, CachedResponse]) -> None:
         """Keep a decoded entry for the next hit, within DECODED_CACHE and DECODED_BYTES
@@ -1036,122 +969,11 @@ class Engine:
 # ---------------------------------------------------------------------- helpers
 
 
-def _hostname(host: str) -> str:
-    """The Host header without its port (``[::1]:8080`` → ``[::1]``)."""
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.partition(":")[0]
-
-
-def _same_answer_until(entry: CachedResponse, now: float) -> float:
-    """When a hit's answer at ``now`` stops being exact: the next whole second of Age,
-    the next whole second of Cache-Status' ``ttl``, or the end of freshness."""
-    age = entry.age(now)
-    left = entry.lifetime - age
-    if now < entry.response_time:  # a clock behind the origin's: Age waits for it
-        return min(entry.response_time, now + left)
-    return now + min(1.0 - age % 1.0, left % 1.0 or 1e-9, left)
-
-
-def _body_intact(entry: CachedResponse, ex: Exchange) -> bool:
-    """Whether the body this client will get can be produced (a stored gzip body that
-    does not inflate is a corrupt entry). Inflating is cached on the entry."""
-    if entry.status < 200:  # never stored by us; written out, it would desync the client
-        return False
-    if entry.body_encoding is None or accepts_gzip(ex.hmap.get("accept-encoding", "")):
-        return True
-    try:
-        entry.plain_body()
-    except EntryError:
-        return False
-    return True
-
-
-def _identity(request: Mapping[str, str], keyed_cookies: Sequence[str]) -> str:
-    """Whom a request speaks for, on a ``cache_authorized`` route: its Authorization and,
-    unless the route keys on named cookies (which then identify the user), its Cookie."""
-    credentials = request.get("authorization", "")
-    if not keyed_cookies:
-        credentials += "\0" + request.get("cookie", "")
-    if credentials in ("", "\0"):
-        return ""
-    return hashlib.blake2b(credentials.encode(), digest_size=16).hexdigest()
-
-
-def _is_personal(
-    route: Route, forwarded: Sequence[tuple[str, str]], response: list[tuple[str, str]]
-) -> bool:
-    """Whether an answer to a request whose Cookie reached the origin may be personal,
-    so not for a shared key (web cache deception): unless the route keys by identity,
-    the origin varies on Cookie, or it marks the answer shareable (``public``,
-    ``s-maxage``, as RFC 9111 §3.5 allows for Authorization)."""
-    if route.config.cache_authorized or not any(k.lower() == "cookie" for k, _ in forwarded):
-        return False
-    if "cookie" in parse_vary(header_values(response, "Vary")):
-        return False
-    if route.config.origin_cache_control != "honor":
-        return True
-    cc = parse_cache_control(header_values(response, "Cache-Control"))
-    return not (cc.has("public") or cc.has("s-maxage"))
-
-
-def _refresh_early(entry: CachedResponse, now: float, beta: float) -> bool:
-    """XFetch (Vattani et al., "Optimal probabilistic cache stampede prevention"): refresh
-    before expiry with a probability that rises as expiry nears and with the fetch cost."""
-    cost = max(entry.response_time - entry.request_time, 0.001)
-    return entry.age(now) - cost * beta * math.log(random.random() or 1e-12) >= entry.lifetime
-
-
-def _cache_headers(label: str, status: str) -> list[tuple[str, str]]:
-    return [("X-Cache", label), ("Cache-Status", f"{CACHE_NAME}; {status}")]
-
-
 # Set by a lookup that found responses for the URI but none selected by the request's
 # headers (RFC 9111 §4.1), so that Cache-Status says fwd=vary-miss (RFC 9211 §2.2).
 # Request-scoped: each lookup resets it in the task that serves the request.
 _VARY_MISS: Final = contextvars.ContextVar("sidecache_vary_miss", default=False)
 _STALE_HIT: Final = "hit; detail=stale-while-revalidate"
-
-
-def _forwarded(
-    fwd: str,
-    status: int | None,
-    *,
-    stored: bool = False,
-    collapsed: bool = False,
-    detail: str | None = None,
-) -> str:
-    """Cache-Status parameters of a forwarded request (RFC 9211 §2.2-§2.6, §2.8)."""
-    member = format_cache_status(
-        fwd=fwd, fwd_status=status, stored=stored, collapsed=collapsed, detail=detail
-    )
-    return member.removeprefix(f"{CACHE_NAME}; ")
-
-
-def _with_fwd(response: ProxyResponse, fwd: str) -> ProxyResponse:
-    """Name why the request went forward (RFC 9211 §2.2) in an answer a fill built."""
-    if fwd != "uri-miss":
-        response.headers = [
-            (k, v.replace("; fwd=uri-miss", f"; fwd={fwd}", 1) if k == "Cache-Status" else v)
-            for k, v in response.headers
-        ]
-    return response
-
-
-def _answers(entry: CachedResponse, ex: Exchange, route: Route) -> bool:
-    """Whether a response a leader fetched may answer this follower too: the same Vary
-    selection (RFC 9111 §4.1) and, for a request with Authorization, a response that
-    allows shared caching (§3.5)."""
-    if "authorization" in ex.hmap and not reusable_with_credentials(route.config, entry.headers):
-        return False
-    return _selects(entry, ex)
-
-
-def _selects(entry: CachedResponse, ex: Exchange) -> bool:
-    """RFC 9111 §4.1: a stored (or just fetched) response answers this request only if
-    the request's selecting fields match those of the request it was stored for."""
-    names = tuple(name for name, _ in entry.variant)
-    return not names or entry.variant == variant_of(names, ex.hmap)
 
 
 async def _store_variant(
@@ -1183,103 +1005,6 @@ async def _store_variant(
     await store.set(key, encode_marker(VaryMarker(fields, tuple(kept[-limit:]))), ttl, tags)
     if dropped:
         await store.delete(dropped)
-
-
-def _decoded_response(raw: bytes | None) -> CachedResponse | None:
-    """A stored variant, or ``None`` when missing, corrupt (the next fill overwrites it)
-    or not a response."""
-    try:
-        value = decode(raw) if raw is not None else None
-    except EntryError:
-        return None
-    return value if isinstance(value, CachedResponse) else None
-
-
-def _set_cookies(headers: list[tuple[str, str]]) -> Headers:
-    return tuple((k, v) for k, v in headers if k.lower() == "set-cookie")
-
-
-def _refreshed(
-    stale: CachedResponse,
-    merged: Headers,
-    decision: StoreDecision,
-    fresh: list[tuple[str, str]],
-    request_time: float,
-    response_time: float,
-) -> CachedResponse:
-    """A stored response updated by a 304 or a HEAD response (RFC 9111 §3.2, §4.3.4)."""
-    return replace(
-        stale,
-        headers=storable_headers(merged, decision.strip, response_time),
-        request_time=request_time,
-        response_time=response_time,
-        initial_age=initial_age(fresh, request_time, response_time),
-        lifetime=decision.lifetime,
-        stale_while_revalidate=decision.stale_while_revalidate,
-        stale_if_error=decision.stale_if_error,
-        must_revalidate=decision.must_revalidate,
-        no_cache=decision.no_cache,
-    )
-
-
-def _plain(code: int, text: str, route: Route, status: str) -> ProxyResponse:
-    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
-    headers += _cache_headers("MISS", status)
-    return ProxyResponse(code, headers, f"{text}\n".encode())
-
-
-def _failure_kind(exc: OriginError) -> str:
-    return "timeout" if isinstance(exc, OriginTimeout) else "unreachable"
-
-
-def _origin_failed(exc: OriginError, route: Route) -> ProxyResponse:
-    code = 504 if isinstance(exc, OriginTimeout) else 502
-    log.warning("origin error on route %s: %s", route.name, exc)
-    return _plain(
-        code,
-        "origin " + ("timeout" if code == 504 else "unreachable"),
-        route,
-        f"fwd=uri-miss; detail={'origin-timeout' if code == 504 else 'origin-down'}",
-    )
-
-
-def _validators(entry: CachedResponse) -> list[tuple[str, str]]:
-    """RFC 9111 §4.3.1: validate a stored response with its ETag and Last-Modified."""
-    out = []
-    etag = entry.header("ETag")
-    if etag:
-        out.append(("If-None-Match", etag))
-    modified = entry.header("Last-Modified")
-    if modified:
-        out.append(("If-Modified-Since", modified))
-    return out
-
-
-def _compressible(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    lowered = content_type.lower()
-    return any(marker in lowered for marker in _COMPRESSIBLE)
-
-
-def _as_gzip(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Serve our stored gzip as is: Content-Encoding, Vary and a weakened ETag (the
-    representation differs from the origin's bytes, RFC 9110 §8.8.3)."""
-    out: list[tuple[str, str]] = []
-    vary_done = False
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == "etag" and not value.startswith("W/"):
-            value = "W/" + value
-        elif lowered == "vary":
-            if "accept-encoding" not in value.lower():
-                value = f"{value}, Accept-Encoding"
-            vary_done = True
-        out.append((name, value))
-    out.append(("Content-Encoding", "gzip"))
-    if not vary_done:
-        out.append(("Vary", "Accept-Encoding"))
-    return out
 
 
 async def _claim(task: asyncio.Task[Fill]) -> Fill:

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from proxy.engine import Engine, Exchange, ProxyResponse, Ticket
+from proxy.engine import Engine
+from proxy.exchange import Exchange, ProxyResponse, Ticket
 from proxy.keys import normalize_path
 
 log = logging.getLogger("sidecache")

@@ -25,8 +25,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from proxy.engine import Engine, Exchange, ProxyResponse
+from proxy.engine import Engine
 from proxy.errors import StoreError
+from proxy.exchange import Exchange, ProxyResponse
 from proxy.fanout import Subscriber, WorkerBus
 from proxy.keys import derive_key, path_tags, route_tag, user_tag
 from proxy.logs import event
