@@ -42,6 +42,7 @@ from proxy.errors import StoreError, StoreTimeout, StoreUnavailable
 from proxy.stores.base import StoreStats
 
 T = TypeVar("T")
+_STORED_KEYS: Final = 4096  # encoded stored keys get remembers (then starts over)
 
 # KEYS[1] = entry, KEYS[2..] = its group's tag sets; ARGV = value, ttl ms, member
 _SET_TAGGED: Final = """
@@ -138,6 +139,7 @@ class RedisStore:
             self._client = Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._closed = False
         self._reads = _ReadPump(name, self._client, pool)
+        self._stored: dict[str, bytes] = {}  # key -> its encoded stored key, for get
 
     # ------------------------------------------------------------ key layout
 
@@ -170,7 +172,12 @@ class RedisStore:
     # ------------------------------------------------------------ Store
 
     async def get(self, key: str) -> bytes | None:
-        return await self._reads.read(self._entry(key)[0].encode())
+        stored = self._stored.get(key)  # hot keys are read over and over
+        if stored is None:
+            if len(self._stored) >= _STORED_KEYS:
+                self._stored.clear()
+            stored = self._stored[key] = self._entry(key)[0].encode()
+        return await self._reads.read(stored)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
