@@ -18,13 +18,9 @@ from proxy.stores.base import StoreStats
 # (bench/memory_rss.py --breakdown, docs/benchmarks.md): the str and bytes headers, its
 # dict slot, the entry tuple and its deadline float; per tag, its tuple slot and its
 # place in the tag index (a tag naming one entry costs a str and a dict slot, a shared
-# tag one list slot).
+# tag a set slot).
 ENTRY_OVERHEAD: Final = 256
 TAG_OVERHEAD: Final = 64
-# A shared tag's key list is compacted once it holds this many more keys than twice
-# the entries that still carry the tag.
-_SLACK: Final = 16
-
 # (value, deadline on the monotonic clock, key, *tags): one tuple per entry, nothing else.
 # The key is there so a read can move an entry with its own key object: reinserted
 # under the caller's equal string, the tag index would keep the first as a copy.
@@ -32,29 +28,28 @@ Entry: TypeAlias = tuple[bytes, float, str, *tuple[str, ...]]
 _TAGS: Final = 3  # where an entry's tags start
 
 
-class _Members:
-    """The keys of a tag several entries carry. Keys are appended, never searched for:
-    an entry that leaves is dropped from the list lazily (``live`` counts the entries
-    that still carry the tag), which costs one list slot per key instead of a set's
-    three or four."""
+class _Members(set[str]):
+    """The keys of a tag several entries carry, with the one copy of the tag they share
+    (each request brings its own equal string; entries keep this one instead)."""
 
-    __slots__ = ("keys", "live", "name")
+    __slots__ = ("name",)
 
-    def __init__(self, name: str, keys: list[str]) -> None:
-        self.name = name  # the one copy of the tag the entries carrying it share
-        self.keys = keys
-        self.live = len(keys)
+    def __init__(self, name: str, keys: tuple[str, ...]) -> None:
+        super().__init__(keys)
+        self.name = name
 
 
 class MemoryStore:
     """An in-process LRU bounded by bytes; entries expire after their TTL.
 
-    Recency without a linked list: ``_data`` holds the young entries in use order (a
-    read moves its entry to the end). When room is needed and the old generation is
-    used up, the young one becomes old and a new young one starts; eviction walks the
-    old generation in the order it was last used (``_order``, a snapshot of its keys).
-    An old entry that is read moves to the young generation, so the first key in
-    ``_order`` still in ``_old`` is always the least recently used entry.
+    Exact LRU without a linked list (an OrderedDict's costs ~90 B per entry): ``_data``
+    holds the young generation in use order, a read moving its entry to the end. When
+    room is needed and the old generation is used up, the young one becomes old and a
+    new one starts. Eviction takes the old generation's keys in the order they were
+    last used from ``_order``, a snapshot taken at the switch (a dict cannot give its
+    first key cheaply once many were removed from its front). An old entry that is read
+    moves to the young generation, so the oldest key in ``_order`` still in ``_old`` is
+    always the least recently used entry of the store.
     """
 
     shared = False
@@ -102,9 +97,9 @@ class MemoryStore:
         self._remove(key)
         if not ttl > 0:  # also NaN, whose deadline would never come
             return
-        size = len(key) + len(value) + ENTRY_OVERHEAD
+        size = len(key) + len(value) + ENTRY_OVERHEAD + TAG_OVERHEAD * len(tags)
         for tag in tags:
-            size += TAG_OVERHEAD + len(tag)
+            size += len(tag)
         if size > self.max_size:
             return
         index = self._tags
@@ -114,18 +109,15 @@ class MemoryStore:
             if held is None:
                 index[tag] = key
             elif isinstance(held, str):
-                index[tag] = _Members(tag, [held, key])
+                index[tag] = _Members(tag, (held, key))
             else:
-                held.keys.append(key)
-                held.live += 1
+                held.add(key)
                 tag = held.name
             names.append(tag)
         self._data[key] = (value, self._monotonic() + ttl, key, *names)
         self._size += size
         while self._size > self.max_size:
-            self._remove(self._least_recent())
-            self._stale -= 1  # _remove counted the evicted key as stale
-            self.evictions += 1
+            self._evict()
         if self._stale > 1024 and self._stale * 2 > len(self._order):
             # keys of old entries read or removed since the switch, waiting in _order to
             # be skipped: dropped in one pass once they are most of it
@@ -144,17 +136,11 @@ class MemoryStore:
             if isinstance(held, str):
                 removed += self._remove(held)
             elif held is not None:
-                for key in dict.fromkeys(held.keys):
-                    item = self._peek(key)
-                    if item is not None and tag in item[_TAGS:]:
-                        removed += self._remove(key)
+                for key in held:
+                    removed += self._remove(key)
         return removed
 
     # -- internals
-
-    def _peek(self, key: str) -> Entry | None:
-        item = self._data.get(key)
-        return item if item is not None else self._old.get(key)
 
     def _remove(self, key: str) -> int:
         item = self._data.pop(key, None)
@@ -169,10 +155,10 @@ class MemoryStore:
     def _forget(self, item: Entry) -> None:
         """Take a popped entry out of the byte count and the tag index."""
         key = item[2]
-        size = len(key) + len(item[0]) + ENTRY_OVERHEAD
+        size = len(key) + len(item[0]) + ENTRY_OVERHEAD + TAG_OVERHEAD * (len(item) - _TAGS)
         index = self._tags
         for tag in item[_TAGS:]:
-            size += TAG_OVERHEAD + len(tag)
+            size += len(tag)
             held = index.get(tag)
             if held is None:  # being purged
                 continue
@@ -180,26 +166,24 @@ class MemoryStore:
                 if held == key:
                     del index[tag]
                 continue
-            held.live -= 1
-            if held.live <= 0:
+            held.discard(key)
+            if len(held) == 1:
+                index[tag] = held.pop()
+            elif not held:
                 del index[tag]
-            elif len(held.keys) > 2 * held.live + _SLACK:
-                held.keys = [
-                    k
-                    for k in dict.fromkeys(held.keys)
-                    if (entry := self._peek(k)) is not None and tag in entry[_TAGS:]
-                ]
         self._size -= size
 
-    def _least_recent(self) -> str:
-        """The key to evict: the oldest of the old generation (switching generations
-        when it is used up). Only called while the store holds entries."""
+    def _evict(self) -> None:
+        """Drop the least recently used entry: the oldest of the old generation
+        (switching generations when it is used up). Only while entries are held."""
         order, old = self._order, self._old
         while True:
             while order:
-                key = order.pop()
-                if key in old:
-                    return key
+                item = old.pop(order.pop(), None)
+                if item is not None:
+                    self._forget(item)
+                    self.evictions += 1
+                    return
                 self._stale -= 1
             if not self._data:
                 raise RuntimeError("memory store: nothing left to evict")
