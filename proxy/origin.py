@@ -1,24 +1,32 @@
 """The upstream client: one keep-alive pool to the configured origin, bytes untouched.
 
-Only this module talks aiohttp's client API, and it translates every client
-exception into ``OriginTimeout`` or ``OriginUnreachable``. It never retries, never
-follows redirects, never decompresses, and only ever connects to the one origin.
+The wire work is ``proxy/upstream.py`` (HTTP/1.1 on llhttp); this module is its face to
+the engine and the one place its errors become ``OriginTimeout``/``OriginUnreachable``.
+It never retries: a request whose connection fails is answered 502/504, because RFC 9110
+§9.2.2 leaves a retry to the client, which knows whether the origin may have seen the
+request (aiohttp's client, used before, re-sent idempotent requests once; it was switched
+off). It never follows redirects, never decompresses, and only connects to the one origin.
 """
 
 from __future__ import annotations
 
-import asyncio
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import aiohttp
-from yarl import URL
-
 from proxy.errors import OriginTimeout, OriginUnreachable
 from proxy.policy import Timeout
+from proxy.upstream import Pool, Stream
 
-CHUNK = 64 * 1024
+_TLS: ssl.SSLContext | None = None
+
+
+def _default_tls() -> ssl.SSLContext:
+    global _TLS
+    if _TLS is None:
+        _TLS = ssl.create_default_context()  # verifies the origin's certificate and name
+    return _TLS
 
 
 @dataclass(slots=True)
@@ -27,82 +35,76 @@ class OriginResponse:
 
     status: int
     headers: list[tuple[str, str]]
-    _response: aiohttp.ClientResponse
-    _deadline: float | None
+    _stream: Stream
+
+    def complete_body(self) -> bytes | None:
+        """The whole body when it has already arrived (the connection is back in the
+        pool), else ``None``: the caller can then answer in one write, without a stream."""
+        return self._stream.complete_body()
 
     async def read_up_to(self, limit: int) -> tuple[bytes, bool]:
         """Read at most ``limit`` bytes; answer them and whether the body ended."""
-        chunks: list[bytes] = []
-        size = 0
+        stream = self._stream
+        body = stream.complete_body()
+        if body is not None and len(body) <= limit:
+            return body, True
+        chunks = [body] if body else []
+        size = len(body) if body else 0
         try:
             while size <= limit:
-                chunk = await self._response.content.readany()
+                chunk = await stream.read()
                 if not chunk:
                     return b"".join(chunks), True
                 chunks.append(chunk)
                 size += len(chunk)
-        except (aiohttp.ClientError, OSError) as exc:
-            self.release()
-            raise OriginUnreachable(f"origin body failed: {exc!r}") from exc
         except TimeoutError as exc:
             self.release()
-            raise OriginTimeout("origin body timed out") from exc
+            raise OriginTimeout(f"origin body timed out: {exc}") from exc
+        except OSError as exc:
+            self.release()
+            raise OriginUnreachable(f"origin body failed: {exc!r}") from exc
         return b"".join(chunks), False
 
     async def iter_rest(self, head: bytes = b"") -> AsyncIterator[bytes]:
         """Yield ``head``, then the rest of the body as it arrives; release at the end."""
+        stream = self._stream
         try:
             if head:
                 yield head
             while True:
-                chunk = await self._response.content.readany()
+                chunk = await stream.read()
                 if not chunk:
                     break
                 yield chunk
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except OSError as exc:  # TimeoutError included: the answer is already under way
             raise OriginUnreachable(f"origin body failed: {exc!r}") from exc
         finally:
             self.release()
 
     def release(self) -> None:
-        self._response.release()
+        """Done with the answer; a connection whose body was not read to the end closes."""
+        self._stream.release()
 
     def close(self) -> None:
-        self._response.close()
+        self._stream.release()
 
 
 class OriginClient:
     """A pooled HTTP/1.1 client bound to one origin base URL."""
 
-    def __init__(self, base_url: str, pool_size: int = 256) -> None:
+    def __init__(
+        self, base_url: str, pool_size: int = 256, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         parts = urlsplit(base_url)
         self.base_url = base_url.rstrip("/")
         self.scheme = parts.scheme
         self.host = parts.netloc
         self.base_path = parts.path.rstrip("/")
-        self._pool_size = pool_size
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._pool_size, keepalive_timeout=30, ttl_dns_cache=60
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-                timeout=aiohttp.ClientTimeout(total=None),
-                read_bufsize=CHUNK,
-                requote_redirect_url=False,
-            )
-            # aiohttp re-sends an idempotent request (GET, PUT, DELETE...) once when the
-            # connection drops before the answer; a proxy must not (RFC 9110 §9.2.2 leaves
-            # retries to the client, which knows whether the origin saw the request). The
-            # same switch its own test client turns off; there is no public one.
-            self._session._retry_connection = False
-        return self._session
+        secure = parts.scheme == "https"
+        if secure and tls is None:
+            tls = _default_tls()
+        port = parts.port or (443 if secure else 80)
+        self._pool = Pool(parts.hostname or "", port, pool_size, tls if secure else None)
 
     async def request(
         self,
@@ -113,34 +115,15 @@ class OriginClient:
         timeout: Timeout,
     ) -> OriginResponse:
         """Send one request (``target`` is path plus query, already encoded)."""
-        url = URL(self.base_url + target, encoded=True)
-        loop = asyncio.get_running_loop()
-        client_timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeout.connect, sock_read=timeout.total
-        )
         try:
-            async with asyncio.timeout(timeout.total):
-                response = await self._client().request(
-                    method,
-                    url,
-                    headers=list(headers),
-                    data=body,
-                    allow_redirects=False,
-                    timeout=client_timeout,
-                    compress=None,
-                    chunked=None,
-                )
+            stream = await self._pool.request(
+                method, self.base_path + target, headers, body, timeout.connect, timeout.total
+            )
         except TimeoutError as exc:
-            raise OriginTimeout(f"origin did not answer within {timeout.total:g}s") from exc
-        except aiohttp.ServerTimeoutError as exc:
-            raise OriginTimeout(f"origin timed out: {exc}") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+            raise OriginTimeout(str(exc) or "origin timed out") from exc
+        except OSError as exc:  # refused, reset, TLS, a malformed answer (BadResponse)
             raise OriginUnreachable(f"origin unreachable: {exc!r}") from exc
-        raw = response.raw_headers
-        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-        return OriginResponse(response.status, pairs, response, loop.time() + timeout.total)
+        return OriginResponse(stream.status, stream.headers, stream)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._pool.aclose()
