@@ -43,6 +43,8 @@ from proxy.stores.base import StoreStats
 
 T = TypeVar("T")
 _STORED_KEYS: Final = 4096  # encoded stored keys get remembers (then starts over)
+_LANES: Final = 4  # read connections at most (see _ReadPump)
+_SPILL: Final = 0.005  # seconds reads wait for a command still out before another lane
 
 # KEYS[1] = entry, KEYS[2..] = its group's tag sets; ARGV = value, ttl ms, member
 _SET_TAGGED: Final = """
@@ -291,21 +293,33 @@ class RedisStore:
         return receivers
 
 
+class _Lane:
+    """One read connection and the pump task sending on it (while there is work)."""
+
+    __slots__ = ("conn", "out", "task")
+
+    def __init__(self) -> None:
+        self.conn: AbstractConnection | None = None  # single node; idle between pumps
+        self.out: list[asyncio.Future[bytes | None]] = []  # waiters of the command out
+        self.task: asyncio.Task[None] | None = None
+
+
 class _ReadPump:
     """``get`` for every request: the reads queued while one is out leave as ONE command.
 
-    One pump task owns the read path. It takes the queue, sends one GET or MGET of its
-    distinct keys, hands every waiter its value, then takes what queued meanwhile: under
-    load a command carries all the reads of a round trip, at low load each read goes at
-    once. Single node: on a connection of the pump's own, with the connection's
-    ``send_packed_command``/``read_response`` (no pool, no command wrappers); cluster:
-    ``mget_nonatomic`` splits the keys by slot.
+    A pump task takes the queue, sends one GET or MGET of its distinct keys, hands every
+    waiter its value, then takes what queued meanwhile: under load a command carries all
+    the reads of a round trip, at low load each read goes at once. Single node: on a
+    connection of the pump's own, with the connection's ``send_packed_command`` and
+    ``read_response`` (no pool, no command wrappers); cluster: ``mget_nonatomic``.
 
-    Only the pump reads replies, so a caller that gives up (its deadline cancels its
-    future) never leaves a reply on the connection for another. A connection that saw
-    any error is dropped. When new reads arrive and every waiter of the command in flight
-    has given up, the connection is presumed stuck (a frozen Redis, a dead peer): that
-    pump is cancelled, which drops its connection, and a new one starts on a new one.
+    One lane (pump and connection) does the work; when reads have waited ``_SPILL``
+    for a command still out (a big value, a slow Redis), the next command goes on
+    another lane, up to ``_LANES``. Only a pump reads replies, so a caller that gives up
+    (its deadline cancels its future) never leaves a reply for another. A connection
+    that saw an error is dropped. When reads arrive and every waiter of a lane's command
+    has given up, its connection is presumed stuck (a frozen Redis, a dead peer): that
+    pump is cancelled, which drops the connection, and the lane starts over.
     """
 
     def __init__(
@@ -314,48 +328,61 @@ class _ReadPump:
         self._name = name
         self._client = client
         self._pool = pool
-        self._conn: AbstractConnection | None = None  # single node: idle between pumps
+        self._lanes = [_Lane()]
         self._keys: list[bytes] = []
         self._waiters: list[asyncio.Future[bytes | None]] = []
-        self._out: list[asyncio.Future[bytes | None]] = []  # waiters of the command out
-        self._task: asyncio.Task[None] | None = None
+        self._spill_at = 0.0  # loop time after which queued reads take another lane
         self._dropped: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def read(self, key: bytes) -> asyncio.Future[bytes | None]:
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes | None] = loop.create_future()
         if self._closed:
             future.set_exception(StoreUnavailable(self._name, "get: store closed"))
             return future
-        if not self._waiters:
-            self._start()
+        if not self._waiters or loop.time() >= self._spill_at:
+            self._dispatch(loop)
         self._keys.append(key)
         self._waiters.append(future)
         return future
 
-    def _start(self) -> None:
-        if self._task is not None:
-            out = self._out
-            if not out or not all(waiter.done() for waiter in out):
-                return  # busy: the pump takes the queue when the command out is answered
-            self._task.cancel()  # stuck: see the class docstring
-            self._dropped.add(self._task)  # held until its connection is closed
-            self._task.add_done_callback(self._dropped.discard)
-            self._conn = None
-        self._out = []
-        self._task = asyncio.get_running_loop().create_task(self._pump())
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        free: _Lane | None = None
+        busy = False
+        for lane in self._lanes:
+            if lane.task is not None and lane.out and all(w.done() for w in lane.out):
+                lane.task.cancel()  # stuck: see the class docstring
+                self._dropped.add(lane.task)  # held until its connection is closed
+                lane.task.add_done_callback(self._dropped.discard)
+                lane.task, lane.conn, lane.out = None, None, []
+            if lane.task is None:
+                free = free or lane
+            else:
+                busy = True
+        if busy and now < self._spill_at:
+            return  # the lane with a command out takes the queue when its answer is in
+        self._spill_at = now + _SPILL
+        if free is None:
+            if len(self._lanes) == _LANES:
+                return
+            free = _Lane()
+            self._lanes.append(free)
+        free.task = loop.create_task(self._pump(free))
 
-    async def _pump(self) -> None:
+    async def _pump(self, lane: _Lane) -> None:
         me = asyncio.current_task()
-        conn = self._conn
+        conn = lane.conn
         if conn is None and self._pool is not None:
-            conn = self._conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
+            conn = lane.conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
         try:
             if conn is not None and conn.is_connected:
                 await _drop_if_closed(conn)  # idle since the last pump: Redis may have gone
-            while self._waiters and self._task is me:
+            while self._waiters and lane.task is me:
                 keys, waiters = self._keys, self._waiters
-                self._keys, self._waiters, self._out = [], [], waiters
+                self._keys, self._waiters, lane.out = [], [], waiters
+                self._spill_at = asyncio.get_running_loop().time() + _SPILL
                 try:
                     values = await self._fetch(conn, keys)
                 except rexc.ResponseError as exc:  # read whole: the connection is in step
@@ -370,13 +397,13 @@ class _ReadPump:
                             waiter.set_result(value)
         except asyncio.CancelledError:
             if conn is not None:  # maybe mid-reply or mid-handshake: never reuse it
-                if self._conn is conn:
-                    self._conn = None
+                if lane.conn is conn:
+                    lane.conn = None
                 await conn.disconnect(nowait=True)
             raise
         finally:
-            if self._task is me:
-                self._task, self._out = None, []
+            if lane.task is me:
+                lane.task, lane.out = None, []
 
     async def _fetch(self, conn: AbstractConnection | None, keys: list[bytes]) -> list[Any]:
         unique = list(dict.fromkeys(keys)) if len(keys) > 1 else keys
@@ -402,16 +429,19 @@ class _ReadPump:
 
     async def aclose(self) -> None:
         self._closed = True
-        task, self._task = self._task, None
-        _fail([*self._out, *self._waiters], StoreUnavailable(self._name, "get: store closed"))
-        self._keys, self._waiters, self._out = [], [], []
-        tasks = [*self._dropped, *([task] if task is not None else [])]
-        for each in tasks:
-            each.cancel()
+        lanes, self._lanes = self._lanes, []
+        waiters = [*(w for lane in lanes for w in lane.out), *self._waiters]
+        _fail(waiters, StoreUnavailable(self._name, "get: store closed"))
+        self._keys, self._waiters = [], []
+        tasks = [*self._dropped, *(lane.task for lane in lanes if lane.task is not None)]
+        for lane in lanes:
+            lane.task = None
+        for task in tasks:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._conn is not None:
-            await self._conn.disconnect()
-            self._conn = None
+        for lane in lanes:
+            if lane.conn is not None:
+                await lane.conn.disconnect()
 
 
 def _command(name: bytes, keys: Sequence[bytes]) -> bytes:

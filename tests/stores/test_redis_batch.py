@@ -85,6 +85,23 @@ async def test_reads_arriving_while_one_is_out_leave_together(
     assert await read_commands(raw) == {"get": 1, "mget": 1}
 
 
+async def test_a_small_read_does_not_wait_behind_a_big_one(store: RedisStore, relay: Relay) -> None:
+    """A reply that takes long to arrive (here: many chunks, each held back) keeps its
+    connection busy; reads that come meanwhile go on another connection."""
+    big = os.urandom(8 * MIB)
+    await store.set("sc:{r}:big", big, 30)
+    await store.set("sc:{r}:small", b"small", 30)
+    relay.delay = 0.02  # per chunk of at most 64 KiB: the big reply takes seconds
+    slow = asyncio.ensure_future(store.get("sc:{r}:big"))
+    await asyncio.sleep(0.05)
+    quick = asyncio.ensure_future(store.get("sc:{r}:small"))
+    done, _ = await asyncio.wait([slow, quick], return_when=asyncio.FIRST_COMPLETED)
+    assert done == {quick}
+    assert quick.result() == b"small"
+    relay.delay = 0
+    assert await slow == big
+
+
 async def test_a_cancelled_reader_leaves_the_batch_to_the_others(
     store: RedisStore, relay: Relay
 ) -> None:
