@@ -10,8 +10,10 @@ it serves again.
 
 A hit costs one round trip: a read asks for the entry and, in the same multi-get, the
 generation counters of the tags this process last saw on that key (a bounded hint; an
-entry naming other tags fetches those counters too before it is served). Reads issued
-in one loop tick to one server travel together as one multi-get.
+entry naming other tags fetches those counters too before it is served). Reads share
+round trips: one multi-get per server is out at a time, and every read queued while it
+was out leaves in the next one (under load, the reads of a round trip; at low load, each
+read at once).
 
 aiomcache must never be cancelled mid-call: a cancelled call leaves its reply unread on
 a pooled connection and the next command reads it (another key's value). Every call
@@ -73,7 +75,17 @@ class _EofSafeReader(asyncio.StreamReader):
 
 
 class _Pool(MemcachePool):
-    """aiomcache's pool, opening its connections with an ``_EofSafeReader``."""
+    """aiomcache's pool, opening its connections with an ``_EofSafeReader``, and growing
+    up to ``maxsize`` when every connection is busy (aiomcache's own grows only to
+    ``minsize``: calls queued on one connection)."""
+
+    async def acquire(self) -> Connection:
+        while self._pool.empty() and 0 < self.size() < self._maxsize:
+            conn = await self._create_new_conn()
+            if conn is None:
+                break
+            self._pool.put_nowait(conn)
+        return await super().acquire()
 
     async def _create_new_conn(self) -> Connection | None:
         if self.size() >= self._maxsize:
@@ -95,11 +107,12 @@ class _NodeDown(Exception):
 
 @dataclass(slots=True)
 class _Batch:
-    """The reads of one loop tick to one server: entries first, then counters."""
+    """Reads to one server that leave together: entries first, then counters."""
 
     entries: dict[bytes, None] = field(default_factory=dict)
     counters: dict[bytes, None] = field(default_factory=dict)
     waiters: list[asyncio.Future[_Found]] = field(default_factory=list)
+    due: bool = False  # a flush is scheduled
 
 
 @dataclass(slots=True)
@@ -113,7 +126,8 @@ class _Node:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     missed: set[str] = field(default_factory=set)  # tags purged while it was unreachable
     replay: asyncio.Task[None] | None = None
-    batch: _Batch | None = None  # reads waiting for the end of this loop tick
+    batch: _Batch | None = None  # reads waiting for the read out to be answered
+    reading: int = 0  # read batches out
 
 
 class MemcachedStore:
@@ -327,12 +341,21 @@ class MemcachedStore:
         return None if raw is None else await self._open(node, mkey, raw, found, plan)
 
     def _read(self, node: _Node, mkey: bytes | None, plan: _Plan | None) -> asyncio.Future[_Found]:
-        """Join this tick's multi-get to ``node``: the entry and its counters, as planned."""
+        """Join the next multi-get to ``node``: the entry and its counters, as planned."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[_Found] = loop.create_future()
         batch = node.batch
         if batch is None:
             batch = node.batch = _Batch()
+            # one read out per server: what queues meanwhile leaves when it is answered,
+            # unless that server is stalled (then at once, to be skipped)
+            if not node.reading or self._is_down(node, self._clock.monotonic()):
+                batch.due = True
+                loop.call_soon(self._flush, node)
+        elif not batch.due and batch.waiters[0].done():
+            # the oldest reader waiting gave up (its deadline passed): the read out is
+            # slow or lost, so this batch goes on another connection now
+            batch.due = True
             loop.call_soon(self._flush, node)
         if mkey is not None:
             batch.entries[mkey] = None
@@ -359,7 +382,12 @@ class MemcachedStore:
             _settle(batch.waiters, exc)
             return
 
+        node.reading += 1
+
         def deliver(done: asyncio.Future[tuple[bytes | None, ...]]) -> None:
+            node.reading -= 1
+            if node.batch is not None and not node.batch.due:
+                self._flush(node)  # what queued while this read was out
             if done.cancelled():
                 _settle(batch.waiters, StoreUnavailable(self.name, "closed"))
             elif (exc := done.exception()) is not None:

@@ -150,3 +150,37 @@ async def test_reads_pending_at_close_fail_cleanly(store: MemcachedStore) -> Non
         await read
     with pytest.raises(StoreUnavailable):
         await store.get("sc:{r}:1")
+
+
+async def held_back_read(store: MemcachedStore, relay: Relay, key: str) -> asyncio.Task[object]:
+    """A read whose reply the relay holds for a second (later replies pass at once)."""
+    relay.delay = 1.0
+    read = asyncio.ensure_future(store.get(key))
+    await asyncio.sleep(0.1)  # its reply has reached the relay and waits there
+    relay.delay = 0
+    return read  # type: ignore[return-value]
+
+
+async def test_reads_queued_behind_a_slow_read_are_not_held_by_it(
+    store: MemcachedStore, relay: Relay
+) -> None:
+    for key in ("a", "b", "c"):
+        await store.set(key, key.encode(), 30)
+    slow = await held_back_read(store, relay, "a")
+    # b queues behind the read out and gives up at its deadline...
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(store.get("b"), 0.1)
+    # ...so the reads queued after it leave on another connection, without waiting
+    assert await store.get("c") == b"c"
+    assert not slow.done()
+    assert await slow == b"a"
+    assert await store.get_many(["a", "b", "c"]) == [b"a", b"b", b"c"]
+
+
+async def test_a_slow_read_does_not_hold_back_writes(store: MemcachedStore, relay: Relay) -> None:
+    await store.set("a", b"a", 30)
+    slow = await held_back_read(store, relay, "a")
+    await store.set("b", b"b", 30, tags=["t"])  # on a connection of its own
+    assert not slow.done()
+    assert await slow == b"a"
+    assert await store.get("b") == b"b"
