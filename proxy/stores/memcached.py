@@ -32,7 +32,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
 
@@ -59,8 +59,6 @@ _CONNECTION_ERRORS: Final = (OSError, EOFError, asyncio.IncompleteReadError)
 _PLANS: Final = 32768
 # a key's tags as its envelope names them, and their generation counters' keys
 _Plan = tuple[tuple[str, ...], tuple[bytes, ...]]
-# what a batched read answers: every key it asked for, None where the server had nothing
-_Found = dict[bytes, bytes | None]
 
 
 class _EofSafeReader(asyncio.StreamReader):
@@ -103,6 +101,17 @@ class _Pool(MemcachePool):
 
 class _NodeDown(Exception):
     """Internal: the server owning a key is skipped until its retry time."""
+
+
+class _Found(dict[bytes, bytes | None]):
+    """What a batched read answers: every key it asked for, ``None`` where the server
+    had nothing; and what each entry opened to, for its other readers (a hot key)."""
+
+    __slots__ = ("opened",)
+
+    def __init__(self, pairs: Iterable[tuple[bytes, bytes | None]]) -> None:
+        super().__init__(pairs)
+        self.opened: dict[bytes, bytes | None] = {}
 
 
 @dataclass(slots=True)
@@ -322,23 +331,19 @@ class MemcachedStore:
         mkey = self._mkey("", key)
         node = self._node(mkey)
         plan = self._plans.get(mkey)
-        return await self._finish(node, mkey, plan, self._read(node, mkey, plan))
+        found = await self._read(node, mkey, plan)
+        raw = found.get(mkey)
+        if raw is None:
+            return None
+        opened = found.opened
+        if mkey in opened:
+            return opened[mkey]  # another reader of this reply opened it already
+        value = opened[mkey] = await self._open(node, mkey, raw, found, plan)
+        return value
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        reads = []
-        for key in keys:
-            mkey = self._mkey("", key)
-            node = self._node(mkey)
-            plan = self._plans.get(mkey)
-            reads.append(self._finish(node, mkey, plan, self._read(node, mkey, plan)))
-        return list(await asyncio.gather(*reads))
-
-    async def _finish(
-        self, node: _Node, mkey: bytes, plan: _Plan | None, read: asyncio.Future[_Found]
-    ) -> bytes | None:
-        found = await read
-        raw = found.get(mkey)
-        return None if raw is None else await self._open(node, mkey, raw, found, plan)
+        # each get is a task started in this loop tick: they all join one multi-get
+        return list(await asyncio.gather(*(self.get(key) for key in keys)))
 
     def _read(self, node: _Node, mkey: bytes | None, plan: _Plan | None) -> asyncio.Future[_Found]:
         """Join the next multi-get to ``node``: the entry and its counters, as planned."""
@@ -376,7 +381,7 @@ class MemcachedStore:
                 raise StoreUnavailable(self.name, "closed")
             task = self._start(node, lambda c: c.multi_get(*keys))
         except _NodeDown:
-            _settle(batch.waiters, dict.fromkeys(keys))  # a skipped server: all misses
+            _settle(batch.waiters, _Found((key, None) for key in keys))  # skipped: misses
             return
         except StoreError as exc:
             _settle(batch.waiters, exc)
@@ -393,7 +398,7 @@ class MemcachedStore:
             elif (exc := done.exception()) is not None:
                 _settle(batch.waiters, self._mapped(node, "get", exc))
             else:
-                _settle(batch.waiters, dict(zip(keys, done.result(), strict=True)))
+                _settle(batch.waiters, _Found(zip(keys, done.result(), strict=True)))
 
         task.add_done_callback(deliver)
 
@@ -415,7 +420,8 @@ class MemcachedStore:
         if pairs:
             missing = [gkey for gkey in plan[1] if gkey not in found]
             if missing:  # counters the read did not ask for: one more round trip
-                found = {**found, **await self._read(node, None, (tags, tuple(missing)))}
+                more = await self._read(node, None, (tags, tuple(missing)))
+                found = _Found([*found.items(), *more.items()])
             for (_, gen), gkey in zip(pairs, plan[1], strict=True):
                 if _as_int(found[gkey]) != gen:
                     return None  # purged since written (or its counter is gone)
