@@ -69,6 +69,11 @@ class OriginResponse:
         """Yield ``head``, then the rest of the body as it arrives; release at the end."""
         stream = self._stream
         try:
+            rest = stream.complete_body()
+            if rest is not None:  # all here already: one piece, so one write downstream
+                if head or rest:
+                    yield head + rest
+                return
             if head:
                 yield head
             while True:
