@@ -14,6 +14,7 @@ import pytest
 from mirakuru import TCPExecutor
 
 from proxy.errors import StoreUnavailable
+from proxy.stores import memcached
 from proxy.stores.memcached import MemcachedStore
 
 from .conftest import MakeRelay, Relay
@@ -41,6 +42,17 @@ async def writer(memcached_addr: str) -> AsyncIterator[MemcachedStore]:
     await store.aclose()
 
 
+async def held_back_read(
+    store: MemcachedStore, relay: Relay, key: str, hold: float = 1.0
+) -> asyncio.Task[bytes | None]:
+    """A read whose reply the relay holds for ``hold`` seconds (later replies pass at once)."""
+    relay.delay = hold
+    read = asyncio.ensure_future(store.get(key))
+    await asyncio.sleep(0.1)  # its reply has reached the relay and waits there
+    relay.delay = 0
+    return read
+
+
 async def test_a_tagged_hit_is_one_round_trip(store: MemcachedStore, relay: Relay) -> None:
     await store.set("sc:{r}:1", b"v", 30, tags=["r:r", "p:/a", "p:/a/1"])
     before = relay.requests
@@ -56,6 +68,39 @@ async def test_concurrent_reads_share_one_multi_get(store: MemcachedStore, relay
     values = await asyncio.gather(*(store.get(key) for key in keys))
     assert relay.requests - before == 1
     assert values == [f"value-{i}".encode() for i in range(50)]
+
+
+async def test_reads_queued_while_one_is_out_leave_together(
+    store: MemcachedStore, relay: Relay
+) -> None:
+    keys = [f"sc:{{r}}:{i}" for i in range(8)]
+    for key in keys:
+        await store.set(key, key.encode(), 30, tags=["r:r"])
+    before = relay.requests
+    first = await held_back_read(store, relay, keys[0], hold=0.3)
+    queued = [asyncio.ensure_future(store.get(key)) for key in keys[1:]]
+    await asyncio.sleep(0.05)  # time enough to go out, were they not waiting
+    assert relay.requests - before == 1  # the others wait for the read out...
+    assert await first == keys[0].encode()
+    assert await asyncio.gather(*queued) == [key.encode() for key in keys[1:]]
+    assert relay.requests - before == 2  # ...then leave as one multi-get
+
+
+async def test_keys_beyond_the_remembered_ones_still_hit_and_purge(
+    store: MemcachedStore, relay: Relay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memcached, "_PLANS", 4)
+    keys = [f"sc:{{r}}:{i}" for i in range(10)]
+    for key in keys:
+        await store.set(key, key.encode(), 30, tags=["r:r", f"p:/{key}"])
+    before = relay.requests
+    assert await store.get(keys[0]) == keys[0].encode()  # forgotten: its tags are learned
+    assert relay.requests - before == 2
+    before = relay.requests
+    assert await store.get(keys[-1]) == keys[-1].encode()  # remembered
+    assert relay.requests - before == 1
+    await store.purge_tags(["r:r"])
+    assert await store.get_many(keys) == [None] * len(keys)
 
 
 async def test_each_caller_of_a_batch_gets_its_own_answer(store: MemcachedStore) -> None:
@@ -150,15 +195,6 @@ async def test_reads_pending_at_close_fail_cleanly(store: MemcachedStore) -> Non
         await read
     with pytest.raises(StoreUnavailable):
         await store.get("sc:{r}:1")
-
-
-async def held_back_read(store: MemcachedStore, relay: Relay, key: str) -> asyncio.Task[object]:
-    """A read whose reply the relay holds for a second (later replies pass at once)."""
-    relay.delay = 1.0
-    read = asyncio.ensure_future(store.get(key))
-    await asyncio.sleep(0.1)  # its reply has reached the relay and waits there
-    relay.delay = 0
-    return read  # type: ignore[return-value]
 
 
 async def test_reads_queued_behind_a_slow_read_are_not_held_by_it(
