@@ -13,7 +13,7 @@ generation counters of the tags this process last saw on that key (a bounded hin
 entry naming other tags fetches those counters too before it is served). Reads share
 round trips: one multi-get per server is out at a time, and every read queued while it
 was out leaves in the next one (under load, the reads of a round trip; at low load, each
-read at once).
+read at once), or on another connection after ``queue_wait`` if the reply is slow.
 
 aiomcache must never be cancelled mid-call: a cancelled call leaves its reply unread on
 a pooled connection and the next command reads it (another key's value). Every call
@@ -122,6 +122,7 @@ class _Batch:
     counters: dict[bytes, None] = field(default_factory=dict)
     waiters: list[asyncio.Future[_Found]] = field(default_factory=list)
     due: bool = False  # a flush is scheduled
+    timer: asyncio.TimerHandle | None = None  # its latest flush, while a read is out
 
 
 @dataclass(slots=True)
@@ -154,6 +155,7 @@ class MemcachedStore:
         item_size_max: int = 1024**2,
         key_prefix: str = "",
         node_retry: float = 5.0,
+        queue_wait: float = 0.005,
         clock: Clock | None = None,
     ) -> None:
         if not servers:
@@ -164,6 +166,7 @@ class MemcachedStore:
         self._prefix = key_prefix
         self._chunk = max(1024, item_size_max - _CHUNK_HEADROOM)
         self._node_retry = node_retry
+        self._queue_wait = queue_wait
         # a node with calls in flight and no reply for this long is hung: skip it
         self._stall_after = max(4 * timeout, 0.25)
         self._clock = clock or SystemClock()
@@ -352,16 +355,13 @@ class MemcachedStore:
         batch = node.batch
         if batch is None:
             batch = node.batch = _Batch()
-            # one read out per server: what queues meanwhile leaves when it is answered,
-            # unless that server is stalled (then at once, to be skipped)
             if not node.reading or self._is_down(node, self._clock.monotonic()):
-                batch.due = True
+                batch.due = True  # at once (a stalled server: to be skipped at once)
                 loop.call_soon(self._flush, node)
-        elif not batch.due and batch.waiters[0].done():
-            # the oldest reader waiting gave up (its deadline passed): the read out is
-            # slow or lost, so this batch goes on another connection now
-            batch.due = True
-            loop.call_soon(self._flush, node)
+            else:
+                # one read out per server: what queues meanwhile leaves when it is
+                # answered, or after queue_wait on another connection (a slow reply)
+                batch.timer = loop.call_later(self._queue_wait, self._flush, node)
         if mkey is not None:
             batch.entries[mkey] = None
         if plan is not None:
@@ -374,6 +374,8 @@ class MemcachedStore:
         batch, node.batch = node.batch, None
         if batch is None:
             return  # settled by aclose
+        if batch.timer is not None:
+            batch.timer.cancel()
         # entries before counters: a counter is read after the entry it vouches for
         keys = [*batch.entries, *(k for k in batch.counters if k not in batch.entries)]
         try:
@@ -575,6 +577,8 @@ class MemcachedStore:
         for node in self._nodes.values():
             if node.batch is not None:
                 _settle(node.batch.waiters, StoreUnavailable(self.name, "closed"))
+                if node.batch.timer is not None:
+                    node.batch.timer.cancel()
                 node.batch = None
             pending = [*node.tasks, *([node.replay] if node.replay else [])]
             for task in pending:
