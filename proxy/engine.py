@@ -808,6 +808,9 @@ class Engine:
         if ex.method == "HEAD" or response.status in (204, 304) or response.status < 200:
             response.release()
             return ProxyResponse(response.status, headers, cache=label)
+        rest = response.complete_body()
+        if rest is not None:  # the whole answer is here: one write, no stream
+            return ProxyResponse(response.status, headers, head + rest, cache=label)
         return ProxyResponse(response.status, headers, stream=response.iter_rest(head), cache=label)
 
     def _from_cache(

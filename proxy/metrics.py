@@ -246,6 +246,7 @@ class Meter:
         )
         self.started.set(time.time())
         self._tallies: dict[tuple[str, str], _Tally] = {}
+        self._origin_series: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self._largest: dict[str, int] = {}
 
     # ------------------------------------------------------------ the request path
@@ -276,8 +277,16 @@ class Meter:
             tally.reset()
 
     def origin(self, route: str, status: int, seconds: float) -> None:
-        self.origin_seconds.labels(route).observe(seconds)
-        self.origin_responses.labels(route, status_class(status)).inc()
+        # the labelled children are looked up once: labels() costs more than the update
+        kind = status_class(status)
+        series = self._origin_series.get((route, kind))
+        if series is None:
+            series = self._origin_series[(route, kind)] = (
+                self.origin_seconds.labels(route),
+                self.origin_responses.labels(route, kind),
+            )
+        series[0].observe(seconds)
+        series[1].inc()
 
     def origin_failed(self, route: str, kind: str) -> None:
         self.origin_responses.labels(route, kind).inc()

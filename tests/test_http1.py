@@ -115,6 +115,7 @@ async def test_streamed_response_without_length_is_chunked(make_proxy: MakeProxy
         await response.prepare(request)
         for part in (b"one,", b"two,", b"three"):
             await response.write(part)
+            await asyncio.sleep(0.05)  # still arriving when the proxy answers
         await response.write_eof()
         return response
 
