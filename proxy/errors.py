@@ -1,7 +1,7 @@
 """The one exception hierarchy of sidecache.
 
-Foreign exceptions (redis, aiomcache, aiohttp client) are translated into these in
-exactly two places: ``proxy/origin.py`` and ``proxy/stores/*``. Nothing above them
+Foreign exceptions (redis, aiomcache, the origin connection's OS errors) are translated
+into these in exactly two places: ``proxy/origin.py`` and ``proxy/stores/*``. Nothing above them
 ever sees a library's exception type::
 
     SidecacheError

@@ -327,6 +327,8 @@ def _check_origin(value: str) -> str:
         raise ValueError("must be an http:// or https:// URL with a host")
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query or fragment")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry user:password (credentials are not sent this way)")
     return value.rstrip("/")
 
 

@@ -568,6 +568,7 @@ def test_error_string_lists_every_issue_one_per_line() -> None:
         ("version: 2\norigin: http://x\n", "version", r"1"),
         ("version: 1\norigin: ftp://x\n", "origin", r"^must be an http:// or https:// URL"),
         ("version: 1\norigin: http://x/?a=1\n", "origin", r"^must not carry a query"),
+        ("version: 1\norigin: http://u:p@x/\n", "origin", r"^must not carry user:password"),
         ("version: 1\n", "origin", r"^required key is missing$"),
         ("origin: http://x\n", "version", r"^required key is missing$"),
     ],
