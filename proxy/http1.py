@@ -230,6 +230,7 @@ class HttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ transport callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._loop = asyncio.get_running_loop()
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
@@ -344,7 +345,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is None or not self._write_ready.is_set():
             return False
         if ticket.get_now is None:
-            self._task = asyncio.ensure_future(self._serve((memo, start)))
+            self._task = self._loop.create_task(self._serve((memo, start)))
             return True
         raw = ticket.get_now(ticket.key)
         return raw is not None and self._answer_memo(memo, raw, start)
@@ -555,7 +556,8 @@ class HttpProtocol(asyncio.Protocol):
                         continue
                 elif ticket is not None:
                     self._answered = ticket  # a shared store's: remembered before its answer
-            self._task = asyncio.ensure_future(self._serve())
+            # not asyncio.ensure_future: on 3.11 its running-loop lookup costs a getpid()
+            self._task = self._loop.create_task(self._serve())
         if self._closing:
             return
         if len(self._pending) <= PIPELINE_DEPTH // 2:
