@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
+ENVELOPE = 1218  # what proxy/entry.py stores for a 1 KiB body from the bench origin
 
 # Runs in the proxy process (python -c). On SIGUSR1 it writes a JSON breakdown of the
 # per-entry structures to $SIDECACHE_BREAKDOWN. Objects are counted once, in the order
@@ -110,81 +113,143 @@ runpy.run_module("proxy", run_name="__main__", alter_sys=True)
 """
 
 
-def store_only_child(path: str, entries: int, value_size: int) -> None:
-    """Runs in a fresh process: fill one store module's MemoryStore, print JSON figures."""
-    import gc
+def load_store(path: str, name: str) -> Any:
+    """The MemoryStore class of one version of proxy/stores/memory.py."""
     import importlib.util
-    import random
 
-    sys.path.insert(0, str(ROOT))
-    from proxy.keys import derive_key, path_tags, route_tag
-    from proxy.policy import KeySpec
-
-    spec = importlib.util.spec_from_file_location("candidate_memory", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    store = module.MemoryStore("local", 1 << 40)
-    key_spec = KeySpec()
+    return module.MemoryStore
 
-    def key_of(i: int) -> str:  # a new string each time, as the engine derives it
-        return derive_key("default", "127.0.0.1:8080", f"/o/{i}", "", key_spec, {})
 
-    template = os.urandom(value_size)
+def workload(entries: int) -> Iterator[tuple[str, bytes, list[str]]]:
+    """What the engine stores for GET /o/N: its key, a 1,218-byte envelope of a 1 KiB
+    body and the route and path tags, all new objects as each request makes them."""
+    sys.path.insert(0, str(ROOT))
+    from proxy.keys import derive_key, path_tags, route_tag
+    from proxy.policy import KeySpec
+
+    spec, template = KeySpec(), os.urandom(ENVELOPE)
+    for i in range(entries):
+        key = derive_key("default", "127.0.0.1:8080", f"/o/{i}", "", spec, {})
+        yield (
+            key,
+            template[:-4] + i.to_bytes(4, "big"),
+            [route_tag("default"), *path_tags(f"/o/{i}")],
+        )
+
+
+def store_only_child(path: str, entries: int, bound: int) -> None:
+    """In a fresh process: fill one version's store, print its memory figures as JSON."""
+    import gc
+
+    store = load_store(path, "candidate")("local", bound)
+    list(workload(1))  # imports done before the first reading
     gc.collect()
     before = rss_kib(os.getpid())
+    worst = 0.0
 
     async def fill() -> None:
-        for i in range(entries):
-            tags = [route_tag("default"), *path_tags(f"/o/{i}")]
-            value = template[:-4] + i.to_bytes(4, "big")
-            await store.set(key_of(i), value, 3600, tags)
+        nonlocal worst
+        for key, value, tags in workload(entries):
+            started = time.perf_counter()
+            await store.set(key, value, 3600, tags)
+            worst = max(worst, time.perf_counter() - started)
 
     asyncio.run(fill())
     gc.collect()
     growth = (rss_kib(os.getpid()) - before) * 1024
-    random.seed(8)
-    probes = {
-        "random": [key_of(random.randrange(entries)) for _ in range(20000)],
-        "hot": [key_of(i % 16) for i in range(20000)],
-        "miss": [key_of(random.randrange(entries))[:-1] + "g" for _ in range(20000)],
-    }
-    timings = {}
-    for name, batch in probes.items():
-        get_now = store.get_now
-        best = float("inf")
-        for _ in range(7):
-            started = time.perf_counter()
-            for key in batch:
-                get_now(key)
-            best = min(best, time.perf_counter() - started)
-        timings[name] = best / len(batch) * 1e9
     stats = store.stats()
-    print(json.dumps({"growth": growth / entries, "bytes": stats.bytes / entries, **timings}))
+    held = stats.entries or 1
+    figures = {"held": held, "growth": growth / held, "bytes": stats.bytes / held}
+    print(json.dumps(figures | {"worst": worst * 1e3}))
+
+
+def paired_timings(paths: dict[str, str], entries: int, bound: int) -> None:
+    """Both versions in one process, driven in lockstep with the same inputs, batches
+    alternating: the ratios hold up on a noisy machine where separate runs do not."""
+    import random
+    import statistics
+
+    stores = {label: load_store(path, label)("local", bound) for label, path in paths.items()}
+    items = list(workload(entries))
+    first, second = list(stores)
+
+    def race(op: str, batches: list[list[Any]], run: Any) -> None:
+        spent = {label: 0.0 for label in stores}
+        ratios = []
+        for n, batch in enumerate(batches):
+            took = {}
+            for label in (first, second) if n % 2 else (second, first):
+                started = time.perf_counter()
+                run(stores[label], batch)
+                took[label] = time.perf_counter() - started
+                spent[label] += took[label]
+            ratios.append(took[first] / took[second])
+        count = sum(len(b) for b in batches)
+        print(
+            f"  {op:<16} {spent[first] / count * 1e9:>8.0f} {spent[second] / count * 1e9:>8.0f}"
+            f" {statistics.median(ratios):>13.2f}"
+            f" {sum(r < 1 for r in ratios) / len(ratios):>14.0%}"
+        )
+
+    def sets(store: Any, batch: list[tuple[str, bytes, list[str]]]) -> None:
+        for key, value, tags in batch:
+            coroutine = store.set(key, value, 3600, tags)
+            with contextlib.suppress(StopIteration):
+                coroutine.send(None)  # set never awaits: one step runs it
+
+    def reads(store: Any, batch: list[str]) -> None:
+        get_now = store.get_now
+        for key in batch:
+            get_now(key)
+
+    print(
+        f"  {'ns per call':<16} {first:>8} {second:>8} {'median ratio':>13} {first + ' faster':>14}"
+    )
+    race("set", [items[i : i + 500] for i in range(0, entries, 500)], sets)
+    held = min(store.stats().entries for store in stores.values())
+    keys = [key for key, _, _ in items[entries - held :]]
+    random.seed(8)
+    fresh = [key[:-1] + key[-1] for key in random.choices(keys, k=100_000)]  # new strings
+    hot = [key[:-1] + key[-1] for key in keys[-16:]] * 6250
+    misses = [key[:-1] + "g" for key in random.choices(keys, k=100_000)]
+    for op, probes in (
+        ("get_now random", fresh),
+        ("get_now hot 16", hot),
+        ("get_now miss", misses),
+    ):
+        race(op, [probes[i : i + 1000] for i in range(0, len(probes), 1000)], reads)
 
 
 def store_only(args: argparse.Namespace) -> None:
-    candidates = {"in tree": str(ROOT / "proxy" / "stores" / "memory.py")}
+    from proxy.units import parse_size
+
+    paths = {"in tree": str(ROOT / "proxy" / "stores" / "memory.py")}
     if args.against:
-        candidates["against"] = args.against
-    value_size = 1218
-    print(f"{args.entries} entries of a {value_size}-byte value, tags r:default, p:/o, p:/o/N")
+        paths["against"] = args.against
+    bound = parse_size(args.max_size) if args.max_size else 1 << 40
     print(
-        f"  {'store':<10} {'RSS B/entry':>12} {'counted B/entry':>16} "
-        f"{'get_now random':>15} {'hot':>7} {'miss':>7}  (ns, best of 7)"
+        f"{args.entries} sets of a {ENVELOPE}-byte envelope (tags r:default, p:/o, p:/o/N), "
+        f"store bound {args.max_size or 'none'}"
     )
-    for round_ in range(args.rounds):
-        for label, path in candidates.items():
-            command = [sys.executable, __file__, "--store-only-child", path]
-            command += ["--entries", str(args.entries)]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            row = json.loads(out)
-            print(
-                f"  {label:<10} {row['growth']:>12.0f} {row['bytes']:>16.0f} "
-                f"{row['random']:>15.0f} {row['hot']:>7.0f} {row['miss']:>7.0f}"
-                f"   round {round_ + 1}"
-            )
+    print(
+        f"  {'store':<8} {'held':>7} {'RSS B/entry':>12} {'counted B/entry':>16}"
+        f" {'worst set ms':>13}"
+    )
+    for label, path in paths.items():
+        command = [sys.executable, __file__, "--store-only-child", path]
+        command += ["--entries", str(args.entries), "--max-size", str(bound)]
+        row = json.loads(subprocess.run(command, capture_output=True, check=True).stdout)
+        print(
+            f"  {label:<8} {row['held']:>7} {row['growth']:>12.0f} {row['bytes']:>16.0f}"
+            f" {row['worst']:>13.1f}"
+        )
+    if args.against:
+        paired_timings(paths, args.entries, bound)
 
 
 def rss_kib(pid: int) -> int:
@@ -238,20 +303,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=200)
     parser.add_argument("--size", type=int, default=64 * 1024)
-    parser.add_argument("--max-size", default="4MiB")
+    parser.add_argument("--max-size", help="the store bound (4MiB; --store-only: none)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--hits", action="store_true", help="request each URL twice in a row")
     parser.add_argument("--breakdown", action="store_true", help="per-structure sizes")
     parser.add_argument("--store-only", action="store_true", help="in-process store figures")
     parser.add_argument("--against", help="another memory.py for --store-only")
-    parser.add_argument("--rounds", type=int, default=3, help="--store-only rounds")
     parser.add_argument("--store-only-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.store_only_child:
-        store_only_child(args.store_only_child, args.entries, 1218)
+        store_only_child(args.store_only_child, args.entries, int(args.max_size))
     elif args.store_only:
         store_only(args)
     else:
+        args.max_size = args.max_size or "4MiB"
         asyncio.run(fill_proxy(args))
 
 

@@ -15,12 +15,15 @@ from proxy.clock import Clock, SystemClock
 from proxy.stores.base import StoreStats
 
 # What an entry costs beyond the characters of its key, value and tags, as allocated
-# (bench/memory_rss.py --breakdown, docs/benchmarks.md): the str and bytes headers, its
-# dict slot, the entry tuple and its deadline float; per tag, its tuple slot and its
-# place in the tag index (a tag naming one entry costs a str and a dict slot, a shared
-# tag a set slot).
-ENTRY_OVERHEAD: Final = 256
-TAG_OVERHEAD: Final = 64
+# while the store evicts (then its dicts are the most spread out): the str and bytes
+# headers, its slots in the young and old dicts and in the eviction order, the entry
+# tuple and its deadline float; per tag, its tuple slot and its place in the tag index
+# (a tag naming one entry: a str and a dict slot, ~130 B; a tag several entries share:
+# a set slot, ~45 B). 100,000 entries of a 1,218-byte value with a route tag and two
+# path tags count 1,846 B each and take 1,711 B (no eviction) to 1,853 B (evicting):
+# bench/memory_rss.py --store-only, docs/benchmarks.md.
+ENTRY_OVERHEAD: Final = 320
+TAG_OVERHEAD: Final = 80
 # (value, deadline on the monotonic clock, key, *tags): one tuple per entry, nothing else.
 # The key is there so a read can move an entry with its own key object: reinserted
 # under the caller's equal string, the tag index would keep the first as a copy.
