@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -251,3 +252,210 @@ async def test_backend_bugs_still_fail_open(redis_url: str) -> None:
 def test_rejects_nonsense_settings(redis_url: str) -> None:
     with pytest.raises(ValueError, match="timeout"):
         GuardedStore(RedisStore("r", redis_url), 0)
+
+
+# ------------------------------------------------ deadlines and cancellation (issue 8)
+
+
+async def test_a_deadline_leaves_the_task_as_it_found_it(
+    slow_redis: tuple[Relay, RedisStore],
+) -> None:
+    """Our own cancellation is withdrawn (``uncancel``) when it becomes a StoreTimeout:
+    the caller's task is not left "being cancelled", nor hit again later."""
+    relay, store = slow_redis
+    guard = GuardedStore(store, TIMEOUT, breaker_failures=10)
+    await store.ping()
+    me = asyncio.current_task()
+    assert me is not None
+    assert me.cancelling() == 0
+    relay.delay = 1.0
+    with pytest.raises(StoreTimeout):
+        await guard.get("sc:{r}:1")
+    assert me.cancelling() == 0
+    await asyncio.sleep(2 * TIMEOUT)  # no cancellation of ours is still on its way
+
+
+async def test_calls_in_sequence_each_have_their_own_deadline(
+    slow_redis: tuple[Relay, RedisStore],
+) -> None:
+    relay, store = slow_redis
+    guard = GuardedStore(store, 0.4, breaker_failures=10)
+    await store.set("sc:{r}:1", b"v", 30)
+    assert await guard.get("sc:{r}:1") == b"v"  # answered at once; its deadline is 0.4 s off
+    await asyncio.sleep(0.2)
+    relay.delay = 0.3
+    # out from 0.2 s to 0.5 s: the first call's deadline passes meanwhile, its own does not
+    assert await guard.get("sc:{r}:1") == b"v"
+    assert guard.counters["get"].timeouts == 0
+
+
+async def test_a_cancellation_from_outside_is_the_callers(
+    slow_redis: tuple[Relay, RedisStore],
+) -> None:
+    """A client that went away cancels its request: the store call is cancelled with it,
+    and that is neither a timeout nor a failure of the store."""
+    relay, store = slow_redis
+    guard = GuardedStore(store, 1.0, breaker_failures=1)
+    await store.ping()
+    relay.delay = 5.0
+    call = asyncio.create_task(guard.get("sc:{r}:1"))
+    await asyncio.sleep(0.05)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(1.0)  # past the deadline the call had
+    assert guard.counters["get"].timeouts == guard.counters["get"].errors == 0
+    assert guard.state == "closed"  # one failure would have opened it
+
+
+class CleansUpSlowly(RedisStore):
+    """A Redis store whose cancelled ``get`` takes a while to clean up (as closing a
+    connection may): the window in which the caller's own cancellation can arrive after
+    the deadline has fired but before the call has ended."""
+
+    def __init__(self, name: str, url: str) -> None:
+        super().__init__(name, url)
+        self.cleaning = asyncio.Event()
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            return await super().get(key)
+        except asyncio.CancelledError:
+            self.cleaning.set()
+            await asyncio.sleep(1.0)
+            raise
+
+
+async def test_a_cancellation_from_outside_after_the_deadline_still_wins(
+    redis_url: str, make_relay: MakeRelay
+) -> None:
+    relay = await make_relay(redis_url.removeprefix("redis://").removesuffix("/0"))
+    store = CleansUpSlowly("slow", f"redis://127.0.0.1:{relay.port}/0")
+    guard = GuardedStore(store, TIMEOUT, breaker_failures=10)
+    try:
+        await store.ping()
+        relay.delay = 1.0
+        call = asyncio.create_task(guard.get("sc:{r}:1"))
+        await store.cleaning.wait()  # the deadline has fired; the call is not over yet
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call  # as asyncio.timeout: a second request to cancel is not ours
+        assert guard.counters["get"].timeouts == 0
+    finally:
+        await store.aclose()
+
+
+async def test_a_deadline_in_a_cancelled_callers_cleanup_is_a_timeout(
+    slow_redis: tuple[Relay, RedisStore],
+) -> None:
+    """A handler cancelled mid-request still releases its lease on the way out: that
+    call's deadline is a StoreTimeout, and the handler's cancellation stays pending."""
+    relay, store = slow_redis
+    guard = GuardedStore(store, TIMEOUT, breaker_failures=10)
+    await store.ping()
+    relay.delay = 1.0
+    seen: list[int] = []
+
+    async def handler() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            with pytest.raises(StoreTimeout):
+                await guard.unlock("sc:{r}:lease", "token")
+            me = asyncio.current_task()
+            assert me is not None
+            seen.append(me.cancelling())
+            raise
+
+    task = asyncio.create_task(handler())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == [1]
+    assert guard.counters["unlock"].timeouts == 1
+
+
+@pytest.mark.parametrize(("outer", "inner"), [(0.2, 0.5), (0.5, 0.2), (0.2, 0.2)])
+async def test_nested_guards_each_keep_their_deadline(
+    slow_redis: tuple[Relay, RedisStore], outer: float, inner: float
+) -> None:
+    relay, store = slow_redis
+    inside = GuardedStore(store, inner, breaker_failures=10)
+    guard = GuardedStore(inside, outer, breaker_failures=10)
+    await store.ping()
+    relay.delay = 1.0
+    start = time.perf_counter()
+    with pytest.raises(StoreTimeout):
+        await guard.get("sc:{r}:1")
+    elapsed = time.perf_counter() - start
+    first = min(outer, inner)
+    assert first <= elapsed < first + 0.1
+    assert guard.counters["get"].timeouts == 1
+    if inner > outer:
+        # the inner call was cancelled by the outer deadline: not a failure of its own
+        assert inside.counters["get"].timeouts == inside.counters["get"].errors == 0
+    me = asyncio.current_task()
+    assert me is not None
+    assert me.cancelling() == 0
+    await asyncio.sleep(max(outer, inner))  # the other deadline, if pending, hits nothing
+
+
+async def test_many_calls_on_a_frozen_redis_each_time_out_on_their_own_deadline(
+    own_redis: TCPExecutor,
+) -> None:
+    """Redis stopped with SIGSTOP (a frozen server: connections accepted, never answered);
+    reads and writes of three deadlines, started over several milliseconds."""
+    store = RedisStore("r", f"redis://127.0.0.1:{own_redis.port}/0")
+    guards = [GuardedStore(store, t, breaker_failures=1000) for t in (0.1, 0.15, 0.3)]
+    big = os.urandom(3 * 1024**2)  # a write allowed 3/32 s more
+    try:
+        await store.set("sc:{r}:1", b"v", 30)
+
+        async def one(guard: GuardedStore, i: int) -> tuple[float, float, int]:
+            await asyncio.sleep(i * 0.002)
+            deadline = guard.timeout
+            call: Awaitable[object]
+            if i % 4 == 3:
+                deadline += len(big) / WRITE_BYTES_PER_SECOND
+                call = guard.set(f"sc:{{r}}:{i}", big, 30)
+            else:
+                call = guard.get("sc:{r}:1")
+            start = time.perf_counter()
+            with pytest.raises(StoreTimeout):
+                await call
+            me = asyncio.current_task()
+            assert me is not None
+            return deadline, time.perf_counter() - start, me.cancelling()
+
+        assert own_redis.process is not None
+        pid = own_redis.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            results = await asyncio.gather(*(one(g, i) for i in range(40) for g in guards))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for deadline, elapsed, cancelling in results:
+            assert deadline <= elapsed < deadline + 0.1
+            assert cancelling == 0
+        assert sum(g.counters["get"].timeouts + g.counters["set"].timeouts for g in guards) == 120
+        # thawed (unguarded: Redis first works through the writes it was sent meanwhile)
+        assert await store.get("sc:{r}:1") == b"v"
+    finally:
+        await store.aclose()
+
+
+async def test_timeouts_of_one_burst_count_once(slow_redis: tuple[Relay, RedisStore]) -> None:
+    relay, store = slow_redis
+    guard = GuardedStore(store, TIMEOUT, breaker_failures=2)
+    await store.ping()
+    relay.delay = 1.0
+    results = await asyncio.gather(
+        *(guard.get(f"sc:{{r}}:{i}") for i in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(r, StoreTimeout) for r in results)
+    assert guard.counters["get"].timeouts == 20
+    assert guard.state == "closed"  # one piece of evidence, not twenty
+    with pytest.raises(StoreTimeout):
+        await guard.get("sc:{r}:1")  # a deadline later: the second
+    assert guard.state == "open"
