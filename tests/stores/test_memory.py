@@ -295,11 +295,14 @@ MODEL_OPS = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(entries=st.integers(1, 12), ops=MODEL_OPS)
-async def test_behaves_as_an_exact_lru(entries: int, ops: list[tuple[str, int, int, list[str]]]):
-    # Reads, rewrites, removals and evictions in any order, across many generation
-    # switches: the store keeps and drops exactly what an exact LRU would.
+async def test_behaves_as_an_exact_lru(
+    entries: int, ops: list[tuple[str, int, int, list[str]]]
+) -> None:
+    # Reads, rewrites, removals and evictions in any order, entries moving from the old
+    # generation to the young one and the generations switching many times: the store
+    # keeps and drops exactly what an exact LRU would.
     clock = FakeClock()
     store = MemoryStore("mem", entries * cost("k00", bytes(300), ("a", "b")), clock)
     model = ReferenceLRU(store.max_size, clock)
@@ -337,6 +340,22 @@ async def test_eviction_order_survives_reads_of_the_oldest(clock: FakeClock) -> 
             model.set(f"n{phase}{i:04}", bytes(10), 60, ())
         assert store.keys() == list(model.data)
     assert store.stats().evictions == model.evictions > count
+
+
+async def test_entries_of_every_generation_can_be_removed_and_expire(clock: FakeClock) -> None:
+    # the first eviction makes every entry held the old generation
+    store = MemoryStore("mem", 4 * cost("k1", bytes(10), ("t",)), clock)
+    for n, ttl in ((1, 60), (2, 60), (3, 60), (4, 5), (5, 5)):
+        await store.set(f"k{n}", bytes(10), ttl, tags=["t"])
+    assert store.keys() == ["k2", "k3", "k4", "k5"]  # k1 evicted
+    assert await store.delete(["k3"]) == 1  # from the old generation
+    await store.set("k2", bytes(1), 60, tags=["t"])  # rewritten out of it
+    assert store.keys() == ["k4", "k5", "k2"]
+    clock.advance(5)
+    assert await store.get_many(["k4", "k5"]) == [None, None]  # expired in the old one
+    assert store.keys() == ["k2"]
+    assert await store.purge_tags(["t"]) == 1
+    assert store.stats() == StoreStats(entries=0, bytes=0, evictions=1)
 
 
 async def test_a_shared_tag_finds_every_entry_after_churn(store: MemoryStore) -> None:
