@@ -619,7 +619,8 @@ class HttpProtocol(asyncio.Protocol):
         out = bytearray(_status_line(response.status))
         has_date = False
         if response.stored:
-            block, has_date = self.server.serialized(response.stored)
+            # a miss's fields are served again only as a hit: not worth keeping yet
+            block, has_date = self.server.serialized(response.stored, response.cache != "MISS")
             out += block
         fields, dated = _serialize(response.headers)
         if fields is None:
@@ -843,14 +844,19 @@ class HttpServer:
         while self.memo_bytes > MEMO_BYTES:
             self.forget(next(iter(self.memo)))
 
-    def serialized(self, stored: tuple[tuple[str, str], ...]) -> tuple[bytes, bool]:
-        """The header lines of a stored entry's fields (unsafe fields dropped)."""
+    def serialized(
+        self, stored: tuple[tuple[str, str], ...], keep: bool = True
+    ) -> tuple[bytes, bool]:
+        """The header lines of a stored entry's fields (unsafe fields dropped), kept for
+        the entry's next answers when ``keep``."""
         cached = self._wire.get(id(stored))
         if cached is not None and cached[0] is stored:
             return cached[1], cached[2]
         block, has_date = _serialize(stored)
         if block is None:
             block, has_date = _serialize([(k, v) for k, v in stored if _is_clean(k, v)])
+        if not keep:
+            return block or b"", has_date
         if len(self._wire) >= WIRE_CACHE:
             self._wire.clear()
         self._wire[id(stored)] = (stored, block or b"", has_date)
