@@ -31,10 +31,17 @@ OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 redis_server = factories.redis_proc(port=None)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(*, exclude: set[int] | None = None) -> int:
+    """A free loopback port never handed out before in this session: two servers picked
+    before either starts (a pair) must not get the same one, nor a server the port of one
+    that a previous test stopped a moment ago."""
     while True:
         port = port_for.select_random()
-        if not exclude or port not in exclude:
+        if port not in _HANDED_OUT and (not exclude or port not in exclude):
+            _HANDED_OUT.add(port)
             return port
 
 
