@@ -95,6 +95,20 @@ async def origin(aiohttp_server: Any) -> Origin:
     return state
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def free_port(*, exclude: set[int] | None = None) -> int:
+    """A free loopback port never handed out before in this session: two servers picked
+    before either starts (a pair) must not get the same one, nor a server the port of one
+    that a previous test stopped a moment ago."""
+    while True:
+        port = port_for.select_random()
+        if port not in _HANDED_OUT and (not exclude or port not in exclude):
+            _HANDED_OUT.add(port)
+            return port
+
+
 def policy_text(origin_url: str, body: str) -> str:
     """A policy document: ``version`` and ``origin`` plus the given YAML body."""
     return f"version: 1\norigin: {origin_url}\n" + textwrap.dedent(body)
@@ -237,7 +251,7 @@ def spawn_proxy(tmp_path: Path) -> Iterator[SpawnProxy]:
     def factory(policy: str, *extra: str, wait: bool = True) -> ProxyProcess:
         path = tmp_path / f"policy-{len(started)}.yaml"
         path.write_text(policy)
-        port, admin_port = port_for.select_random(), port_for.select_random()
+        port, admin_port = free_port(), free_port()
         command = [
             sys.executable,
             "-m",

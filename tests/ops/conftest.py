@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import port_for
 import pytest
 from mirakuru import TCPExecutor
 from redis import Redis
 
 from proxy.policy import load_policy
 from proxy.server import Worker, bind
-from tests.conftest import Origin, policy_text
+from tests.conftest import Origin, free_port, policy_text
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
@@ -59,7 +58,7 @@ class RedisServer:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    port = port_for.select_random()
+    port = free_port()
     data = tmp_path / "redis"
     data.mkdir()
     command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
@@ -75,7 +74,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def memcached_addr() -> Iterator[str]:
     """A memcached of this test's own, as ``host:port``."""
-    port = port_for.select_random()
+    port = free_port()
     command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-m", "16"]
     executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
     executor.start()

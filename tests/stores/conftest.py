@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
-import port_for
 import pytest
 from mirakuru import TCPExecutor
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 from redis import Redis
+
+from tests.conftest import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -29,20 +30,6 @@ MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 redis_server = factories.redis_proc(port=None)
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port(*, exclude: set[int] | None = None) -> int:
-    """A free loopback port never handed out before in this session: two servers picked
-    before either starts (a pair) must not get the same one, nor a server the port of one
-    that a previous test stopped a moment ago."""
-    while True:
-        port = port_for.select_random()
-        if port not in _HANDED_OUT and (not exclude or port not in exclude):
-            _HANDED_OUT.add(port)
-            return port
 
 
 def memcached_executor(port: int | None = None, item_size: str = "1m") -> TCPExecutor:
