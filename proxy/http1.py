@@ -45,7 +45,7 @@ _REASONS: Final = {
     504: "Gateway Timeout",
 }  # fmt: skip
 _STATUS_LINES: dict[int, bytes] = {}
-_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection"})
 BODY_HIGH_WATER: Final = 1024 * 1024
 PIPELINE_DEPTH: Final = 32
 WIRE_CACHE: Final = 8192  # serialized stored-header blocks kept
@@ -764,24 +764,23 @@ def _length(response: ProxyResponse, request: Exchange) -> int | None:
 
 def _serialize(headers: Sequence[tuple[str, str]]) -> tuple[bytes | None, bool]:
     """Header lines without framing fields; ``None`` when a field is unsafe to send."""
-    out = bytearray()
+    lines = []
     has_date = False
-    lines = 0
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in _FRAMING:
+            continue
+        if lowered == "date":
+            has_date = True
+        lines.append(f"{name}: {value}\r\n")
     try:
-        for name, value in headers:
-            encoded = name.encode("latin-1")
-            lowered = encoded.lower()
-            if lowered in _FRAMING:
-                continue
-            if lowered == b"date":
-                has_date = True
-            out += encoded + b": " + value.encode("latin-1") + b"\r\n"
-            lines += 1
+        out = "".join(lines).encode("latin-1")
     except UnicodeEncodeError:
         return None, False
-    if out.count(b"\n") != lines or out.count(b"\r") != lines or b"\0" in out:
+    count = len(lines)
+    if out.count(b"\n") != count or out.count(b"\r") != count or b"\0" in out:
         return None, False
-    return bytes(out), has_date
+    return out, has_date
 
 
 class HttpServer:
