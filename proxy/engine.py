@@ -860,21 +860,21 @@ class Engine:
             )
         return ProxyResponse(entry.status, headers, body, cache=label, stored=stored)
 
-    def answer_now(self, ex: Exchange) -> ProxyResponse | None:
-        """The hit path without an await: a fresh entry in process memory answers at once.
-
-        Anything else (a miss, a stale entry, Vary, request directives, a shared store)
-        answers ``None`` and the caller goes through ``handle``.
+    def answer_now(self, ex: Exchange) -> tuple[Ticket | None, ProxyResponse | None]:
+        """The hit path without an await: the request's ticket (``None``: it never takes
+        that path) and, when a fresh entry in process memory answers it at once, the
+        answer. Anything else (a miss, a stale entry, Vary, request directives, a shared
+        store) has no answer here and the caller goes through ``handle``.
         """
         start = time.perf_counter()
         ticket = self.ticket(ex)
         if ticket is None or ticket.get_now is None:
-            return None
+            return ticket, None
         raw = ticket.get_now(ticket.key)
         if raw is None:
-            return None
+            return ticket, None
         made = self.answer_ticket(ticket, raw, self.clock.time(), start)
-        return made[0] if made is not None else None
+        return ticket, made[0] if made is not None else None
 
     def ticket(self, ex: Exchange) -> Ticket | None:
         """What a request resolves to on the synchronous hit path (its route, key and

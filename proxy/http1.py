@@ -541,20 +541,13 @@ class HttpProtocol(asyncio.Protocol):
                 break  # the client is not reading: resume_writing carries on
             pending = self._pending[0]
             if pending.body is None:
-                start = time.perf_counter()
-                ticket = self.engine.ticket(pending.exchange)
-                if ticket is not None and ticket.get_now is not None:
-                    raw = ticket.get_now(ticket.key)
-                    made = None
-                    if raw is not None:
-                        now = self.engine.clock.time()
-                        made = self.engine.answer_ticket(ticket, raw, now, start)
-                    if made is not None:
-                        self._pending.popleft()
-                        self._answered = ticket
-                        self._write_full(made[0], pending)
-                        continue
-                elif ticket is not None:
+                ticket, fast = self.engine.answer_now(pending.exchange)
+                if fast is not None:
+                    self._pending.popleft()
+                    self._answered = ticket
+                    self._write_full(fast, pending)
+                    continue
+                if ticket is not None and ticket.get_now is None:
                     self._answered = ticket  # a shared store's: remembered before its answer
             # not asyncio.ensure_future: on 3.11 its running-loop lookup costs a getpid()
             self._task = self._loop.create_task(self._serve())
