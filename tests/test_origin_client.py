@@ -17,6 +17,18 @@ from proxy.policy import Timeout
 from tests.conftest import Origin
 
 FAST = Timeout(connect=1.0, total=2.0)
+
+
+HOST = [("Host", "o")]
+
+
+def get(
+    client: OriginClient, path: str = "/", timeout: Timeout = FAST
+) -> Awaitable[OriginResponse]:
+    """A plain GET through ``client``, as the engine sends one."""
+    return client.request("GET", path, HOST, None, timeout)
+
+
 Handler = Callable[["RawOrigin", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
@@ -146,10 +158,10 @@ async def test_chunked_body_is_reassembled(raw, clients):
     )
     server = await start_keep_alive(raw, chunked, answer(b"again"))
     client = clients(server.url)
-    response = await client.request("GET", "/c", [("Host", "o")], None, FAST)
+    response = await get(client, "/c")
     assert (response.status, await body_of(response)) == (200, b"hello world")
     assert ("Transfer-Encoding", "chunked") in response.headers
-    second = await client.request("GET", "/c", [("Host", "o")], None, FAST)
+    second = await get(client, "/c")
     assert await body_of(second) == b"again"
     assert server.connections == 1
 
@@ -167,7 +179,7 @@ async def test_close_delimited_body_ends_with_the_connection(raw, clients):
     server = await raw(handler)
     client = clients(server.url)
     for _ in range(2):
-        response = await client.request("GET", "/", [("Host", "o")], None, FAST)
+        response = await get(client)
         assert await body_of(response) == b"until the end"
     assert server.connections == 2
 
@@ -183,7 +195,7 @@ async def test_http10_answer_is_not_reused(raw, clients):
     server = await raw(handler)
     client = clients(server.url)
     for _ in range(2):
-        response = await client.request("GET", "/", [("Host", "o")], None, FAST)
+        response = await get(client)
         assert await body_of(response) == b"ok"
     assert server.connections == 2
 
@@ -197,15 +209,15 @@ async def test_head_and_304_have_no_body_and_keep_the_connection(raw, clients):
         answer(b"body"),
     )
     client = clients(server.url)
-    head = await client.request("HEAD", "/", [("Host", "o")], None, FAST)
+    head = await client.request("HEAD", "/", HOST, None, FAST)
     assert head.status == 200
     assert ("Content-Length", "1000") in head.headers
     assert await body_of(head) == b""
-    not_modified = await client.request("GET", "/", [("Host", "o")], None, FAST)
+    not_modified = await get(client)
     assert (not_modified.status, await body_of(not_modified)) == (304, b"")
-    no_content = await client.request("GET", "/", [("Host", "o")], None, FAST)
+    no_content = await get(client)
     assert (no_content.status, await body_of(no_content)) == (204, b"")
-    last = await client.request("GET", "/", [("Host", "o")], None, FAST)
+    last = await get(client)
     assert await body_of(last) == b"body"
     assert server.connections == 1
     assert server.requests[0].startswith(b"HEAD / HTTP/1.1\r\n")
@@ -218,7 +230,7 @@ async def test_informational_answers_are_skipped(raw, clients):
         + answer(b"final", b"X-Final: 1"),
     )
     client = clients(server.url)
-    response = await client.request("GET", "/", [("Host", "o")], None, FAST)
+    response = await get(client)
     assert response.status == 200
     assert ("X-Final", "1") in response.headers
     assert all(name != "Link" for name, _ in response.headers)
@@ -229,7 +241,7 @@ async def test_header_fields_pass_as_sent(raw, clients):
     reply = answer(b"x", b"set-COOKIE: a=1", b"Set-Cookie: b=2", b"X-Latin: caf\xe9", b"X-Empty:")
     server = await start_keep_alive(raw, reply)
     client = clients(server.url)
-    response = await client.request("GET", "/", [("Host", "o")], None, FAST)
+    response = await get(client)
     assert response.headers[1:] == [
         ("set-COOKIE", "a=1"),
         ("Set-Cookie", "b=2"),
@@ -262,7 +274,7 @@ async def test_malformed_answer_is_unreachable(raw, clients):
     server = await start_keep_alive(raw, b"HTTP/1.1 2xx Nope\r\n\r\n")
     client = clients(server.url)
     with pytest.raises(OriginUnreachable, match="malformed"):
-        await client.request("GET", "/", [("Host", "o")], None, FAST)
+        await get(client)
 
 
 # ---------------------------------------------------------------- connection reuse
@@ -271,7 +283,7 @@ async def test_malformed_answer_is_unreachable(raw, clients):
 async def test_sequential_requests_share_one_connection(origin: Origin, clients):
     client = clients(origin.url)
     for i in range(20):
-        response = await client.request("GET", f"/r{i}", [("Host", "o")], None, FAST)
+        response = await get(client, f"/r{i}")
         assert response.status == 200
         assert b'"hit": 1' in await body_of(response)
     peers = {request.transport.get_extra_info("peername") for request in origin.requests}  # type: ignore[union-attr]
@@ -289,7 +301,7 @@ async def test_connection_close_from_the_origin_is_honoured(raw, clients):
     server = await raw(handler)
     client = clients(server.url)
     for _ in range(3):
-        response = await client.request("GET", "/", [("Host", "o")], None, FAST)
+        response = await get(client)
         assert await body_of(response) == b"bye"
     assert server.connections == 3
 
@@ -305,7 +317,7 @@ async def test_idle_connection_closed_by_the_origin_is_not_reused(raw, clients):
     server = await raw(handler)
     client = clients(server.url)
     for _ in range(3):
-        response = await client.request("GET", "/", [("Host", "o")], None, FAST)
+        response = await get(client)
         assert await body_of(response) == b"once"
         await asyncio.sleep(0.05)  # the origin's FIN arrives while the connection is idle
     assert server.connections == 3
@@ -316,10 +328,10 @@ async def test_keep_alive_timeout_of_the_origin_is_respected(raw, clients):
         raw, answer(b"a", b"Keep-Alive: timeout=1"), answer(b"b", b"Keep-Alive: timeout=1")
     )
     client = clients(server.url)
-    first = await client.request("GET", "/", [("Host", "o")], None, FAST)
+    first = await get(client)
     assert await body_of(first) == b"a"
     await asyncio.sleep(0.7)  # past the idle time we allow (timeout - 1 s, at least 0.5 s)
-    second = await client.request("GET", "/", [("Host", "o")], None, FAST)
+    second = await get(client)
     assert await body_of(second) == b"a"
     assert server.connections == 2
 
@@ -337,11 +349,11 @@ async def test_abandoned_response_is_not_reused(raw, clients):
 
     server = await raw(handler)
     client = clients(server.url, pool_size=1)  # a leaked connection would block the next
-    response = await client.request("GET", "/big", [("Host", "o")], None, FAST)
+    response = await get(client, "/big")
     stream = response.iter_rest()
     assert (await anext(stream))[:4] == b"\x00\x01\x02\x03"
     await stream.aclose()  # the consumer went away mid-body
-    small = await client.request("GET", "/small", [("Host", "o")], None, FAST)
+    small = await get(client, "/small")
     assert await body_of(small) == b"small"
     assert server.connections == 2
 
@@ -363,7 +375,7 @@ async def test_bytes_after_the_answer_spoil_the_connection(raw, clients, extra: 
     server = await raw(handler)
     client = clients(server.url)
     for _ in range(2):
-        response = await client.request("GET", "/", [("Host", "o")], None, FAST)
+        response = await get(client)
         assert await body_of(response) == b"ok"
     assert server.connections == 2
 
@@ -373,7 +385,7 @@ async def test_pool_bounds_connections_and_serves_waiters(origin: Origin, client
     client = clients(origin.url, pool_size=2)
 
     async def one() -> bytes:
-        response = await client.request("GET", "/slow", [("Host", "o")], None, FAST)
+        response = await get(client, "/slow")
         return await body_of(response)
 
     bodies = await asyncio.gather(*(one() for _ in range(8)))
@@ -398,10 +410,10 @@ async def test_uploads_are_framed(raw, clients):
         yield b"67890"
 
     calls = [
-        ("POST", [("Host", "o")], b"bytes body"),
-        ("PUT", [("Host", "o")], pieces()),
+        ("POST", HOST, b"bytes body"),
+        ("PUT", HOST, pieces()),
         ("POST", [("Host", "o"), ("Content-Length", "10")], declared()),
-        ("DELETE", [("Host", "o")], None),
+        ("DELETE", HOST, None),
     ]
     for method, headers, body in calls:
         response = await client.request(method, "/u", headers, body, FAST)
@@ -432,7 +444,7 @@ async def test_large_upload_reaches_the_origin_intact(origin: Origin, clients):
         for start in range(0, len(payload), 65536):
             yield payload[start : start + 65536]
 
-    response = await client.request("POST", "/upload", [("Host", "o")], pieces(), FAST)
+    response = await client.request("POST", "/upload", HOST, pieces(), FAST)
     assert await body_of(response) == str(len(payload)).encode()
     assert seen == [payload]
 
@@ -451,7 +463,7 @@ async def test_failing_upload_fails_the_request(raw, clients):
         raise RuntimeError("client went away")
 
     with pytest.raises(OriginUnreachable, match="request body failed"):
-        await client.request("POST", "/", [("Host", "o")], broken(), FAST)
+        await client.request("POST", "/", HOST, broken(), FAST)
 
 
 # ---------------------------------------------------------------- streaming
@@ -474,7 +486,7 @@ async def test_large_body_streams_with_bounded_buffering(raw, clients):
 
     server = await raw(handler)
     client = clients(server.url)
-    response = await client.request("GET", "/big", [("Host", "o")], None, FAST)
+    response = await get(client, "/big")
     stream = response.iter_rest()
     received = len(await anext(stream))
     await asyncio.sleep(0.3)  # a slow consumer: the origin must be held back
@@ -495,7 +507,7 @@ async def test_unreachable_origin(clients):
         port = sock.getsockname()[1]  # nothing listens here once closed
     client = clients(f"http://127.0.0.1:{port}")
     with pytest.raises(OriginUnreachable):
-        await client.request("GET", "/", [("Host", "o")], None, FAST)
+        await get(client)
 
 
 async def test_origin_reset_mid_body_fails_the_stream(raw, clients):
@@ -509,10 +521,10 @@ async def test_origin_reset_mid_body_fails_the_stream(raw, clients):
 
     server = await raw(handler)
     client = clients(server.url)
-    response = await client.request("GET", "/", [("Host", "o")], None, FAST)
+    response = await get(client)
     with pytest.raises(OriginUnreachable):
         await body_of(response)
-    again = await client.request("GET", "/", [("Host", "o")], None, FAST)
+    again = await get(client)
     with pytest.raises(OriginUnreachable):
         await again.read_up_to(1000)
 
@@ -526,7 +538,7 @@ async def test_silent_origin_times_out(raw, clients):
     server = await raw(handler)
     client = clients(server.url)
     with pytest.raises(OriginTimeout, match=r"did not answer within 0\.3s"):
-        await client.request("GET", "/", [("Host", "o")], None, Timeout(connect=1, total=0.3))
+        await get(client, timeout=Timeout(connect=1, total=0.3))
 
 
 async def test_stalled_body_times_out(raw, clients):
@@ -540,7 +552,7 @@ async def test_stalled_body_times_out(raw, clients):
     server = await raw(handler)
     client = clients(server.url)
     timeout = Timeout(connect=1, total=0.3)
-    response = await client.request("GET", "/", [("Host", "o")], None, timeout)
+    response = await get(client, timeout=timeout)
     with pytest.raises(OriginTimeout, match="no body bytes"):
         await response.read_up_to(1000)
 
@@ -566,7 +578,7 @@ async def test_connect_timeout_when_the_origin_accepts_nothing(clients):
         port = listener.getsockname()[1]
         client = clients(f"http://127.0.0.1:{port}")
         with pytest.raises(OriginTimeout, match=r"no connection within 0\.2s"):
-            await client.request("GET", "/", [("Host", "o")], None, Timeout(connect=0.2, total=5))
+            await get(client, timeout=Timeout(connect=0.2, total=5))
     finally:
         for filler in fillers:
             filler.close()
@@ -576,10 +588,10 @@ async def test_connect_timeout_when_the_origin_accepts_nothing(clients):
 async def test_pool_wait_counts_as_connecting(origin: Origin, clients):
     origin.reply("/slow", delay=1.0)
     client = clients(origin.url, pool_size=1)
-    holder = asyncio.ensure_future(client.request("GET", "/slow", [("Host", "o")], None, FAST))
+    holder = asyncio.ensure_future(get(client, "/slow"))
     await asyncio.sleep(0.1)
     with pytest.raises(OriginTimeout, match=r"all 1 origin connections stayed busy for 0\.2s"):
-        await client.request("GET", "/slow", [("Host", "o")], None, Timeout(connect=0.2, total=5))
+        await get(client, "/slow", timeout=Timeout(connect=0.2, total=5))
     (await holder).release()
 
 
@@ -598,12 +610,12 @@ async def test_cancelled_request_does_not_leave_its_connection_in_the_pool(raw, 
 
     server = await raw(handler)
     client = clients(server.url)
-    slow = asyncio.ensure_future(client.request("GET", "/slow", [("Host", "o")], None, FAST))
+    slow = asyncio.ensure_future(get(client, "/slow"))
     await asyncio.sleep(0.1)
     slow.cancel()
     with pytest.raises(asyncio.CancelledError):
         await slow
-    response = await client.request("GET", "/fresh", [("Host", "o")], None, FAST)
+    response = await get(client, "/fresh")
     assert await body_of(response) == b"fresh"
     assert server.connections == 2
 
@@ -618,12 +630,12 @@ async def test_closed_client_refuses_and_ends_streams(raw, clients):
 
     server = await raw(handler)
     client = clients(server.url)
-    response = await client.request("GET", "/", [("Host", "o")], None, FAST)
+    response = await get(client)
     await client.aclose()
     with pytest.raises(OriginUnreachable):
         await body_of(response)
     with pytest.raises(OriginUnreachable, match="closed"):
-        await client.request("GET", "/", [("Host", "o")], None, FAST)
+        await get(client)
 
 
 # ---------------------------------------------------------------- TLS
@@ -655,11 +667,11 @@ async def test_https_origin(certificate: tuple[Path, Path], clients):
         trusting = ssl.create_default_context(cafile=str(cert))
         client = clients(server.url, tls=trusting)
         for expected in (b"secure", b"again"):
-            response = await client.request("GET", "/", [("Host", "o")], None, FAST)
+            response = await get(client)
             assert await body_of(response) == expected
         assert server.connections == 1
         default = clients(server.url)  # the system's trust store does not know this cert
         with pytest.raises(OriginUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
-            await default.request("GET", "/", [("Host", "o")], None, FAST)
+            await get(default)
     finally:
         await server.close()
