@@ -8,7 +8,8 @@ ever sees a library's exception type::
     ├── PolicyError                 a policy file is invalid (carries every issue found)
     ├── StoreError                  a cache backend failed; the engine treats it as a miss
     │   ├── StoreUnavailable        (also ConnectionError) refused, reset, breaker open
-    │   └── StoreTimeout            (also TimeoutError) no answer within the deadline
+    │   ├── StoreTimeout            (also TimeoutError) no answer within the deadline
+    │   └── StoreFull               the backend refused a write for lack of memory (OOM)
     └── OriginError                 the upstream API could not be reached or answered badly
         ├── OriginTimeout           (also TimeoutError) → 504
         └── OriginUnreachable       (also ConnectionError) → 502
@@ -59,6 +60,11 @@ class StoreUnavailable(StoreError, ConnectionError):
 
 class StoreTimeout(StoreError, TimeoutError):
     """The backend did not answer within the operation deadline."""
+
+
+class StoreFull(StoreError):
+    """The backend refused a write for lack of memory (Redis ``OOM``, Memcached
+    ``SERVER_ERROR out of memory``): the store is healthy but full, and says so loudly."""
 
 
 class OriginError(SidecacheError):
