@@ -21,6 +21,24 @@ class StoreStats:
     evictions: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StoreHealth:
+    """What ``/readyz`` and ``sidecache report`` show of one store, by backend name.
+
+    ``breaker`` is ``closed``, ``open`` or ``half_open`` for a guarded shared store and
+    ``n/a`` for a store without one. ``write_refusals`` counts the writes the backend
+    refused for lack of memory since start (Redis ``OOM``, Memcached ``SERVER_ERROR out
+    of memory``): such a store answers, so its breaker stays closed, but it caches
+    nothing new. ``last_refusal`` names the operation of the latest one and
+    ``last_refusal_at`` its wall-clock time (unix seconds).
+    """
+
+    breaker: str = "n/a"
+    write_refusals: int = 0
+    last_refusal: str | None = None
+    last_refusal_at: float | None = None
+
+
 @runtime_checkable
 class Store(Protocol):
     """An async key/value cache with TTLs, tags and leases.
@@ -33,6 +51,7 @@ class Store(Protocol):
     - ``lock`` takes a lease for ``ttl`` seconds and answers its token, or ``None`` when
       somebody else holds it; ``unlock`` releases only a lease whose token matches.
     - ``shared`` is true when other processes see the same entries (Redis, Memcached).
+    - ``health`` answers at once, without I/O: breaker state and write refusals.
     """
 
     name: str
@@ -55,5 +74,7 @@ class Store(Protocol):
     async def ping(self) -> bool: ...
 
     def stats(self) -> StoreStats: ...
+
+    def health(self) -> StoreHealth: ...
 
     async def aclose(self) -> None: ...

@@ -9,6 +9,7 @@ share timers (``_Deadlines``): one per few milliseconds, not one per call.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,10 +17,15 @@ from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
 from proxy.clock import Clock, SystemClock
-from proxy.errors import StoreError, StoreTimeout, StoreUnavailable
-from proxy.stores.base import Store, StoreStats
+from proxy.errors import StoreError, StoreFull, StoreTimeout, StoreUnavailable
+from proxy.stores.base import Store, StoreHealth, StoreStats
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+# A full store refuses every write: one warning per backend per this many seconds, the
+# next one counting those not logged in between (a full store under load refuses
+# thousands a second; a line each would drown the log it is meant to stand out in).
+REFUSAL_LOG_EVERY: Final = 10.0
 # A write also gets the time to move its bytes at this (conservative) rate on top of the
 # deadline, so multi-MiB entries are not skipped systematically by a deadline in the tens
 # of milliseconds that suits everything else.
@@ -56,6 +62,11 @@ class OpCounters:
     errors: int = 0
     timeouts: int = 0
     rejected: int = 0  # refused at once because the breaker was open
+    oom: int = 0  # refused by the backend for lack of memory (``StoreFull``)
+
+
+# the ``reason`` label of ``sidecache_store_errors_total``: the ``OpCounters`` fields
+ERROR_REASONS: Final = ("errors", "timeouts", "rejected", "oom")
 
 
 class _Call:
@@ -139,6 +150,9 @@ class GuardedStore:
     without touching the backend. After ``breaker_cooldown`` seconds one call is let
     through (``half_open``); its success closes the breaker, its failure reopens it.
     ``ping`` answers ``False`` instead of raising, so health checks can call it freely.
+    A write the backend refuses for lack of memory (``StoreFull``) is counted (``oom``),
+    logged as a warning at most once per ``REFUSAL_LOG_EVERY`` seconds, and raised; it
+    does not count towards the breaker: the store answered, it is full, not down.
     A ``set`` gets ``len(value) / WRITE_BYTES_PER_SECOND`` on top of its deadline.
 
     A deadline fires late by at most a slot (``timeout / 10`` in whole milliseconds, 1 to
@@ -172,6 +186,10 @@ class GuardedStore:
         self._opened_at = 0.0
         self._probing = False
         self._deadlines = _Deadlines(timeout)
+        self._refusals = 0
+        self._last_refusal: tuple[str, float] | None = None  # op, wall-clock time
+        self._refusal_logged = -math.inf  # monotonic time of the last warning
+        self._refusals_unlogged = 0
 
     # ------------------------------------------------------------ breaker
 
@@ -242,6 +260,11 @@ class GuardedStore:
             counters.timeouts += 1
             self._failed(probe, timeout=True)
             raise StoreTimeout(self.name, f"{op} took over {deadline * 1000:.0f} ms") from exc
+        except StoreFull as exc:
+            counters.oom += 1
+            self._refused(op, exc)
+            self._succeeded(probe)  # it answered: a full store is not a failing one
+            raise
         except StoreTimeout:
             counters.timeouts += 1
             self._failed(probe, timeout=True)
@@ -269,6 +292,35 @@ class GuardedStore:
                 if self._state == "half_open":
                     # the probe itself was cancelled from outside: no verdict, stay open
                     self._state = "open"
+
+    def _refused(self, op: str, exc: StoreFull) -> None:
+        self._refusals += 1
+        self._last_refusal = (op, self._clock.time())
+        now = self._clock.monotonic()
+        if now - self._refusal_logged < REFUSAL_LOG_EVERY:
+            self._refusals_unlogged += 1
+            return
+        unlogged, self._refusals_unlogged = self._refusals_unlogged, 0
+        self._refusal_logged = now
+        log.warning(
+            "backend %s is full: %s refused for lack of memory (%s); %d more refusals "
+            "in the last %.0f s not logged; new responses are not being cached",
+            self.name,
+            op,
+            exc,
+            unlogged,
+            REFUSAL_LOG_EVERY,
+            extra={"event": "store_full", "backend": self.name, "command": op},
+        )
+
+    def health(self) -> StoreHealth:
+        last = self._last_refusal
+        return StoreHealth(
+            breaker=self.state,
+            write_refusals=self._refusals,
+            last_refusal=last[0] if last is not None else None,
+            last_refusal_at=last[1] if last is not None else None,
+        )
 
     # ------------------------------------------------------------ Store
 

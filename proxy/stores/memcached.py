@@ -34,7 +34,7 @@ import msgpack
 
 from proxy.clock import Clock, SystemClock
 from proxy.errors import StoreError, StoreUnavailable
-from proxy.stores.base import StoreStats
+from proxy.stores.base import StoreHealth, StoreStats
 from proxy.stores.memcached_pool import Found, Node, NodeDown, ServerPool
 
 log = logging.getLogger(__name__)
@@ -344,6 +344,9 @@ class MemcachedStore:
 
     def stats(self) -> StoreStats:
         return StoreStats()
+
+    def health(self) -> StoreHealth:
+        return StoreHealth()  # refusals and the breaker are counted by GuardedStore
 
     async def aclose(self) -> None:
         await self._servers.aclose()

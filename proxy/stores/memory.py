@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Final, TypeAlias
 
 from proxy.clock import Clock, SystemClock
-from proxy.stores.base import StoreStats
+from proxy.stores.base import StoreHealth, StoreStats
 
 # What an entry costs beyond the characters of its key, value and tags, as allocated
 # while the store evicts (then its dicts are the most spread out): the str and bytes
@@ -222,6 +222,9 @@ class MemoryStore:
     def stats(self) -> StoreStats:
         entries = len(self._data) + len(self._old)
         return StoreStats(entries=entries, bytes=self._size, evictions=self.evictions)
+
+    def health(self) -> StoreHealth:
+        return StoreHealth()  # never refuses a write: it evicts
 
     def keys(self) -> list[str]:
         """Every stored key, least recently used first (for reports and tests)."""

@@ -38,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
-from proxy.stores.base import StoreStats
+from proxy.stores.base import StoreHealth, StoreStats
 from proxy.stores.redis_pump import ReadPump, store_error
 
 T = TypeVar("T")
@@ -267,6 +267,9 @@ class RedisStore:
 
     def stats(self) -> StoreStats:
         return StoreStats()
+
+    def health(self) -> StoreHealth:
+        return StoreHealth()  # refusals and the breaker are counted by GuardedStore
 
     async def aclose(self) -> None:
         if self._closed:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from proxy.stores.base import Store, StoreStats
+from proxy.stores.base import Store, StoreHealth, StoreStats
 
 # L1 copies filled from L2 carry no tags (L2 does not return them), so every tag purge
 # also drops every L2 fill from L1: a few extra L2 reads, never a purged entry served.
@@ -86,6 +86,9 @@ class TieredStore:
 
     def stats(self) -> StoreStats:
         return self.l1.stats()
+
+    def health(self) -> StoreHealth:
+        return self.l2.health()  # L1 never refuses: the shared layer is what can fill
 
     async def aclose(self) -> None:
         await self.l1.aclose()
