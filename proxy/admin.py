@@ -25,7 +25,7 @@ from aiohttp import web
 from proxy import __version__
 from proxy.engine import Engine
 from proxy.fanout import WorkerBus
-from proxy.invalidation import Invalidator, PurgeRequest, peer_allowed
+from proxy.invalidation import Invalidator, PurgeRequest, peer_allowed, unknown_routes
 from proxy.logs import AccessLog, event
 from proxy.metrics import CONTENT_TYPE
 from proxy.policy import LoadedPolicy
@@ -102,11 +102,18 @@ async def purge(request: web.Request) -> web.Response:
     if state.invalidator is None:
         return _json({"error": "purging is not available"}, 503)
     try:
-        wanted = PurgeRequest.parse(orjson.loads(await request.read()), internal=False)
-    except (ValueError, orjson.JSONDecodeError) as exc:
+        wanted = PurgeRequest.decode(await request.read())
+    except ValueError as exc:
         return _json({"error": str(exc)}, 400)
     if wanted.is_empty():
         return _json({"error": "nothing to purge: give urls, prefixes, tags or routes"}, 400)
+    unknown = unknown_routes(state.engine, wanted)
+    if unknown:
+        known = ", ".join(route.name for route in state.engine.loaded.routes)
+        names = ", ".join(repr(name) for name in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        error = f"routes: no route{plural} named {names} in the policy (its routes: {known})"
+        return _json({"error": error}, 400)
     result = await state.invalidator.purge(wanted, source="admin")
     return _json(result.as_json(), 503 if result.errors else 200)
 

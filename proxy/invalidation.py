@@ -18,7 +18,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -31,6 +31,7 @@ from proxy.exchange import Exchange, ProxyResponse
 from proxy.fanout import Subscriber, WorkerBus
 from proxy.keys import derive_key, path_tags, route_tag, user_tag
 from proxy.logs import event
+from proxy.policy import RouteConfig
 from proxy.stores.base import Store
 from proxy.stores.guard import GuardedStore
 from proxy.stores.redis import RedisStore
@@ -61,18 +62,30 @@ class PurgeRequest:
 
     @staticmethod
     def parse(data: object, *, internal: bool = True) -> PurgeRequest:
-        """Validate decoded JSON; ``ValueError`` says what is wrong. The admin API
-        parses with ``internal=False``: callers name only the four public fields."""
+        """Validate decoded JSON; ``ValueError`` says what is wrong in plain words. The
+        admin API parses with ``internal=False``: callers name only the public fields."""
         if not isinstance(data, dict):
-            raise ValueError('expected a JSON object like {"urls": ["/path"]}')
-        unknown = set(data) - ({*FIELDS, "store_tags", "source"} if internal else set(FIELDS))
+            raise ValueError(
+                f'expected a JSON object like {{"urls": ["/path"]}}, got {_kind(data)}'
+            )
+        allowed = (*FIELDS, "store_tags", "source") if internal else FIELDS
+        unknown = sorted(name for name in data if name not in allowed)
         if unknown:
-            raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+            raise ValueError(
+                f"unknown field{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(repr(u) for u in unknown)}: a purge takes {', '.join(FIELDS)}"
+            )
         lists: dict[str, tuple[str, ...]] = {}
         for name in (*FIELDS, "store_tags"):
             value = data.get(name, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise ValueError(f"{name}: expected a list of non-empty strings")
+            if not isinstance(value, list):
+                raise ValueError(f"{name}: expected a list of strings, got {_kind(value)}")
+            for index, item in enumerate(value):
+                if not isinstance(item, str) or not item:
+                    what = "an empty string" if item == "" else _kind(item)
+                    raise ValueError(
+                        f"{name}: item {index + 1} is {what}, expected a non-empty string"
+                    )
             lists[name] = tuple(value)
         for prefix in lists["prefixes"]:
             if not prefix.startswith("/"):
@@ -84,8 +97,21 @@ class PurgeRequest:
             raise ValueError(f"more than {MAX_ITEMS} items in one purge")
         source = data.get("source")
         if source is not None and not isinstance(source, str):
-            raise ValueError("source: expected a string")
+            raise ValueError(f"source: expected a string, got {_kind(source)}")
         return PurgeRequest(**lists, source=source)
+
+    @staticmethod
+    def decode(body: bytes) -> PurgeRequest:
+        """The body of ``POST /purge``; ``ValueError`` says what is wrong in plain words."""
+        if not body.strip():
+            raise ValueError('the body is empty: send a JSON object like {"urls": ["/path"]}')
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ValueError(
+                'the body is not valid JSON: send an object like {"tags": ["product:7"]}'
+            ) from None
+        return PurgeRequest.parse(data, internal=False)
 
     def is_empty(self) -> bool:
         return not (self.urls or self.prefixes or self.tags or self.routes or self.store_tags)
@@ -122,61 +148,130 @@ class PurgeRequest:
         )
 
 
+def _kind(value: object) -> str:
+    """What a JSON value is, for messages: "a string", "a number", "null", ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def unknown_routes(engine: Engine, request: PurgeRequest) -> list[str]:
+    """Route names of ``request`` the running policy does not have."""
+    names = {route.name for route in engine.loaded.routes}
+    return [name for name in request.routes if name not in names]
+
+
 @dataclass(slots=True)
-class Plan:
+class Target:
+    """What to remove from one backend: exact keys and index tags."""
+
     keys: set[str] = field(default_factory=set)
     tags: set[str] = field(default_factory=set)
 
 
-def plan(engine: Engine, request: PurgeRequest) -> Plan:
-    """The keys and index tags a request names, under the engine's current policy.
+def plan(engine: Engine, request: PurgeRequest) -> dict[str, Target]:
+    """The keys and index tags a request names, by backend, under the current policy.
 
     An absolute URL names one primary key (the key includes the Host clients sent), unless
     its route keys on headers, cookies or identity: then, like a bare path, it names the
     path's index tag, which covers every query string, host and variant of the path (and
     the paths below it, as RFC 9111 §4.4 invalidation does here). ``/`` as a prefix is
-    everything: every route's tag.
+    everything: every route's tag. A backend is named only when a route that stores in
+    it can hold what the request names, so a purge touches no store it cannot concern.
     """
-    out = Plan(tags=set(request.store_tags))
-    out.tags.update(user_tag(tag) for tag in request.tags)
-    out.tags.update(route_tag(name) for name in request.routes)
+    routes = [r for r in engine.loaded.routes if r.cache]
+    out: dict[str, Target] = {}
+
+    def add(backends: Iterable[str], *, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
+        keys, tags = list(keys), list(tags)
+        if not (keys or tags):
+            return
+        for backend in backends:
+            target = out.setdefault(backend, Target())
+            target.keys.update(keys)
+            target.tags.update(tags)
+
+    everywhere = {route.backend for route in routes}
+    add(everywhere, tags=request.store_tags)
+    add(everywhere, tags=(user_tag(tag) for tag in request.tags))
+    by_name = {route.name: route for route in routes}
+    for name in request.routes:
+        known = by_name.get(name)
+        # a route this replica does not know (a reload elsewhere): look everywhere
+        add([known.backend] if known else everywhere, tags=[route_tag(name)])
     for prefix in request.prefixes:
         if prefix.strip("/"):
-            out.tags.add(path_tags(prefix)[-1])
+            holders = (r.backend for r in routes if _may_hold(r, prefix))
+            add(holders, tags=[path_tags(prefix)[-1]])
         else:
-            out.tags.update(route_tag(route.name) for route in engine.loaded.routes)
+            for route in routes:
+                add([route.backend], tags=[route_tag(route.name)])
     for url in request.urls:
         parts = urlsplit(url)
-        route, _ = engine.router.match("GET", (parts.hostname or "").lower(), parts.path)
-        spec = route.config
+        matched, _ = engine.router.match("GET", (parts.hostname or "").lower(), parts.path)
+        spec = matched.config
         if parts.netloc and not (spec.key.headers or spec.key.cookies or spec.cache_authorized):
             host = parts.netloc.lower()
-            out.keys.add(derive_key(spec.name, host, parts.path, parts.query, spec.key, {}))
+            if spec.cache:
+                key = derive_key(spec.name, host, parts.path, parts.query, spec.key, {})
+                add([spec.backend], keys=[key])
         else:
-            out.tags.add(path_tags(parts.path)[-1])
+            holders = (r.backend for r in routes if _may_hold(r, parts.path))
+            add(holders, tags=[path_tags(parts.path)[-1]])
     return out
+
+
+def _may_hold(route: RouteConfig, prefix: str) -> bool:
+    """Whether ``route`` can match a path at or under ``prefix`` (when unsure: yes)."""
+    under = prefix.rstrip("/")
+    if not under:
+        return True
+    match = route.match
+    if match.prefix is not None:
+        own = match.prefix.rstrip("/")
+        return not own or own == under or own.startswith(under + "/") or under.startswith(own + "/")
+    if match.path is not None:
+        literal = match.path.split("{", 1)[0]
+        if literal == match.path:  # no parameter: exactly one path
+            return literal.rstrip("/") == under or literal.startswith(under + "/")
+        return literal.startswith(under + "/") or (under + "/").startswith(literal)
+    return True  # a regex, or no match at all (the defaults): anything
 
 
 @dataclass(frozen=True, slots=True)
 class Layer:
-    """One distinct underlying store; ``l1`` when it fronts a shared store (tiered)."""
+    """One distinct underlying store; ``copies`` when it is the L1 of a tiered store the
+    purge concerns: its copies of L2 entries are dropped first and counted in L2."""
 
     store: Store
-    l1: bool = False
+    copies: bool = False
 
 
-def layers(stores: dict[str, Store]) -> list[Layer]:
-    """Every distinct underlying store once, tiered stores taken apart."""
-    l1s = {id(store.l1) for store in stores.values() if isinstance(store, TieredStore)}
-    seen: set[int] = set()
-    out: list[Layer] = []
-    for store in stores.values():
+def layers(stores: dict[str, Store], targets: dict[str, Target]) -> list[tuple[Layer, Target]]:
+    """Every distinct underlying store a purge concerns, tiered stores taken apart, with
+    what to remove from it."""
+    found: dict[int, tuple[Store, Target]] = {}
+    copies: set[int] = set()
+    for name, target in targets.items():
+        store = stores.get(name)
+        if store is None:
+            continue
         parts = (store.l1, store.l2) if isinstance(store, TieredStore) else (store,)
+        if isinstance(store, TieredStore):
+            copies.add(id(store.l1))
         for part in parts:
-            if id(part) not in seen:
-                seen.add(id(part))
-                out.append(Layer(part, id(part) in l1s))
-    return out
+            _, merged = found.setdefault(id(part), (part, Target()))
+            merged.keys |= target.keys
+            merged.tags |= target.tags
+    return [(Layer(store, id(store) in copies), target) for store, target in found.values()]
 
 
 @dataclass(slots=True)
@@ -276,26 +371,25 @@ class Invalidator:
         return result
 
     async def apply(self, request: PurgeRequest, *, local_only: bool) -> PurgeResult:
-        todo = plan(self.engine, request)
+        """Remove what ``request`` names from every store it concerns. ``removed`` counts
+        each entry once: an L1's copies of L2 entries are dropped first, uncounted (L2
+        counts them), so what the L1 then removes are entries only it held."""
         result = PurgeResult()
-        for layer in layers(self.engine.stores):
+        for layer, target in layers(self.engine.stores, plan(self.engine, request)):
             store = layer.store
             if local_only and store.shared:
                 continue
-            tags = sorted(todo.tags)
-            if layer.l1 and tags:
-                # copies an L1 took from L2 carry no tags of their own (see tiered.py)
-                tags.append(L2_FILL_TAG)
             try:
-                removed = await store.delete(sorted(todo.keys)) if todo.keys else 0
-                found = await store.purge_tags(tags) if tags else 0
+                if layer.copies:
+                    await store.purge_tags([L2_FILL_TAG])
+                removed = await store.delete(sorted(target.keys)) if target.keys else 0
+                found = await store.purge_tags(sorted(target.tags)) if target.tags else 0
             except StoreError as exc:
                 result.errors[store.name] = str(exc)
                 continue
             removed += max(found, 0)
             result.stores[store.name] = removed if found >= 0 else -1
-            if not layer.l1:  # an L1 holds copies of L2 entries: count those once
-                result.removed += removed
+            result.removed += removed
         return result
 
     async def fan_out(

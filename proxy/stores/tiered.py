@@ -13,8 +13,10 @@ from typing import Final
 
 from proxy.stores.base import Store, StoreHealth, StoreStats
 
-# L1 copies filled from L2 carry no tags (L2 does not return them), so every tag purge
-# also drops every L2 fill from L1: a few extra L2 reads, never a purged entry served.
+# Every L1 copy of an L2 entry carries this tag: fills (L2 does not return their tags, so
+# every tag purge drops every fill from L1: a few extra L2 reads, never a purged entry
+# served) and writes through this store (so a purge can tell them from entries the same
+# memory backend holds for routes of its own, and count each entry once).
 L2_FILL_TAG: Final = "~l2-fill"
 
 
@@ -63,7 +65,7 @@ class TieredStore:
         return values
 
     async def set(self, key: str, value: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
-        await self.l1.set(key, value, min(ttl, self.l1_ttl), tags)
+        await self.l1.set(key, value, min(ttl, self.l1_ttl), (*tags, L2_FILL_TAG))
         await self.l2.set(key, value, ttl, tags)
 
     async def delete(self, keys: Sequence[str]) -> int:
