@@ -24,6 +24,7 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.engine import Engine
+from proxy.explain import RequestError, explain, inspect
 from proxy.fanout import WorkerBus
 from proxy.invalidation import Invalidator, PurgeRequest, peer_allowed, unknown_routes
 from proxy.logs import AccessLog, event
@@ -134,6 +135,27 @@ async def stats(request: web.Request) -> web.Response:
     return _json(build_stats(engine.meter.families(), engine.loaded, time.time()))
 
 
+async def explain_url(request: web.Request) -> web.Response:
+    """``GET /explain?url=…&method=…&h=Name: value``: ``sidecache explain`` under the
+    running policy, plus what the route's store holds for that key now (``now``)."""
+    engine = request.app[STATE].engine
+    url = request.query.get("url")
+    if not url:
+        return _json({"error": "give url=http://HOST/path (and method=, h=Name: value)"}, 400)
+    try:
+        found = explain(
+            engine.loaded, request.query.get("method", "GET"), url, request.query.getall("h", [])
+        )
+    except RequestError as exc:
+        return _json({"error": str(exc)}, 400)
+    body = found.as_json()
+    if found.store_key is not None and found.backend is not None:
+        hmap = {name.lower(): value for name, value in found.headers.items()}
+        store = engine.stores[found.backend]
+        body["now"] = await inspect(store, found.store_key, hmap, found.backend)
+    return _json(body)
+
+
 def build_admin_app(state: AdminState) -> web.Application:
     app = web.Application()
     app[STATE] = state
@@ -142,6 +164,7 @@ def build_admin_app(state: AdminState) -> web.Application:
     app.router.add_post("/purge", purge)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/explain", explain_url)
     return app
 
 

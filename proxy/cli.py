@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -25,6 +26,8 @@ import orjson
 
 from proxy import __version__
 from proxy.errors import PolicyError
+from proxy.explain import RequestError, explain
+from proxy.explain import render as render_explanation
 from proxy.fanout import WorkerBus
 from proxy.invalidation import new_replica_id
 from proxy.logs import write_line
@@ -51,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="per-route figures and advice from /stats")
     report.add_argument("--admin", default="127.0.0.1:9090", help="admin HOST:PORT or URL")
     report.add_argument("--json", action="store_true", help="print the /stats JSON as is")
+    explain = commands.add_parser("explain", help="what the proxy would do with one request")
+    explain.add_argument("--policy", required=True, help="policy YAML file")
+    explain.add_argument("url", help="http://HOST/path?query (or /path with -H 'Host: …')")
+    explain.add_argument("-X", dest="method", default="GET", help="request method")
+    explain.add_argument("-H", dest="headers", action="append", default=[], help="'Name: value'")
+    explain.add_argument("--json", action="store_true", help="the same data as JSON")
+    explain.add_argument("--admin", help="HOST:PORT of a running proxy: what it holds now")
     return parser
 
 
@@ -227,8 +237,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_policy(args.policy)
+    except PolicyError as error:
+        return _report(error)
+    try:
+        found = explain(loaded, args.method, args.url, args.headers).as_json()
+    except RequestError as error:
+        print(f"explain: {error}", file=sys.stderr)
+        return EXIT_POLICY
+    code = 0
+    if args.admin:
+        base = args.admin if "://" in args.admin else f"http://{args.admin}"
+        query = urllib.parse.urlencode(
+            [("url", args.url), ("method", args.method)] + [("h", h) for h in args.headers]
+        )
+        try:
+            with urllib.request.urlopen(f"{base.rstrip('/')}/explain?{query}", timeout=10) as got:
+                running = orjson.loads(got.read())
+            found["now"] = running.get("now")
+            if running.get("store_key") != found["store_key"]:
+                found["now"] = {
+                    "error": "the running proxy's policy keys this request as "
+                    f"{running.get('store_key')} (route {running.get('route')})"
+                }
+        except (OSError, ValueError) as error:
+            print(f"cannot read {base}/explain: {error}", file=sys.stderr)
+            code = 1
+    if args.json:
+        sys.stdout.write(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(render_explanation(found))
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "explain":
+        return cmd_explain(args)
     if args.command == "validate":
         return cmd_validate(args)
     if args.command == "report":
