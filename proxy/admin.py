@@ -33,7 +33,7 @@ from proxy.policy import LoadedPolicy
 from proxy.reload import Loader, Reloader, swap_policy
 from proxy.report import build_stats
 from proxy.stores.base import Store
-from proxy.stores.guard import GuardedStore
+from proxy.stores.guard import ERROR_REASONS, GuardedStore
 from proxy.stores.memory import MemoryStore
 from proxy.stores.tiered import TieredStore
 
@@ -216,9 +216,9 @@ class StorePoller:
                 for op, counters in store.counters.items():
                     if n := self._delta(store, f"ops:{op}", counters.ops):
                         meter.store_ops.labels(name, op).inc(n)
-                    for kind in ("errors", "timeouts", "rejected"):
-                        if n := self._delta(store, f"{kind}:{op}", getattr(counters, kind)):
-                            meter.store_errors.labels(name, op, kind).inc(n)
+                    for reason in ERROR_REASONS:
+                        if n := self._delta(store, f"{reason}:{op}", getattr(counters, reason)):
+                            meter.store_errors.labels(name, op, reason).inc(n)
                 if n := self._delta(store, "opens", store.opened_total):
                     meter.breaker_opens.labels(name).inc(n)
                 self._breaker(name, store.state)

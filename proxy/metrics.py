@@ -167,8 +167,9 @@ class Meter:
         )
         self.store_errors = Counter(
             "sidecache_store_errors",
-            "failed store operations (error, timeout, rejected by an open breaker)",
-            ["backend", "op", "kind"],
+            "failed store operations by reason: errors, timeouts, rejected (breaker open), "
+            "oom (the backend refused a write for lack of memory)",
+            ["backend", "op", "reason"],
             registry=r,
         )
         self.store_seconds = Histogram(

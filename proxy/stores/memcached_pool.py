@@ -26,10 +26,13 @@ from aiomcache.pool import Connection, MemcachePool
 from uhashring import HashRing
 
 from proxy.clock import Clock
-from proxy.errors import StoreError, StoreUnavailable
+from proxy.errors import StoreError, StoreFull, StoreUnavailable
 
 T = TypeVar("T")
 _CONNECTION_ERRORS: Final = (OSError, EOFError, asyncio.IncompleteReadError)
+# memcached's answer to a write it has no memory for (with -M, or a slab class that can
+# get no page and has nothing to evict); aiomcache raises it inside a ClientException
+OUT_OF_MEMORY: Final = "SERVER_ERROR out of memory"
 
 
 class _EofSafeReader(asyncio.StreamReader):
@@ -214,6 +217,8 @@ class ServerPool:
         if isinstance(exc, _CONNECTION_ERRORS):
             return StoreUnavailable(self._name, f"{op} on {node.name}: {exc!r}")
         if isinstance(exc, aiomcache.exceptions.ClientException):
+            if OUT_OF_MEMORY in str(exc):
+                return StoreFull(self._name, f"{op} on {node.name}: {OUT_OF_MEMORY}")
             return StoreError(self._name, f"{op} on {node.name}: {exc}")
         return exc
 

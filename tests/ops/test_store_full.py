@@ -1,0 +1,69 @@
+"""A full shared store, seen as an operator sees it: ``sidecache_store_errors_total`` with
+``reason="oom"``, one warning line naming backend and command, answers still served."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from mirakuru import TCPExecutor
+
+from tests.conftest import Origin, free_port
+
+from .conftest import StartProxy, eventually, fetch
+
+MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
+BODY = random.Random(14).randbytes(50_000)  # incompressible; 2 MiB hold about 38
+
+
+@pytest.fixture
+def full_memcached() -> Iterator[str]:
+    """A 2 MiB memcached that refuses writes once full (``-M``) instead of evicting."""
+    port = free_port()
+    command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-m", "2", "-M"]
+    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
+    executor.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        executor.stop()
+
+
+async def test_a_full_memcached_is_counted_logged_and_keeps_serving(
+    live_proxy: StartProxy,
+    origin: Origin,
+    full_memcached: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    proxy = await live_proxy(
+        f"""
+        backends:
+          pool: {{type: memcached, servers: ["{full_memcached}"], timeout: 1s}}
+        defaults: {{backend: pool, ttl: 60s}}
+        """
+    )
+    paths = [f"/big/{i}" for i in range(80)]
+    for path in paths:
+        origin.reply(path, body=BODY)
+        answer = await proxy.get(path)
+        assert (answer.status, answer.cache, answer.body) == (200, "MISS", BODY)
+
+    async def refused() -> bool:
+        oom = await proxy.metric("sidecache_store_errors_total", backend="pool", reason="oom")
+        return oom >= 40
+
+    await eventually(refused, 10, "oom refusals counted")
+    assert await proxy.metric("sidecache_store_errors_total", reason="errors") == 0
+    assert await proxy.metric("sidecache_breaker_state", backend="pool") == 0
+    # what was stored before it filled up is still served
+    assert (await proxy.get(paths[0])).cache == "HIT"
+    full = [r for r in caplog.records if getattr(r, "event", None) == "store_full"]
+    assert len(full) == 1  # rate-limited: one line per backend per 10 s
+    assert full[0].levelno == logging.WARNING
+    assert "backend pool is full: set refused" in full[0].getMessage()
+    ready = await fetch("GET", proxy.admin_url + "/readyz")
+    assert ready.status == 200  # a full cache never takes the pod out of service
