@@ -1,10 +1,10 @@
 """``MemcachedStore``: a pool of memcached servers on a ketama ring, one aiomcache client each.
 
 It owns key hashing (memcached's 250-byte, no-whitespace keys), chunking of values over
-``item_size_max`` behind a verified manifest, tags as generation counters, and best-effort
-leases. Each server keeps the generation counters of the entries it holds, so losing one
-server never invalidates another's entries; a purge that misses a server is recorded on
-it and replayed (``_replay``) before it serves again.
+``item_size_max`` behind a verified manifest, tags as generation counters, and leases
+(released by compare-and-delete). Each server keeps the generation counters of the
+entries it holds, so losing one server never invalidates another's entries; a purge that
+misses a server is recorded on it and replayed (``_replay``) before it serves again.
 
 The servers are a ``ServerPool`` (``memcached_pool.py``): the ring, per-server health (a
 server that fails is skipped for ``node_retry`` seconds, so its keys miss while the other
@@ -313,15 +313,12 @@ class MemcachedStore:
         return token if taken else None
 
     async def unlock(self, key: str, token: str) -> bool:
-        # best effort: memcached has no compare-and-delete, so a lease that expired
-        # between the get and the delete could be someone else's by then
+        # compare-and-delete: a late leader whose lease expired and was taken by another
+        # never deletes the other's (meta protocol, CAS-checked: see memcached_pool)
         lkey = self._mkey("~l:", key)
         node = self._servers.node(lkey)
         try:
-            held = (await self._servers.fetch(node, [lkey])).get(lkey)
-            if held != token.encode():
-                return False
-            return await self._servers.call(node, "unlock", lambda c: c.delete(lkey))
+            return await self._servers.delete_if_equal(node, "unlock", lkey, token.encode())
         except NodeDown as exc:
             raise StoreUnavailable(self.name, f"unlock: {exc} is down") from exc
 

@@ -59,6 +59,40 @@ class _ConnectionPool(MemcachePool):
             self._pool.put_nowait(conn)
         return await super().acquire()
 
+    async def delete_if_equal(self, key: bytes, value: bytes) -> bool:
+        """Delete ``key`` only while it holds ``value``, atomically (memcached ≥ 1.6's meta
+        protocol: aiomcache has none). ``mg`` reads the value and the item's CAS, and
+        ``md … C<cas>`` deletes that very item: one replaced in between (it expired and
+        another ``add`` took the key, even with the same value) has another CAS, and
+        memcached answers ``EX`` without deleting it."""
+        conn = await self.acquire()
+        try:
+            conn.writer.write(b"mg %s v c\r\n" % key)
+            await conn.writer.drain()
+            line = await conn.reader.readline()
+            if line == b"EN\r\n":
+                return False  # gone already (expired or deleted)
+            head = line.split()
+            cas = [flag[1:] for flag in head[2:] if flag.startswith(b"c")]
+            if len(head) < 2 or head[0] != b"VA" or not head[1].isdigit() or len(cas) != 1:
+                raise aiomcache.exceptions.ClientException("mg failed", line)
+            held = (await conn.reader.readexactly(int(head[1]) + 2))[:-2]
+            if held != value:
+                return False
+            conn.writer.write(b"md %s C%s\r\n" % (key, cas[0]))
+            await conn.writer.drain()
+            line = await conn.reader.readline()
+            if line in (b"NF\r\n", b"EX\r\n"):
+                return False  # expired, or replaced, since the mg
+            if line != b"HD\r\n":
+                raise aiomcache.exceptions.ClientException("md failed", line)
+            return True
+        except Exception as exc:
+            conn.reader.set_exception(exc)  # a reply may be half read: never reuse it
+            raise
+        finally:
+            self.release(conn)
+
     async def _create_new_conn(self) -> Connection | None:
         if self.size() >= self._maxsize:
             return None
@@ -145,11 +179,13 @@ class ServerPool:
         self._clock = clock
         self._replay = replay
         self.nodes: dict[str, Node] = {}
+        self._pools: dict[str, _ConnectionPool] = {}
         for server in dict.fromkeys(servers):
             host, _, port = server.rpartition(":")
             host = host.strip("[]")
             client = aiomcache.Client(host, int(port), pool_size=pool_size)
-            client._pool = _ConnectionPool(host, int(port), minsize=1, maxsize=pool_size)
+            pool = _ConnectionPool(host, int(port), minsize=1, maxsize=pool_size)
+            client._pool = self._pools[server] = pool
             self.nodes[server] = Node(server, client)
         self._ring = HashRing(nodes=list(self.nodes), hash_fn="ketama")
         self._only = next(iter(self.nodes.values())) if len(self.nodes) == 1 else None
@@ -235,6 +271,12 @@ class ServerPool:
             node.down_until = now + self._node_retry
         elif exc is None:
             node.down_until = 0.0
+
+    async def delete_if_equal(self, node: Node, op: str, mkey: bytes, value: bytes) -> bool:
+        """Compare-and-delete on ``node`` (``_ConnectionPool.delete_if_equal``), on the
+        one call path: shielded, counted, mapped."""
+        pool = self._pools[node.name]
+        return await self.call(node, op, lambda _: pool.delete_if_equal(mkey, value))
 
     async def fetch(self, node: Node, mkeys: Sequence[bytes]) -> dict[bytes, bytes]:
         """A multi-get on one server; a skipped server answers nothing (all misses)."""
