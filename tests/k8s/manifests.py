@@ -1,7 +1,8 @@
-"""Strict validation of rendered objects: Kubernetes 1.29 schemas and the monitor CRDs.
+"""Strict validation of rendered objects: Kubernetes 1.29 schemas and the operator CRDs.
 
-kubernetes-validate knows only built-in kinds; the prometheus-operator monitors are
-checked against the strict subset of their CRD schema below (the fields the chart emits).
+kubernetes-validate knows only built-in kinds; the prometheus-operator monitors and the
+PrometheusRule are checked against the strict subset of their CRD schemas below (the
+fields the chart emits). What a rule's PromQL means is promtool's job (test_chart_alerts).
 """
 
 from __future__ import annotations
@@ -71,12 +72,64 @@ MONITORS: Final = {
 }
 
 
+_METADATA: Final = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 63}, "labels": _LABELS},
+    "required": ["name"],
+    "additionalProperties": False,
+}
+_ALERT: Final = {
+    "type": "object",
+    "properties": {
+        "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "expr": {"type": "string", "minLength": 1},
+        "for": _DURATION,
+        "labels": _LABELS,
+        "annotations": _LABELS,
+    },
+    "required": ["alert", "expr"],
+    "additionalProperties": False,
+}
+PROMETHEUS_RULE: Final = {
+    "type": "object",
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": _DURATION,
+                            "rules": {"type": "array", "items": _ALERT, "minItems": 1},
+                        },
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                    },
+                }
+            },
+            "required": ["groups"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+}
+CRDS: Final = {**MONITORS, "PrometheusRule": PROMETHEUS_RULE}
+
+
 def validate(doc: dict[str, Any]) -> None:
     """Validate one object strictly; raise on any unknown or invalid field."""
     try:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
     except kubernetes_validate.SchemaNotFoundError:
         # Only the CRD kinds may be unknown to it; they have a schema of their own here.
-        if doc["kind"] not in MONITORS:
+        if doc["kind"] not in CRDS:
             raise
-        jsonschema.validate(doc, MONITORS[doc["kind"]])
+        jsonschema.validate(doc, CRDS[doc["kind"]])
