@@ -94,14 +94,14 @@ CASES: Final = [
         [
             # redis: 1 error and 1 timeout a second in 20 operations: 10% fail
             series(OPS, "0+1200x40", backend="redis", op="get"),
-            series(ERR, "0+60x40", backend="redis", op="get", kind="errors"),
-            series(ERR, "0+60x40", backend="redis", op="get", kind="timeouts"),
+            series(ERR, "0+60x40", backend="redis", op="get", reason="errors"),
+            series(ERR, "0+60x40", backend="redis", op="get", reason="timeouts"),
             # mc: 1% fail
             series(OPS, "0+600x40", backend="mc", op="get"),
-            series(ERR, "0+6x40", backend="mc", op="get", kind="errors"),
+            series(ERR, "0+6x40", backend="mc", op="get", reason="errors"),
             # down: every call refused by the open breaker (SidecacheBreakerOpen's case)
             series(OPS, "0x40", backend="down", op="get"),
-            series(ERR, "0+600x40", backend="down", op="get", kind="rejected"),
+            series(ERR, "0+600x40", backend="down", op="get", reason="rejected"),
         ],
         "20m",
         [Fired({"backend": "redis"}, "10%")],
