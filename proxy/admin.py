@@ -26,6 +26,7 @@ from proxy import __version__
 from proxy.engine import Engine
 from proxy.explain import RequestError, explain, inspect
 from proxy.fanout import WorkerBus
+from proxy.figures import FiguresPoller
 from proxy.invalidation import Invalidator, PurgeRequest, peer_allowed, unknown_routes
 from proxy.logs import AccessLog, event
 from proxy.metrics import CONTENT_TYPE
@@ -46,6 +47,7 @@ class AdminState:
     engine: Engine
     invalidator: Invalidator | None = None
     poller: StorePoller | None = None
+    figures: FiguresPoller | None = None
     ready: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -124,6 +126,8 @@ async def metrics(request: web.Request) -> web.Response:
     if state.poller is not None:
         state.poller.refresh()
     body = state.engine.meter.exposition()
+    if state.figures is not None:
+        body += state.figures.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -132,7 +136,10 @@ async def stats(request: web.Request) -> web.Response:
     if state.poller is not None:
         state.poller.refresh()
     engine = state.engine
-    return _json(build_stats(engine.meter.families(), engine.loaded, time.time()))
+    families = list(engine.meter.families())
+    if state.figures is not None:
+        families += state.figures.families()
+    return _json(build_stats(families, engine.loaded, time.time()))
 
 
 async def explain_url(request: web.Request) -> web.Response:
@@ -264,7 +271,9 @@ class Operations:
         engine.access_log = AccessLog.from_setting(engine.loaded.policy.server.access_log)
         self.invalidator = Invalidator(engine, replica=replica, bus=bus)
         self.poller = StorePoller(engine)
-        self.state = AdminState(engine, self.invalidator, self.poller)
+        # one worker reads the backends' figures and warns; the others show its reading
+        self.figures = FiguresPoller(engine, polls=bus is None or bus.index == 0)
+        self.state = AdminState(engine, self.invalidator, self.poller, self.figures)
         self.reloader = Reloader(
             engine.loaded.path, engine.loaded.digest, loader, self.apply, engine.meter
         )
@@ -273,6 +282,7 @@ class Operations:
     async def start(self, admin_sock: socket.socket | None) -> AdminState:
         self.invalidator.start()
         self.poller.start()
+        self.figures.start()
         self.reloader.start()
         if admin_sock is not None:
             self._runner = web.AppRunner(build_admin_app(self.state), access_log=None)
@@ -299,3 +309,4 @@ class Operations:
         await self.reloader.aclose()
         await self.invalidator.aclose()
         await self.poller.aclose()
+        await self.figures.aclose()

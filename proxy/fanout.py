@@ -35,9 +35,10 @@ class WorkerBus:
     worker restarts wait in its socket for the new process.
     """
 
-    def __init__(self, sock: socket.socket, peers: Sequence[str]) -> None:
+    def __init__(self, sock: socket.socket, peers: Sequence[str], index: int = 0) -> None:
         self.sock = sock
         self.peers = tuple(peers)
+        self.index = index  # this worker's place among them (0: the one that polls backends)
         self._reading = False
 
     @staticmethod
@@ -49,7 +50,7 @@ class WorkerBus:
             sock.bind(path)
             sock.setblocking(False)
             socks.append(sock)
-        return [WorkerBus(socks[i], paths[:i] + paths[i + 1 :]) for i in range(count)]
+        return [WorkerBus(socks[i], paths[:i] + paths[i + 1 :], i) for i in range(count)]
 
     def send_all(self, payloads: Sequence[bytes], meter: Meter) -> int:
         """Send to every peer; answers how many got every message."""
