@@ -24,7 +24,7 @@ from dataclasses import replace
 
 import orjson
 
-from proxy import __version__
+from proxy import __version__, audit
 from proxy.errors import PolicyError
 from proxy.explain import RequestError, explain
 from proxy.explain import render as render_explanation
@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("-H", dest="headers", action="append", default=[], help="'Name: value'")
     explain.add_argument("--json", action="store_true", help="the same data as JSON")
     explain.add_argument("--admin", help="HOST:PORT of a running proxy: what it holds now")
+    audit = commands.add_parser("audit", help="scan the Redis/Memcached backends per route")
+    audit.add_argument("--policy", required=True, help="policy YAML file")
+    audit.add_argument("--json", action="store_true", help="the findings as JSON")
+    audit.add_argument("--sample", type=int, help="inspect at most N keys per backend")
     return parser
 
 
@@ -276,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "explain":
         return cmd_explain(args)
+    if args.command == "audit":
+        return audit.main(args)
     if args.command == "validate":
         return cmd_validate(args)
     if args.command == "report":
