@@ -14,6 +14,7 @@ import contextvars
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -88,7 +89,7 @@ _CONDITIONALS: Final = (
     "range",
 )
 VIA: Final = f"1.1 sidecache/{__version__}"
-DECODED_CACHE: Final = 4096  # decoded entries kept for the synchronous hit path
+DECODED_CACHE: Final = 65536  # stored responses kept decoded, with their prepared views
 # ... and the bytes they may hold (stored bytes and decoded body, each counted): entries
 # evicted from a store stay alive here, outside the store's own bound
 DECODED_BYTES: Final = 32 * 1024**2
@@ -132,9 +133,10 @@ class Engine:
         # to tell whether repeat requests come within the TTL (for the report's advice).
         self._recent: dict[str, tuple[float, float, str]] = {}
         self.coalescer: Coalescer[Fill] = Coalescer(self.clock)
-        # Decoded entries of the in-memory hit path, valid while the store holds the
-        # very same bytes object (identity check): no msgpack decode per hit.
-        self._decoded: dict[str, tuple[bytes, CachedResponse]] = {}
+        # Stored responses decoded once per entry version: key -> (the stored bytes, the
+        # response with its prepared views), valid while the store holds those very bytes
+        # (identity, or equality for a shared store's copy). Least recently used first.
+        self._decoded: OrderedDict[str, tuple[bytes, CachedResponse]] = OrderedDict()
         self._decoded_bytes = 0
         self._refreshing: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -220,13 +222,7 @@ class Engine:
             found = None  # a corrupt stored body is a miss; the fill overwrites it
         if found is not None:
             entry, entry_key = found
-            usability = assess(
-                entry.lifetime,
-                entry.age(now),
-                no_cache=entry.no_cache,
-                must_revalidate=entry.must_revalidate,
-                request_cc=request_cc,
-            )
+            usability = self._usability(entry, now, request_cc)
             if "authorization" in ex.hmap and not reusable_with_credentials(
                 route.config, entry.headers
             ):
@@ -271,13 +267,14 @@ class Engine:
         raw = await store.get(key)
         if raw is None:
             return None
-        try:
-            value = decode(raw)
-        except EntryError:
+        value = self._decoded_entry(key, raw)
+        if value is None:
             return None  # corrupt or foreign: a miss, overwritten by the next fill
         if isinstance(value, VaryMarker):
             vkey = variant_key(key, variant_of(value.fields, ex.hmap))
-            selected = replies.decoded_response(await store.get(vkey))
+            found = await store.get(vkey)
+            variant = self._decoded_entry(vkey, found) if found is not None else None
+            selected = variant if isinstance(variant, CachedResponse) else None
             if selected is None or not replies.selects(selected, ex):
                 _VARY_MISS.set(True)
                 return None
@@ -285,6 +282,17 @@ class Engine:
         if value.variant:
             return None  # a variant under a primary key: stale layout, refetch
         return value, key
+
+    @staticmethod
+    def _usability(entry: CachedResponse, now: float, request_cc: CacheControl) -> Usability:
+        """The one freshness decision (RFC 9111 §4.2, §5.2.1) every path asks."""
+        return assess(
+            entry.lifetime,
+            entry.age(now),
+            no_cache=entry.no_cache,
+            must_revalidate=entry.must_revalidate,
+            request_cc=request_cc,
+        )
 
     def _within_swr(self, entry: CachedResponse, now: float) -> bool:
         """RFC 5861 §3, never where a directive demands validation (RFC 9111 §4.2.4)."""
@@ -830,35 +838,25 @@ class Engine:
             and not ("cache-control" in ex.hmap and transform_forbidden(ex.headers))
         )
         body = entry.body if gzip else entry.plain_body()
-        stored = entry.views.get(gzip)
-        if stored is None:
-            plain = [(k, v) for k, v in entry.headers if k.lower() != "content-length"]
-            stored = entry.views[gzip] = tuple(replies.as_gzip(plain) if gzip else plain)
+        stored, block, dated = replies.stored_view(entry, gzip)
         # RFC 9211 §2.7: the remaining freshness, negative once stale
         detail = f"{status}; ttl={math.floor(entry.lifetime - age)}"
         headers = [("Age", str(int(age))), *replies.cache_headers(label, detail)]
         if ("if-none-match" in ex.hmap or "if-modified-since" in ex.hmap) and is_not_modified(
             ex.hmap, entry.status, entry.headers, entry.response_time
         ):
-            kept = {
-                "etag",
-                "last-modified",
-                "cache-control",
-                "expires",
-                "vary",
-                "date",
-                "content-location",
-                "age",
-                "x-cache",
-                "cache-status",
-            }
-            every = [*stored, *headers]
-            return ProxyResponse(304, [(k, v) for k, v in every if k.lower() in kept], cache=label)
+            kept = [(k, v) for k, v in (*stored, *headers) if k.lower() in _KEPT_304]
+            return ProxyResponse(304, kept, cache=label)
         if ex.method == "HEAD":
             return ProxyResponse(
-                entry.status, headers, head_length=len(body), cache=label, stored=stored
+                entry.status,
+                headers,
+                head_length=len(body),
+                cache=label,
+                block=block,
+                dated=dated,
             )
-        return ProxyResponse(entry.status, headers, body, cache=label, stored=stored)
+        return ProxyResponse(entry.status, headers, body, cache=label, block=block, dated=dated)
 
     def answer_now(self, ex: Exchange) -> tuple[Ticket | None, ProxyResponse | None]:
         """The hit path without an await: the request's ticket (``None``: it never takes
@@ -917,20 +915,13 @@ class Engine:
         (``clock.time()``) the very same answer, Age and Cache-Status included, holds
         while the store keeps ``raw``; else ``None``."""
         key = ticket.key
-        entry = self._decoded.get(key)
-        if entry is None or (entry[0] is not raw and entry[0] != raw):  # shared: a copy
-            try:
-                value = decode(raw)
-            except EntryError:
-                return None
-            if isinstance(value, VaryMarker) or value.variant:
-                return None
-            entry = (raw, value)
-            self._keep_decoded(key, entry)
-        cached = entry[1]
-        if cached.no_cache or cached.age(now) >= cached.lifetime:
+        cached = self._decoded_entry(key, raw)
+        if not isinstance(cached, CachedResponse) or cached.variant:
             return None
         ex = ticket.ex
+        request_cc = request_cache_control(ticket.route.config, ex.hmap)
+        if self._usability(cached, now, request_cc) is not Usability.FRESH:
+            return None
         if not replies.body_intact(cached, ex):
             return None
         if self._recent:
@@ -939,9 +930,26 @@ class Engine:
         self._observe(ex, ticket.route.name, response, start)
         return response, replies.same_answer_until(cached, now)
 
+    def _decoded_entry(self, key: str, raw: bytes) -> CachedResponse | VaryMarker | None:
+        """What ``raw``, stored under ``key``, holds (``None``: corrupt or foreign),
+        decoded once per stored version: a response is kept decoded, with the views
+        ``_from_cache`` prepares on it, while the store holds the same bytes."""
+        decoded = self._decoded
+        held = decoded.get(key)
+        if held is not None and (held[0] is raw or held[0] == raw):
+            decoded.move_to_end(key)
+            return held[1]
+        try:
+            value = decode(raw)
+        except EntryError:
+            return None
+        if isinstance(value, CachedResponse):
+            self._keep_decoded(key, (raw, value))
+        return value
+
     def _keep_decoded(self, key: str, entry: tuple[bytes, CachedResponse]) -> None:
-        """Keep a decoded entry for the next hit, within DECODED_CACHE and DECODED_BYTES
-        (oldest out first; one larger than a quarter of the budget is not kept)."""
+        """Keep a decoded entry within DECODED_CACHE and DECODED_BYTES (least recently
+        used out first; one larger than a quarter of the budget is not kept)."""
         decoded = self._decoded
         old = decoded.pop(key, None)
         if old is not None:
@@ -952,7 +960,7 @@ class Engine:
         while decoded and (
             len(decoded) >= DECODED_CACHE or self._decoded_bytes + size > DECODED_BYTES
         ):
-            self._decoded_bytes -= 2 * len(decoded.pop(next(iter(decoded)))[0])
+            self._decoded_bytes -= 2 * len(decoded.popitem(last=False)[1][0])
         decoded[key] = entry
         self._decoded_bytes += size
 
@@ -977,6 +985,21 @@ class Engine:
 # Request-scoped: each lookup resets it in the task that serves the request.
 _VARY_MISS: Final = contextvars.ContextVar("sidecache_vary_miss", default=False)
 _STALE_HIT: Final = "hit; detail=stale-while-revalidate"
+# RFC 9110 §15.4.5: the fields a 304 answered from cache carries
+_KEPT_304: Final = frozenset(
+    {
+        "etag",
+        "last-modified",
+        "cache-control",
+        "expires",
+        "vary",
+        "date",
+        "content-location",
+        "age",
+        "x-cache",
+        "cache-status",
+    }
+)
 
 
 async def _store_variant(

@@ -49,9 +49,13 @@ class CachedResponse:
     # The request headers this variant was selected by: ((name, normalized value), ...)
     variant: Headers = ()
     _plain: list[bytes] = field(default_factory=list, compare=False, repr=False)
-    # The stored fields as served (plain or gzip view), built once per entry. init=False:
-    # ``dataclasses.replace`` (a 304 freshening the headers) starts a new, empty cache.
-    views: dict[bool, Headers] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # The stored fields as served (plain or gzip view), their header lines and whether
+    # Date is among them, built once per entry version (``replies.stored_view``).
+    # init=False: ``dataclasses.replace`` (a 304 freshening the headers) starts a new,
+    # empty cache.
+    views: dict[bool, tuple[Headers, bytes, bool]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def age(self, now: float) -> float:
         """current_age (RFC 9111 §4.2.3): corrected initial age plus resident time."""

@@ -65,9 +65,10 @@ class ProxyResponse:
     head_length: int | None = None
     cache: str = "MISS"  # the X-Cache label, for metrics and the access log
     route: str = ""
-    # A stored response's own fields, sent before ``headers``: the same tuple object
-    # for every hit on one entry, so the server can serialize it once.
-    stored: tuple[tuple[str, str], ...] = ()
+    # A stored response's own fields as header lines, sent before ``headers``: the same
+    # bytes for every hit on one entry version; ``dated`` when Date is among them.
+    block: bytes = b""
+    dated: bool = False
 
 
 @dataclass(slots=True)

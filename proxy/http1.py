@@ -18,7 +18,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
 from typing import Final
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ import httptools
 from proxy.engine import Engine
 from proxy.exchange import Exchange, ProxyResponse, Ticket
 from proxy.keys import normalize_path
+from proxy.replies import is_clean, serialize_fields
 
 log = logging.getLogger("sidecache")
 
@@ -45,10 +46,8 @@ _REASONS: Final = {
     504: "Gateway Timeout",
 }  # fmt: skip
 _STATUS_LINES: dict[int, bytes] = {}
-_FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection"})
 BODY_HIGH_WATER: Final = 1024 * 1024
 PIPELINE_DEPTH: Final = 32
-WIRE_CACHE: Final = 8192  # serialized stored-header blocks kept
 MEMO_SIZE: Final = 4096  # request heads remembered with their answer (the wire memo)
 MEMO_BYTES: Final = 32 * 1024**2  # ... and the answer bytes they may hold
 MEMO_HEAD_MAX: Final = 2048  # longer request heads are never remembered
@@ -72,11 +71,6 @@ def _status_line(status: int) -> bytes:
         reason = _REASONS.get(status, "Unknown")
         line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode()
     return line
-
-
-def _is_clean(name: str, value: str) -> bool:
-    text = name + value
-    return not any(c in text for c in "\r\n\0") and all(ord(c) < 256 for c in text)
 
 
 class _Date:
@@ -611,15 +605,14 @@ class HttpProtocol(asyncio.Protocol):
         it is ours (the current second) rather than the response's."""
         out = bytearray(_status_line(response.status))
         has_date = False
-        if response.stored:
-            # a miss's fields are served again only as a hit: not worth keeping yet
-            block, has_date = self.server.serialized(response.stored, response.cache != "MISS")
-            out += block
-        fields, dated = _serialize(response.headers)
+        if response.block:
+            out += response.block
+            has_date = response.dated
+        fields, dated = serialize_fields(response.headers)
         if fields is None:
             # CR/LF/NUL inside a field (response splitting) or a field not in latin-1:
             # only a foreign store value can carry one. Such fields are dropped.
-            response.headers = [(k, v) for k, v in response.headers if _is_clean(k, v)]
+            response.headers = [(k, v) for k, v in response.headers if is_clean(k, v)]
             return self._head(response, length, keep_alive)
         out += fields
         has_date = has_date or dated
@@ -755,27 +748,6 @@ def _length(response: ProxyResponse, request: Exchange) -> int | None:
     return len(response.body)
 
 
-def _serialize(headers: Sequence[tuple[str, str]]) -> tuple[bytes | None, bool]:
-    """Header lines without framing fields; ``None`` when a field is unsafe to send."""
-    lines = []
-    has_date = False
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered in _FRAMING:
-            continue
-        if lowered == "date":
-            has_date = True
-        lines.append(f"{name}: {value}\r\n")
-    try:
-        out = "".join(lines).encode("latin-1")
-    except UnicodeEncodeError:
-        return None, False
-    count = len(lines)
-    if out.count(b"\n") != count or out.count(b"\r") != count or b"\0" in out:
-        return None, False
-    return out, has_date
-
-
 class HttpServer:
     """Factory and registry of connections for one listening socket."""
 
@@ -803,9 +775,6 @@ class HttpServer:
         self.draining = False
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        # id(stored headers tuple) -> (the tuple, its header lines, has Date): a stored
-        # entry's fields are serialized once, not on every hit
-        self._wire: dict[int, tuple[tuple[tuple[str, str], ...], bytes, bool]] = {}
         # request head bytes -> what they resolved to and their last answer (hits only)
         self.memo: dict[bytes, _Memo] = {}
         self.memo_bytes = 0
@@ -835,24 +804,6 @@ class HttpServer:
             self.forget(memo.head)
         while self.memo_bytes > MEMO_BYTES:
             self.forget(next(iter(self.memo)))
-
-    def serialized(
-        self, stored: tuple[tuple[str, str], ...], keep: bool = True
-    ) -> tuple[bytes, bool]:
-        """The header lines of a stored entry's fields (unsafe fields dropped), kept for
-        the entry's next answers when ``keep``."""
-        cached = self._wire.get(id(stored))
-        if cached is not None and cached[0] is stored:
-            return cached[1], cached[2]
-        block, has_date = _serialize(stored)
-        if block is None:
-            block, has_date = _serialize([(k, v) for k, v in stored if _is_clean(k, v)])
-        if not keep:
-            return block or b"", has_date
-        if len(self._wire) >= WIRE_CACHE:
-            self._wire.clear()
-        self._wire[id(stored)] = (stored, block or b"", has_date)
-        return block or b"", has_date
 
     def __call__(self) -> HttpProtocol:
         return HttpProtocol(self)

@@ -37,6 +37,7 @@ from proxy.routing import Route
 log = logging.getLogger("sidecache")
 
 _COMPRESSIBLE: Final = ("text/", "json", "xml", "javascript", "ecmascript", "svg", "csv", "yaml")
+_FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
 def hostname(host: str) -> str:
@@ -206,6 +207,50 @@ def origin_failed(exc: OriginError, route: Route) -> ProxyResponse:
         route,
         f"fwd=uri-miss; detail={'origin-timeout' if code == 504 else 'origin-down'}",
     )
+
+
+def serialize_fields(headers: Sequence[tuple[str, str]]) -> tuple[bytes | None, bool]:
+    """Header lines without framing fields, and whether Date is among them; ``None``
+    when a field is unsafe to send (CR/LF/NUL: response splitting, or not latin-1)."""
+    lines = []
+    has_date = False
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in _FRAMING:
+            continue
+        if lowered == "date":
+            has_date = True
+        lines.append(f"{name}: {value}\r\n")
+    try:
+        out = "".join(lines).encode("latin-1")
+    except UnicodeEncodeError:
+        return None, False
+    count = len(lines)
+    if out.count(b"\n") != count or out.count(b"\r") != count or b"\0" in out:
+        return None, False
+    return out, has_date
+
+
+def is_clean(name: str, value: str) -> bool:
+    text = name + value
+    return not any(c in text for c in "\r\n\0") and all(ord(c) < 256 for c in text)
+
+
+def stored_view(entry: CachedResponse, gzip: bool) -> tuple[Headers, bytes, bool]:
+    """A stored response's own fields as served (our gzip view or the plain one, its
+    Content-Length left to the server), their header lines and whether Date is among
+    them: built once per stored entry version and view, written on every answer.
+    Unsafe fields (only a foreign store value can carry one) are dropped."""
+    view = entry.views.get(gzip)
+    if view is None:
+        plain = [(k, v) for k, v in entry.headers if k.lower() != "content-length"]
+        fields = tuple(as_gzip(plain) if gzip else plain)
+        block, dated = serialize_fields(fields)
+        if block is None:
+            fields = tuple((k, v) for k, v in fields if is_clean(k, v))
+            block, dated = serialize_fields(fields)
+        view = entry.views[gzip] = (fields, block or b"", dated)
+    return view
 
 
 def validators(entry: CachedResponse) -> list[tuple[str, str]]:
