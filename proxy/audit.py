@@ -254,13 +254,20 @@ async def _orphan_index(
     scan: RedisScan, prefix: str, index: list[tuple[str, str]], audit: BackendAudit
 ) -> None:
     """Index sets none of whose members exist any more: a tag set ``~t:{route}:tag``
-    lists entry keys; a tag directory ``~td:tag`` lists the routes with a tag set."""
+    lists entry keys (in its own slot, so on its node); a tag directory ``~td:tag`` lists
+    the routes with a tag set, anywhere in a cluster: checked against the tag sets the
+    scan saw, so only after a whole scan (not with ``--sample``)."""
+    sets = {key for _, key in index if not key.startswith(prefix + "~td:")}
     for node, key in index:
         members = await scan.members(node, key)
         if key.startswith(prefix + "~td:"):
+            if audit.sampled:
+                continue
             tag = key[len(prefix) + 4 :]
-            members = [f"{prefix}~t:{{{group}}}:{tag}" for group in members]
-        if not any(await scan.existing(node, members)):
+            alive = any(f"{prefix}~t:{{{group}}}:{tag}" in sets for group in members)
+        else:
+            alive = any(await scan.existing(node, members))
+        if not alive:
             audit.orphan_index_count += 1
             if len(audit.orphan_index) < EXAMPLES:
                 audit.orphan_index.append(key)
