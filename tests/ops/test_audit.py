@@ -4,6 +4,10 @@ proxy wrote, keys without TTL written by hand, and orphans: every finding, exit 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import pty
+import re
 import socket
 import subprocess
 import sys
@@ -193,3 +197,38 @@ def test_key_layout_is_sorted_into_kinds() -> None:
     assert describe_memcached("~h:0123") == ("unattributed", None)
     assert describe_memcached("~c:nonce:0") == ("unattributed", None)
     assert describe_memcached("~l:sc:{items}:ab") == ("lease", "items")
+
+
+async def test_progress_goes_to_a_terminal_stderr_only(
+    live_proxy: StartProxy, redis_server: RedisServer, memcached_addr: str
+) -> None:
+    proxy = await live_proxy(ROUTES.format(redis=redis_server.url, memcached=memcached_addr))
+    await proxy.get("/api/products/1")
+
+    def on_a_terminal() -> tuple[int, str, str]:
+        leader, follower = pty.openpty()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "proxy", "audit", "--policy", str(proxy.policy)],
+                stdout=subprocess.PIPE,
+                stderr=follower,
+                text=True,
+                cwd=ROOT,
+                timeout=60,
+            )
+            os.close(follower)
+            follower = -1
+            seen = b""
+            with contextlib.suppress(OSError):  # EIO once the terminal's last writer left
+                while chunk := os.read(leader, 4096):
+                    seen += chunk
+        finally:
+            os.close(leader)
+            if follower >= 0:
+                os.close(follower)
+        return done.returncode, done.stdout, seen.decode()
+
+    code, stdout, terminal = await asyncio.to_thread(on_a_terminal)
+    assert code == 0
+    assert re.search(r"audit: shared: \d+ keys scanned", terminal)
+    assert "scanned" not in stdout
