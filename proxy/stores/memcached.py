@@ -35,7 +35,7 @@ import msgpack
 from proxy.clock import Clock, SystemClock
 from proxy.errors import StoreError, StoreUnavailable
 from proxy.stores.base import StoreHealth, StoreStats
-from proxy.stores.memcached_pool import Found, Node, NodeDown, ServerPool
+from proxy.stores.memcached_pool import Counter, Found, Node, NodeDown, ServerPool
 
 log = logging.getLogger(__name__)
 # memcached's key rule, as aiomcache checks it: no whitespace or control characters
@@ -47,6 +47,12 @@ _INLINE, _MANIFEST = 0, 1
 # keys whose tags a process remembers to fetch their counters with the entry (hints only:
 # ~40 bytes + the tag strings each; a forgotten key costs one more round trip on a hit)
 _PLANS: Final = 32768
+# A generation counter outlives every entry it vouches for (one that went early costs
+# needless misses, never a stale hit): a write finds its counters living at least the
+# entry's TTL + 1 s more, or extends them (CAS-checked) to twice that, and at least
+# GEN_SLACK s more, so a steady tag's counter is extended about once per TTL.
+GEN_SLACK: Final = 60
+GEN_TRIES: Final = 3  # reads of a counter others keep changing, before the write is skipped
 # a key's tags as its envelope names them, and their generation counters' keys
 _Plan = tuple[tuple[str, ...], tuple[bytes, ...]]
 
@@ -112,25 +118,41 @@ class MemcachedStore:
 
     # ------------------------------------------------------------ tag generations
 
-    async def _generations(self, node: Node, tags: Sequence[str]) -> dict[str, int | None]:
-        """Each tag's generation on ``node`` (``None``: unknown, or its counter was evicted)."""
-        gkeys = {tag: self._mkey("~g:", tag) for tag in tags}
-        found = await self._servers.fetch(node, list(gkeys.values()))
-        return {tag: _as_int(found.get(gkey)) for tag, gkey in gkeys.items()}
+    async def _ensure_generations(
+        self, node: Node, tags: Sequence[str], ttl: float
+    ) -> dict[str, int] | None:
+        """Each tag's generation on ``node``, every counter created or extended to outlive
+        an entry of ``ttl`` seconds (``None``: one is unknown, so the entry is not written)."""
+        gkeys = [self._mkey("~g:", tag) for tag in tags]
+        held = await self._servers.counters(node, gkeys)
+        need = math.ceil(ttl) + 1  # a second more: memcached's clock ticks in whole seconds
+        exptime = self._exptime(max(2 * need, need + GEN_SLACK))
+        gens = await asyncio.gather(
+            *(self._generation(node, gkey, held.get(gkey), need, exptime) for gkey in gkeys)
+        )
+        known = {tag: gen for tag, gen in zip(tags, gens, strict=True) if gen is not None}
+        return known if len(known) == len(tags) else None
 
-    async def _ensure_generations(self, node: Node, tags: Sequence[str]) -> dict[str, int] | None:
-        gens = await self._generations(node, tags)
-        for tag, gen in gens.items():
-            if gen is None:
-                gkey = self._mkey("~g:", tag)
+    async def _generation(
+        self, node: Node, gkey: bytes, counter: Counter | None, need: int, exptime: int
+    ) -> int | None:
+        for _ in range(GEN_TRIES):
+            if counter is None:
                 # random start: a counter evicted and re-created never repeats an old value
                 start = secrets.randbits(62)
-                added = await self._servers.call(
-                    node, "add", _storing("add", gkey, b"%d" % start, 0)
-                )
-                gens[tag] = start if added else (await self._generations(node, [tag]))[tag]
-        known = {tag: gen for tag, gen in gens.items() if gen is not None}
-        return known if len(known) == len(gens) else None
+                store = _storing("add", gkey, b"%d" % start, exptime)
+                if await self._servers.call(node, "add", store):
+                    return start
+            else:
+                gen = _as_int(counter.value)
+                if gen is None or counter.ttl >= need:
+                    return gen  # not a counter (None), or it outlives the entry already
+                # short-lived, or never expiring (-1: written before counters expired)
+                if await self._servers.extend(node, gkey, counter, exptime):
+                    return gen
+            # added, extended or bumped by someone else meanwhile: read it again
+            counter = (await self._servers.counters(node, [gkey])).get(gkey)
+        return None
 
     async def _bump(self, node: Node, tag: str, *, replaying: bool = False) -> None:
         gkey = self._mkey("~g:", tag)
@@ -236,7 +258,7 @@ class MemcachedStore:
         gens: list[list[Any]] = []
         if tags:
             try:
-                current = await self._ensure_generations(node, list(dict.fromkeys(tags)))
+                current = await self._ensure_generations(node, list(dict.fromkeys(tags)), ttl)
             except NodeDown:
                 return  # a skipped server: the write is skipped, as any failed write is
             if current is None:

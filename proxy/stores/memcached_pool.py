@@ -17,7 +17,8 @@ connections here read through ``_EofSafeReader``, which raises instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -59,27 +60,60 @@ class _ConnectionPool(MemcachePool):
             self._pool.put_nowait(conn)
         return await super().acquire()
 
-    async def delete_if_equal(self, key: bytes, value: bytes) -> bool:
-        """Delete ``key`` only while it holds ``value``, atomically (memcached ≥ 1.6's meta
-        protocol: aiomcache has none). ``mg`` reads the value and the item's CAS, and
-        ``md … C<cas>`` deletes that very item: one replaced in between (it expired and
-        another ``add`` took the key, even with the same value) has another CAS, and
-        memcached answers ``EX`` without deleting it."""
+    @contextlib.asynccontextmanager
+    async def _raw(self) -> AsyncIterator[Connection]:
+        """A pooled connection for the meta commands aiomcache lacks (memcached ≥ 1.6):
+        only the three methods below speak on it, each reading every reply it asked for."""
         conn = await self.acquire()
         try:
-            conn.writer.write(b"mg %s v c\r\n" % key)
+            yield conn
+        except Exception as exc:
+            conn.reader.set_exception(exc)  # a reply may be half read: never reuse it
+            raise
+        finally:
+            self.release(conn)
+
+    async def counters(self, keys: Sequence[bytes]) -> dict[bytes, Counter]:
+        """Each key's value, CAS and seconds left (``mg KEY v c t``, pipelined); absent
+        keys are left out."""
+        found: dict[bytes, Counter] = {}
+        async with self._raw() as conn:
+            conn.writer.write(b"".join(b"mg %s v c t\r\n" % key for key in keys))
+            await conn.writer.drain()
+            for key in keys:
+                item = await _meta_value(conn)
+                if item is not None:
+                    flags, value = item
+                    found[key] = Counter(value, flags[b"c"], int(flags[b"t"]))
+        return found
+
+    async def extend(self, key: bytes, counter: Counter, exptime: int) -> bool:
+        """Give ``key`` a new exptime, only while it is still ``counter``'s very item
+        (``ms … C<cas> T<exptime>`` with its value): a purge's ``incr`` in between is
+        never undone. ``False``: it changed or went since."""
+        async with self._raw() as conn:
+            head = b"ms %s %d C%s T%d\r\n" % (key, len(counter.value), counter.cas, exptime)
+            conn.writer.write(head + counter.value + b"\r\n")
             await conn.writer.drain()
             line = await conn.reader.readline()
-            if line == b"EN\r\n":
-                return False  # gone already (expired or deleted)
-            head = line.split()
-            cas = [flag[1:] for flag in head[2:] if flag.startswith(b"c")]
-            if len(head) < 2 or head[0] != b"VA" or not head[1].isdigit() or len(cas) != 1:
-                raise aiomcache.exceptions.ClientException("mg failed", line)
-            held = (await conn.reader.readexactly(int(head[1]) + 2))[:-2]
-            if held != value:
+            if line in (b"EX\r\n", b"NF\r\n"):
                 return False
-            conn.writer.write(b"md %s C%s\r\n" % (key, cas[0]))
+            if line != b"HD\r\n":
+                raise aiomcache.exceptions.ClientException("ms failed", line)
+            return True
+
+    async def delete_if_equal(self, key: bytes, value: bytes) -> bool:
+        """Delete ``key`` only while it holds ``value``, atomically. ``mg`` reads the value
+        and the item's CAS, and ``md … C<cas>`` deletes that very item: one replaced in
+        between (it expired and another ``add`` took the key, even with the same value)
+        has another CAS, and memcached answers ``EX`` without deleting it."""
+        async with self._raw() as conn:
+            conn.writer.write(b"mg %s v c\r\n" % key)
+            await conn.writer.drain()
+            item = await _meta_value(conn)
+            if item is None or item[1] != value:
+                return False  # gone (expired or deleted), or another's
+            conn.writer.write(b"md %s C%s\r\n" % (key, item[0][b"c"]))
             await conn.writer.drain()
             line = await conn.reader.readline()
             if line in (b"NF\r\n", b"EX\r\n"):
@@ -87,11 +121,6 @@ class _ConnectionPool(MemcachePool):
             if line != b"HD\r\n":
                 raise aiomcache.exceptions.ClientException("md failed", line)
             return True
-        except Exception as exc:
-            conn.reader.set_exception(exc)  # a reply may be half read: never reuse it
-            raise
-        finally:
-            self.release(conn)
 
     async def _create_new_conn(self) -> Connection | None:
         if self.size() >= self._maxsize:
@@ -105,6 +134,28 @@ class _ConnectionPool(MemcachePool):
             return Connection(reader, writer)
         writer.close()
         return None
+
+
+async def _meta_value(conn: Connection) -> tuple[dict[bytes, bytes], bytes] | None:
+    """One ``mg`` reply: its flags (first letter → the rest) and value; ``None`` for ``EN``."""
+    line = await conn.reader.readline()
+    if line == b"EN\r\n":
+        return None
+    head = line.split()
+    if len(head) < 2 or head[0] != b"VA" or not head[1].isdigit():
+        raise aiomcache.exceptions.ClientException("mg failed", line)
+    value = (await conn.reader.readexactly(int(head[1]) + 2))[:-2]
+    return {flag[:1]: flag[1:] for flag in head[2:]}, value
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """A generation counter as the meta protocol shows it: its value, its item's CAS, and
+    the seconds it has left (``-1``: it never expires)."""
+
+    value: bytes
+    cas: bytes
+    ttl: int
 
 
 class NodeDown(Exception):
@@ -272,11 +323,19 @@ class ServerPool:
         elif exc is None:
             node.down_until = 0.0
 
+    # the meta commands, on the one call path (shielded, mapped): see _ConnectionPool
+
     async def delete_if_equal(self, node: Node, op: str, mkey: bytes, value: bytes) -> bool:
-        """Compare-and-delete on ``node`` (``_ConnectionPool.delete_if_equal``), on the
-        one call path: shielded, counted, mapped."""
         pool = self._pools[node.name]
         return await self.call(node, op, lambda _: pool.delete_if_equal(mkey, value))
+
+    async def counters(self, node: Node, mkeys: Sequence[bytes]) -> dict[bytes, Counter]:
+        pool, unique = self._pools[node.name], list(dict.fromkeys(mkeys))
+        return await self.call(node, "get", lambda _: pool.counters(unique))
+
+    async def extend(self, node: Node, mkey: bytes, counter: Counter, exptime: int) -> bool:
+        pool = self._pools[node.name]
+        return await self.call(node, "touch", lambda _: pool.extend(mkey, counter, exptime))
 
     async def fetch(self, node: Node, mkeys: Sequence[bytes]) -> dict[bytes, bytes]:
         """A multi-get on one server; a skipped server answers nothing (all misses)."""

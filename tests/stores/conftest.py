@@ -194,6 +194,25 @@ def memcached_keys(port: int) -> set[bytes]:
     return keys
 
 
+def memcached_expiries(port: int) -> dict[bytes, int]:
+    """Every key a test-sized memcached holds, with its ``exp=`` from ``lru_crawler
+    metadump all``: a unix time, or ``-1`` for a key that never expires."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"lru_crawler metadump all\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    expiries: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line.startswith(b"key="):
+            fields = dict(part.split(b"=", 1) for part in line.split() if b"=" in part)
+            expiries[unquote_to_bytes(fields[b"key"])] = int(fields[b"exp"])
+    return expiries
+
+
 def flush_memcached(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"flush_all\r\n")
