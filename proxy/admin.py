@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Final
 
 import orjson
@@ -30,7 +30,7 @@ from proxy.figures import FiguresPoller
 from proxy.invalidation import Invalidator, PurgeRequest, peer_allowed, unknown_routes
 from proxy.logs import AccessLog, event
 from proxy.metrics import CONTENT_TYPE
-from proxy.policy import LoadedPolicy
+from proxy.policy import LoadedPolicy, TieredBackend
 from proxy.reload import Loader, Reloader, swap_policy
 from proxy.report import build_stats
 from proxy.stores.base import Store
@@ -69,11 +69,32 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready while the policy is loaded and the listener bound; the stores' state is
+    shown by backend name (never decides readiness: a cache outage must not take the pod
+    out of service)."""
     state = request.app[STATE]
-    stores = {}
-    for name, store in state.engine.stores.items():
-        breaker = getattr(store, "state", None)
-        stores[name] = {"type": type(store).__name__, "breaker": breaker or "n/a"}
+    figures = state.figures.current() if state.figures is not None else {}
+    stores: dict[str, dict[str, object]] = {}
+    for name, config in state.engine.loaded.policy.backends.items():
+        store = state.engine.stores.get(name)
+        if store is None:
+            continue
+        health = store.health()
+        shown: dict[str, object] = {
+            "type": config.type,
+            "breaker": health.breaker,
+            "write_refusals": health.write_refusals,
+            "last_refusal": health.last_refusal,
+            "last_refusal_at": health.last_refusal_at,
+        }
+        if isinstance(config, TieredBackend):
+            shown.update(l1=config.l1, l2=config.l2)
+        read = figures.get(name)
+        if read is not None:
+            shown["figures"] = {
+                k: v for k, v in asdict(read).items() if k not in ("backend", "type")
+            }
+        stores[name] = shown
     body = {
         "status": "ready" if state.ready else "draining",
         "policy": state.engine.loaded.path,

@@ -680,7 +680,7 @@ class Engine:
             return
         if store.shared:
             self.meter.store_time(cfg.backend, "set", time.perf_counter() - began)
-        self.meter.store_written(cfg.name, len(data))
+        self.meter.store_written(cfg.name, len(data), entry.lifetime)
         if len(self._recent) >= RECENT_KEYS:
             del self._recent[next(iter(self._recent))]
         self._recent[key] = (self.clock.time(), entry.lifetime, cfg.name)

@@ -152,6 +152,13 @@ class Meter:
             ["route", "window"],
             registry=r,
         )
+        self.stored_lifetime = Histogram(
+            "sidecache_stored_lifetime_seconds",
+            "freshness lifetime stored responses got (the origin's or the route's TTL)",
+            ["route"],
+            buckets=GAP_BUCKETS,
+            registry=r,
+        )
         self.rerequest_gap = Histogram(
             "sidecache_rerequest_gap_seconds",
             "time from store to a repeat request that found the entry expired",
@@ -292,9 +299,11 @@ class Meter:
     def origin_failed(self, route: str, kind: str) -> None:
         self.origin_responses.labels(route, kind).inc()
 
-    def store_written(self, route: str, size: int) -> None:
+    def store_written(self, route: str, size: int, lifetime: float | None = None) -> None:
         self.stored.labels(route).inc()
         self.stored_bytes.labels(route).inc(size)
+        if lifetime is not None:
+            self.stored_lifetime.labels(route).observe(lifetime)
         if size > self._largest.get(route, -1):
             self._largest[route] = size
             self.largest.labels(route).set(size)

@@ -25,6 +25,9 @@ EXPIRED_MIN: Final = 10  # ...of at least this many repeat requests
 NEAR_LIMIT: Final = 0.8  # largest object as a share of max_object_size
 STALE_SHARE: Final = 0.2  # stale answers among cached answers...
 STALE_MIN: Final = 20  # ...of at least this many
+UNUSED_AFTER: Final = 600.0  # "unused" only after this many seconds of uptime...
+UNUSED_AFTER_REQUESTS: Final = 1000  # ...or once this many requests reached other routes
+BREAKER_NAMES: Final = {0.0: "closed", 1.0: "half_open", 2.0: "open"}
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -73,12 +76,16 @@ def _route_figures(samples: Samples, route: str, config: RouteConfig | None) -> 
     expired = count("sidecache_rerequests_total", window="after_ttl")
     gap_count = count("sidecache_rerequest_gap_seconds_count")
     gap_sum = _sum(samples, "sidecache_rerequest_gap_seconds_sum", route=route)
+    lifetimes = count("sidecache_stored_lifetime_seconds_count")
+    lifetime_sum = _sum(samples, "sidecache_stored_lifetime_seconds_sum", route=route)
     return {
         "route": route,
         "in_policy": config is not None,
         "cache": config.cache if config else None,
         "backend": config.backend if config else None,
         "ttl_seconds": config.ttl if config else None,
+        # what entries actually got (the origin's max-age, a status TTL, ...): the mean
+        "stored_ttl_mean_seconds": round(lifetime_sum / lifetimes, 1) if lifetimes else None,
         "max_object_size": config.max_object_size if config else None,
         "requests": hits + stale + misses + bypass,
         "hits": hits,
@@ -118,27 +125,78 @@ def build_stats(families: Iterable[Metric], loaded: LoadedPolicy, now: float) ->
             names.append(labels["route"])  # removed by a reload, still has figures
     routes = [_route_figures(samples, name, configs.get(name)) for name in names]
     started = _max(samples, "sidecache_start_time_seconds") or now
-    backends = []
-    for name, backend in loaded.policy.backends.items():
-        state = _max(samples, "sidecache_breaker_state", backend=name)
-        backends.append(
-            {
-                "backend": name,
-                "type": backend.type,
-                "entries": int(_sum(samples, "sidecache_store_entries", backend=name)),
-                "bytes": int(_sum(samples, "sidecache_store_bytes", backend=name)),
-                "evictions": int(_sum(samples, "sidecache_store_evictions_total", backend=name)),
-                "breaker": {0.0: "closed", 1.0: "half_open", 2.0: "open"}.get(state, "closed"),
-            }
-        )
+    backends = [
+        _backend_figures(samples, name, b.type) for name, b in loaded.policy.backends.items()
+    ]
     stats: dict[str, Any] = {
         "uptime_seconds": round(max(now - started, 0.0), 1),
         "policy": {"path": loaded.path, "digest": loaded.digest},
         "routes": routes,
         "backends": backends,
     }
-    stats["advice"] = advise(routes, stats["uptime_seconds"])
+    stats["advice"] = advise(routes, stats["uptime_seconds"]) + advise_backends(backends)
     return stats
+
+
+def _backend_figures(samples: Samples, name: str, kind: str) -> dict[str, Any]:
+    """One backend: memory stores' own counts, or a shared store's server figures
+    (``sidecache_backend_*``, read from Redis ``INFO`` / Memcached ``stats``)."""
+
+    def value(metric: str, **match: str) -> int:
+        return int(_sum(samples, metric, backend=name, **match))
+
+    out: dict[str, Any] = {
+        "backend": name,
+        "type": kind,
+        "breaker": BREAKER_NAMES.get(_max(samples, "sidecache_breaker_state", backend=name)),
+        "write_refusals": value("sidecache_store_errors_total", reason="oom"),
+    }
+    if kind == "memory":
+        out["entries"] = value("sidecache_store_entries")
+        out["bytes"] = value("sidecache_store_bytes")
+        out["evictions"] = value("sidecache_store_evictions_total")
+    elif kind in ("redis", "memcached"):
+        read = any(
+            labels.get("backend") == name for labels, _ in samples.get("sidecache_backend_up", ())
+        )
+        up = value("sidecache_backend_up") == 1 if read else None
+        out["up"] = up
+        if up:
+            out["entries"] = value("sidecache_backend_items")
+            out["bytes"] = value("sidecache_backend_memory_bytes")
+            out["memory_limit_bytes"] = value("sidecache_backend_memory_limit_bytes")
+            out["evictions"] = value("sidecache_backend_evictions_total")
+            out["hits"] = value("sidecache_backend_hits_total")
+            out["misses"] = value("sidecache_backend_misses_total")
+            out["connections"] = value("sidecache_backend_connections")
+    return out
+
+
+def advise_backends(backends: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Findings about the stores themselves (a full store, one that cannot be read)."""
+    out: list[dict[str, str]] = []
+    for b in backends:
+        name = b["backend"]
+        if b.get("write_refusals"):
+            out.append(
+                {
+                    "backend": name,
+                    "rule": "store-full",
+                    "advice": f"{b['write_refusals']} writes were refused for lack of memory: "
+                    "new responses are not being cached; give the store more memory or "
+                    "let it evict (Redis maxmemory-policy volatile-lru or allkeys-lru)",
+                }
+            )
+        if b.get("up") is False:
+            out.append(
+                {
+                    "backend": name,
+                    "rule": "backend-down",
+                    "advice": f"the {b['type']} server(s) did not answer the last read of "
+                    "their figures",
+                }
+            )
+    return out
 
 
 def advise(routes: list[dict[str, Any]], uptime: float) -> list[dict[str, str]]:
@@ -148,17 +206,22 @@ def advise(routes: list[dict[str, Any]], uptime: float) -> list[dict[str, str]]:
     def add(route: str, rule: str, message: str) -> None:
         out.append({"route": route, "rule": rule, "advice": message})
 
+    # a route is "unused" only once it had its chance: minutes of uptime, or traffic
+    served = sum(r["requests"] for r in routes)
+    judged = uptime >= UNUSED_AFTER or served >= UNUSED_AFTER_REQUESTS
     for r in routes:
         name = r["route"]
         if not r["in_policy"] or r["cache"] is False:
             continue
         lookups = r["hits"] + r["stale"] + r["misses"]
         if r["requests"] == 0 and name != "default":
+            if not judged:
+                continue
             add(
                 name,
                 "unused",
-                f"no request matched this route in {format_duration(max(round(uptime), 1))}: "
-                "check its match, or remove it",
+                f"no request matched this route in {format_duration(max(round(uptime), 1))} "
+                f"({served} requests to other routes): check its match, or remove it",
             )
         elif lookups >= NEVER_HIT_MIN and r["hits"] + r["stale"] == 0:
             add(name, "never-hit", f"0 hits in {lookups} cacheable requests: {_why(r)}")
@@ -195,7 +258,8 @@ def _advise_ttl(r: dict[str, Any], add: Any) -> None:
     within, after = r["repeat_within_ttl"], r["repeat_after_ttl"]
     if after >= EXPIRED_MIN and after / (within + after) >= EXPIRED_SHARE:
         gap = r["repeat_gap_mean_seconds"] or 0.0
-        ttl = format_duration(r["ttl_seconds"]) if r["ttl_seconds"] else "the origin's"
+        got = r.get("stored_ttl_mean_seconds") or r["ttl_seconds"]
+        ttl = format_duration(round(got, 1)) if got else "the origin's"
         add(
             r["route"],
             "ttl-too-short",
@@ -236,6 +300,7 @@ COLUMNS: Final = (
     ("stored", "stored_objects"),
     ("bytes", "stored_bytes"),
     ("mean size", "mean_object_bytes"),
+    ("ttl got", "stored_ttl_mean_seconds"),
     ("origin saved", "origin_time_saved_seconds"),
 )
 
@@ -249,6 +314,8 @@ def _cell(key: str, value: Any) -> str:
         return format_size(int(value))
     if key == "origin_time_saved_seconds":
         return format_duration(round(value, 3)) if value else "0s"
+    if key == "stored_ttl_mean_seconds":
+        return format_duration(round(value))
     return str(value)
 
 
@@ -272,14 +339,33 @@ def render(stats: dict[str, Any]) -> str:
     backends = stats.get("backends", [])
     if backends:
         lines.append("")
-        for b in backends:
-            lines.append(
-                f"backend {b['backend']} ({b['type']}): {b['entries']} entries, "
-                f"{format_size(b['bytes'])}, {b['evictions']} evictions, breaker {b['breaker']}"
-            )
+        lines.extend(_backend_line(b) for b in backends)
     lines.append("")
     if not stats["advice"]:
         lines.append("advice: nothing to report")
     for item in stats["advice"]:
-        lines.append(f"! {item['route']} [{item['rule']}]: {item['advice']}")
+        subject = item.get("route") or f"backend {item.get('backend')}"
+        lines.append(f"! {subject} [{item['rule']}]: {item['advice']}")
     return "\n".join(lines) + "\n"
+
+
+def _backend_line(b: dict[str, Any]) -> str:
+    head = f"backend {b['backend']} ({b['type']}): "
+    breaker = f"breaker {b.get('breaker') or 'n/a'}"
+    if b.get("up") is False:
+        return head + f"figures unavailable (server not answering), {breaker}"
+    if "entries" not in b:
+        return head + breaker
+    parts = [f"{b['entries']} entries", format_size(b["bytes"])]
+    limit = b.get("memory_limit_bytes")
+    if limit is not None:
+        parts[-1] += f" of {format_size(limit)}" if limit else " (no memory limit)"
+    parts.append(f"{b['evictions']} evictions")
+    lookups = b.get("hits", 0) + b.get("misses", 0)
+    if "hits" in b:
+        parts.append(f"server hit ratio {b['hits'] / lookups:.1%}" if lookups else "no lookups")
+    if "connections" in b:
+        parts.append(f"{b['connections']} connections")
+    if b.get("write_refusals"):
+        parts.append(f"{b['write_refusals']} writes refused (full)")
+    return head + ", ".join(parts) + f", {breaker}"

@@ -18,6 +18,7 @@ from mirakuru import TCPExecutor
 from redis import Redis
 
 from proxy.figures import Figures
+from proxy.report import render
 from tests.conftest import Origin, SpawnProxy, free_port, policy_text
 from tests.ops.conftest import (
     MEMCACHED,
@@ -332,3 +333,70 @@ async def test_start_up_warns_about_redis_without_maxmemory_or_with_noeviction(
     finally:
         for executor, _ in servers.values():
             executor.stop()
+
+
+# ---------------------------------------------------------------- /readyz, /stats, report
+
+
+async def test_readyz_stats_and_report_name_stores_by_backend(
+    live_proxy: StartProxy, origin: Origin, small_redis: int, small_memcached: int
+):
+    origin.reply("/items/long", headers={"Cache-Control": "max-age=300"})
+    proxy = await live_proxy(
+        f"""
+        backends:
+          local: {{type: memory}}
+          shared: {{type: redis, url: "redis://127.0.0.1:{small_redis}/0", timeout: 500ms}}
+          fast: {{type: tiered, l1: local, l2: shared}}
+          pool: {{type: memcached, servers: ["127.0.0.1:{small_memcached}"], timeout: 500ms}}
+        defaults: {{backend: fast, ttl: 60s}}
+        routes:
+          - name: items
+            match: {{prefix: /items}}
+          - name: pooled
+            match: {{prefix: /pooled}}
+            backend: pool
+        """
+    )
+    for path in ("/items/1", "/items/long", "/items/long", "/pooled/1"):
+        await proxy.get(path)
+    await figures_now(proxy)
+    with Redis(port=small_redis) as client:
+        keys = client.dbsize()
+
+    ready = await fetch("GET", proxy.admin_url + "/readyz")
+    assert ready.status == 200
+    for name in ("GuardedStore", "TieredStore", "MemoryStore", "RedisStore"):
+        assert name not in ready.body.decode()
+    stores = ready.json()["stores"]
+    assert list(stores) == ["local", "shared", "fast", "pool"]
+    assert {n: s["type"] for n, s in stores.items()} == {
+        "local": "memory",
+        "shared": "redis",
+        "fast": "tiered",
+        "pool": "memcached",
+    }
+    assert stores["shared"]["breaker"] == "closed"
+    assert stores["local"]["breaker"] == "n/a"
+    assert stores["shared"]["write_refusals"] == 0
+    assert (stores["fast"]["l1"], stores["fast"]["l2"]) == ("local", "shared")
+    assert stores["shared"]["figures"]["up"] is True
+    assert stores["shared"]["figures"]["items"] == keys
+    assert stores["pool"]["figures"]["memory_limit_bytes"] == 4 * 1024**2
+    assert "figures" not in stores["local"]
+
+    stats = (await fetch("GET", proxy.admin_url + "/stats")).json()
+    backends = {b["backend"]: b for b in stats["backends"]}
+    assert backends["shared"]["entries"] == keys > 0
+    assert backends["shared"]["memory_limit_bytes"] == 2 * 1024**2
+    assert backends["shared"]["up"] is True
+    assert backends["pool"]["entries"] >= 1
+    items = next(r for r in stats["routes"] if r["route"] == "items")
+    assert items["ttl_seconds"] == 60
+    assert items["stored_ttl_mean_seconds"] == 180  # one 60 s entry, one of the origin's 300 s
+
+    text = render(stats)
+    assert f"backend shared (redis): {keys} entries, " in text
+    assert " of 2MiB, " in text
+    assert "backend pool (memcached): " in text
+    assert "3m" in next(line for line in text.splitlines() if line.startswith("items "))
