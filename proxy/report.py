@@ -356,7 +356,9 @@ def _backend_line(b: dict[str, Any]) -> str:
         return head + f"figures unavailable (server not answering), {breaker}"
     if "entries" not in b:
         return head + breaker
-    parts = [f"{b['entries']} entries", format_size(b["bytes"])]
+    # a server counts its keys (entries and index keys alike), a memory store its entries
+    noun = {"redis": "keys", "memcached": "items"}.get(b["type"], "entries")
+    parts = [f"{b['entries']} {noun}", format_size(b["bytes"])]
     limit = b.get("memory_limit_bytes")
     if limit is not None:
         parts[-1] += f" of {format_size(limit)}" if limit else " (no memory limit)"

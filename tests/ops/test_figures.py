@@ -396,7 +396,7 @@ async def test_readyz_stats_and_report_name_stores_by_backend(
     assert items["stored_ttl_mean_seconds"] == 180  # one 60 s entry, one of the origin's 300 s
 
     text = render(stats)
-    assert f"backend shared (redis): {keys} entries, " in text
+    assert f"backend shared (redis): {keys} keys, " in text
     assert " of 2MiB, " in text
     assert "backend pool (memcached): " in text
     assert "3m" in next(line for line in text.splitlines() if line.startswith("items "))
