@@ -25,6 +25,12 @@ EXPIRED_MIN: Final = 10  # ...of at least this many repeat requests
 NEAR_LIMIT: Final = 0.8  # largest object as a share of max_object_size
 STALE_SHARE: Final = 0.2  # stale answers among cached answers...
 STALE_MIN: Final = 20  # ...of at least this many
+# what a full backend needs, by type: more memory, or leave to it which entries go
+FULL_STORE_FIX: Final = {
+    "redis": "raise maxmemory, or set maxmemory-policy to allkeys-lru or volatile-lru "
+    "(every key sidecache writes has a TTL)",
+    "memcached": "give memcached more memory (-m), or run it without -M so it evicts",
+}
 UNUSED_AFTER: Final = 600.0  # "unused" only after this many seconds of uptime...
 UNUSED_AFTER_REQUESTS: Final = 1000  # ...or once this many requests reached other routes
 BREAKER_NAMES: Final = {0.0: "closed", 1.0: "half_open", 2.0: "open"}
@@ -183,8 +189,8 @@ def advise_backends(backends: list[dict[str, Any]]) -> list[dict[str, str]]:
                     "backend": name,
                     "rule": "store-full",
                     "advice": f"{b['write_refusals']} writes were refused for lack of memory: "
-                    "new responses are not being cached; give the store more memory or "
-                    "let it evict (Redis maxmemory-policy volatile-lru or allkeys-lru)",
+                    "new responses are not being cached; "
+                    + FULL_STORE_FIX.get(b["type"], "give the store more memory"),
                 }
             )
         if b.get("up") is False:

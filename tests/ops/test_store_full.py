@@ -1,5 +1,6 @@
 """A full shared store, seen as an operator sees it: ``sidecache_store_errors_total`` with
-``reason="oom"``, one warning line naming backend and command, answers still served."""
+``reason="oom"``, one warning line naming backend and command, the report's advice,
+answers still served."""
 
 from __future__ import annotations
 
@@ -67,3 +68,10 @@ async def test_a_full_memcached_is_counted_logged_and_keeps_serving(
     assert "backend pool is full: set refused" in full[0].getMessage()
     ready = await fetch("GET", proxy.admin_url + "/readyz")
     assert ready.status == 200  # a full cache never takes the pod out of service
+    # and the report says so, with what to do
+    stats = (await fetch("GET", proxy.admin_url + "/stats")).json()
+    advice = [a for a in stats["advice"] if a["rule"] == "store-full"]
+    assert len(advice) == 1
+    assert advice[0]["backend"] == "pool"
+    assert "writes were refused for lack of memory" in advice[0]["advice"]
+    assert "without -M" in advice[0]["advice"]
