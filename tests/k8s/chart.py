@@ -57,6 +57,16 @@ class Rendered:
         assert len(found) == 1, f"{self.case}: {len(found)} {kind} objects"
         return found[0]
 
+    def policy_configs(self) -> list[dict[str, Any]]:
+        """The policy ConfigMaps (the dashboard's ConfigMap is not one)."""
+        return [d for d in self.all("ConfigMap") if "policy.yaml" in d.get("data", {})]
+
+    @property
+    def policy_config(self) -> dict[str, Any]:
+        found = self.policy_configs()
+        assert len(found) == 1, f"{self.case}: {len(found)} policy ConfigMaps"
+        return found[0]
+
     @property
     def merged_values(self) -> dict[str, Any]:
         with helm.Chart.load(CHART) as chart:

@@ -118,11 +118,11 @@ def test_policy_configmap_mounted_as_a_directory(rendered) -> None:
     source = volume["configMap"]
     assert [item["path"] for item in source["items"]] == ["policy.yaml"]
     if values["policy"]["existingConfigMap"]:
-        assert rendered.all("ConfigMap") == []
+        assert rendered.policy_configs() == []
         assert source["name"] == values["policy"]["existingConfigMap"]
         assert source["items"][0]["key"] == values["policy"]["existingConfigMapKey"]
     else:
-        configmap = rendered.one("ConfigMap")
+        configmap = rendered.policy_config
         assert source["name"] == configmap["metadata"]["name"]
         assert configmap["data"] == {source["items"][0]["key"]: values["policy"]["content"]}
 

@@ -63,7 +63,7 @@ def policy_file(rendered, tmp_path: Path) -> Path:
     if rendered.case not in INLINE:
         pytest.fail(f"{rendered.case} has no inline policy")
     path = tmp_path / "policy.yaml"
-    path.write_text(rendered.one("ConfigMap")["data"]["policy.yaml"], encoding="utf-8")
+    path.write_text(rendered.policy_config["data"]["policy.yaml"], encoding="utf-8")
     return path
 
 
