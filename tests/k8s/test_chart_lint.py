@@ -35,7 +35,7 @@ def test_chart_metadata() -> None:
 
 def test_ci_cases_cover_the_issue() -> None:
     assert {"native-values", "legacy-values", "existing-configmap-values"} <= set(CASES)
-    assert {"redis-values", "monitors-values"} <= set(CASES)
+    assert {"redis-values", "monitors-values", "observability-values"} <= set(CASES)
 
 
 @pytest.mark.parametrize(

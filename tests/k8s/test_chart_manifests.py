@@ -17,6 +17,16 @@ EXPECTED_KINDS: Final = {
     "legacy-values": ["ConfigMap", "Deployment", "Service"],
     "existing-configmap-values": ["Deployment", "Service"],
     "redis-values": ["ConfigMap", "Deployment", "Service"],
+    "observability-values": [
+        "ConfigMap",
+        "ConfigMap",
+        "CronJob",
+        "Deployment",
+        "PrometheusRule",
+        "Service",
+        "Service",
+        "ServiceMonitor",
+    ],
     "monitors-values": [
         "ConfigMap",
         "Deployment",

@@ -5,6 +5,7 @@ The named templates to include in your own chart (see docs/kubernetes.md):
   sidecache.volumes         its volumes: the policy directory and /tmp
   sidecache.podAnnotations  checksum/policy (and prometheus.io/* if enabled)
   sidecache.configMap       the policy ConfigMap (this chart renders it already)
+  sidecache.env             the container's env list (REDIS_URL, REDIS_PASSWORD, extraEnv)
 Each takes (dict "top" $ "values" <the sidecache values>).
 */}}
 
@@ -19,21 +20,7 @@ Each takes (dict "top" $ "values" <the sidecache values>).
 {{- with $v.sidecar.origin -}}
 {{- $args = concat $args (list "--origin" .) -}}
 {{- end -}}
-{{- $env := list -}}
-{{- $redisUrl := $v.redis.url -}}
-{{- if $v.redis.existingSecret -}}
-{{- $ref := dict "name" $v.redis.existingSecret "key" $v.redis.existingSecretPasswordKey -}}
-{{- $env = append $env (dict "name" "REDIS_PASSWORD" "valueFrom" (dict "secretKeyRef" $ref)) -}}
-{{- with $redisUrl -}}
-{{- /* The kubelet expands $(REDIS_PASSWORD): it is defined above. */ -}}
-{{- $parts := splitn "://" 2 . -}}
-{{- $redisUrl = printf "%s://:$(REDIS_PASSWORD)@%s" $parts._0 $parts._1 -}}
-{{- end -}}
-{{- end -}}
-{{- with $redisUrl -}}
-{{- $env = append $env (dict "name" "REDIS_URL" "value" .) -}}
-{{- end -}}
-{{- $env = concat $env $v.extraEnv -}}
+{{- $env := include "sidecache.env" . | fromYamlArray -}}
 {{- $mounts := list
       (dict "name" "sidecache-policy" "mountPath" "/etc/sidecache" "readOnly" true)
       (dict "name" "sidecache-tmp" "mountPath" "/tmp") -}}
@@ -62,6 +49,28 @@ Each takes (dict "top" $ "values" <the sidecache values>).
 {{- with $env }}{{ $_ := set $c "env" . }}{{ end -}}
 {{- with $v.extraEnvFrom }}{{ $_ := set $c "envFrom" . }}{{ end -}}
 {{- toYaml (list $c) -}}
+{{- end -}}
+
+{{/* The container's environment: REDIS_URL (with the Secret's password spliced in) and
+extraEnv; the audit CronJob gets the same, so the policy's ${REDIS_URL} means one thing. */}}
+{{- define "sidecache.env" -}}
+{{- $v := .values -}}
+{{- $env := list -}}
+{{- $redisUrl := $v.redis.url -}}
+{{- if $v.redis.existingSecret -}}
+{{- $ref := dict "name" $v.redis.existingSecret "key" $v.redis.existingSecretPasswordKey -}}
+{{- $env = append $env (dict "name" "REDIS_PASSWORD" "valueFrom" (dict "secretKeyRef" $ref)) -}}
+{{- with $redisUrl -}}
+{{- /* The kubelet expands $(REDIS_PASSWORD): it is defined above. */ -}}
+{{- $parts := splitn "://" 2 . -}}
+{{- $redisUrl = printf "%s://:$(REDIS_PASSWORD)@%s" $parts._0 $parts._1 -}}
+{{- end -}}
+{{- end -}}
+{{- with $redisUrl -}}
+{{- $env = append $env (dict "name" "REDIS_URL" "value" .) -}}
+{{- end -}}
+{{- $env = concat $env $v.extraEnv -}}
+{{- toYaml $env -}}
 {{- end -}}
 
 {{- define "sidecache.volumes" -}}
