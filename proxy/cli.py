@@ -32,7 +32,7 @@ from proxy.fanout import WorkerBus
 from proxy.invalidation import new_replica_id
 from proxy.logs import write_line
 from proxy.metrics import MULTIPROC_ENV, enable_multiprocess, forget_process
-from proxy.policy import LoadedPolicy, describe, load_policy, parse_policy
+from proxy.policy import LoadedPolicy, describe, format_warning, load_policy, parse_policy
 from proxy.report import render
 from proxy.server import bind, parse_address, serve
 
@@ -91,10 +91,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
         loaded = load_policy(args.file)
     except PolicyError as error:
         return _report(error)
+    _warn(loaded)
     print(f"{args.file}: ok: {loaded.summary()}")
     for route in loaded.routes:
         print(f"  {describe(route)}")
     return 0
+
+
+def _warn(loaded: LoadedPolicy) -> None:
+    for warning in loaded.warnings:
+        print(format_warning(warning), file=sys.stderr)
+
+
+def _listen(what: str, value: str, *, reuse_port: bool) -> socket.socket:
+    """A bound listener, or ``OSError`` whose text names the listener and the address:
+    ``cannot listen on proxy port 0.0.0.0:8080: address already in use``."""
+    try:
+        host, port = parse_address(value)
+    except ValueError as error:
+        raise OSError(f"cannot listen on {what} {value}: expected HOST:PORT") from error
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        return bind((host, port), reuse_port=reuse_port)
+    except OSError as error:
+        reason = (error.strerror or str(error)).lower()
+        raise OSError(f"cannot listen on {what} {shown}: {reason}") from error
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -108,14 +129,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return EXIT_POLICY
+    _warn(loaded)
+    reuse = args.workers > 1
     try:
-        listen, admin = parse_address(args.listen), parse_address(args.admin_listen)
-        reuse = args.workers > 1
-        proxy_sock = bind(listen, reuse_port=reuse)
-        admin_sock = bind(admin, reuse_port=reuse)
-    except (ValueError, OSError) as error:
-        print(f"cannot listen: {error}", file=sys.stderr)
+        proxy_sock = _listen("proxy port", args.listen, reuse_port=reuse)
+    except OSError as error:
+        print(error, file=sys.stderr)
         return 1
+    try:
+        admin_sock = _listen("admin port", args.admin_listen, reuse_port=reuse)
+    except OSError as error:
+        proxy_sock.close()
+        print(error, file=sys.stderr)
+        return 1
+    listen, admin = parse_address(args.listen), parse_address(args.admin_listen)
     write_line(
         {
             "event": "listening",

@@ -155,14 +155,19 @@ class StoreDecision:
     no_cache: bool = False
     strip: frozenset[str] = frozenset()
     has_validator: bool = False
+    ceiling: float | None = None  # the route's max_ttl
 
     @property
     def storage_ttl(self) -> float:
         """How long the store keeps it: freshness, then as long as a stale copy is of
         use (its stale windows, or the grace of ``VALIDATION_KEEP``); never forever
-        (hishel #287)."""
+        (hishel #287). ``max_ttl`` bounds freshness and grace; stale windows come on top."""
         grace = VALIDATION_KEEP if self.has_validator else min(self.lifetime, VALIDATION_KEEP)
-        return self.lifetime + max(self.stale_while_revalidate, self.stale_if_error, grace)
+        windows = max(self.stale_while_revalidate, self.stale_if_error)
+        kept = self.lifetime + max(windows, grace)
+        return (
+            kept if self.ceiling is None else min(kept, max(self.ceiling, self.lifetime) + windows)
+        )
 
 
 def _skip(reason: str) -> StoreDecision:
@@ -206,7 +211,16 @@ def decide_storage(
     if route.strip_set_cookie:
         strip.add("set-cookie")
     return StoreDecision(
-        True, "stored", lifetime, swr, sie, must_revalidate, no_cache, frozenset(strip), validator
+        True,
+        "stored",
+        lifetime,
+        swr,
+        sie,
+        must_revalidate,
+        no_cache,
+        frozenset(strip),
+        validator,
+        route.max_ttl,
     )
 
 

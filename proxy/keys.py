@@ -1,8 +1,9 @@
 """Cache keys: what identifies a stored response, digested into ``sc:{route}:<hex>``.
 
-The key covers the method class (GET and HEAD share), the host, the path, the
-normalized query (sorted; filtered as the route's ``key.query`` says) and the
-values of the route's ``key.headers`` and ``key.cookies``. It is a blake2b digest:
+The key covers the method class (GET and HEAD share), the host (normalized; left out
+with ``key.host: false``), the path, the normalized query (sorted; filtered as the
+route's ``key.query`` says) and the values of the route's ``key.headers`` and
+``key.cookies``. It is a blake2b digest:
 keys carry untrusted URL parts in a shared cache, so a fast non-cryptographic hash
 would let a client forge collisions.
 """
@@ -103,6 +104,13 @@ def _cookie(headers: Mapping[str, str], name: str) -> str:
     return ""
 
 
+def normalize_host(host: str) -> str:
+    """The Host as keys see it: lowercased, the default port dropped (``Example.COM:80``
+    and ``example.com`` name one resource, RFC 3986 §6.2.3)."""
+    host = host.lower()
+    return host[:-3] if host.endswith(":80") else host
+
+
 def derive_key(
     route: str,
     host: str,
@@ -114,7 +122,8 @@ def derive_key(
 ) -> str:
     """The primary key of a request. ``headers`` maps lowercased names to values."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(host.encode("utf-8", "surrogateescape"))
+    if spec.host:  # key.host: false keys every name of the service alike
+        digest.update(normalize_host(host).encode("utf-8", "surrogateescape"))
     digest.update(b"\0")
     digest.update(path.encode("utf-8", "surrogateescape"))
     digest.update(b"\0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -86,3 +87,97 @@ async def test_cli_workers_share_the_port(origin: Origin, spawn_proxy: SpawnProx
     statuses = [(await asyncio.to_thread(_get, f"{proxy.url}/w/{i}"))[0] for i in range(20)]
     assert statuses == [200] * 20
     assert proxy.stop() == 0
+
+
+SHADOWED = """version: 1
+origin: http://127.0.0.1:8000
+routes:
+  - name: api
+    match: {prefix: /api}
+  - name: products
+    match: {path: "/api/products/{id}"}
+"""
+
+
+def test_validate_warns_of_a_shadowed_route_and_exits_0(tmp_path: Path):
+    path = tmp_path / "shadowed.yaml"
+    path.write_text(SHADOWED)
+    result = _cli("validate", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{path}:7:5: warning: routes[1].match: routes[1] (products) is never matched: "
+        "routes[0] (api) comes first and its prefix /api encloses /api/products/{id}"
+    ]
+    assert "ok" in result.stdout
+
+
+def test_validate_reports_every_error_in_one_pass(tmp_path: Path):
+    path = tmp_path / "broken.yaml"
+    path.write_text(
+        "version: 1\n"
+        "origin: http://127.0.0.1:8000\n"
+        "backends: [local]\n"
+        "defaults:\n"
+        "  backend: nosuch\n"
+        "  ttl: soon\n"
+    )
+    result = _cli("validate", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{path}:3:11: backends: expected a mapping of backend names to settings, got a list",
+        f"{path}:6:8: defaults.ttl: invalid duration 'soon': use 250ms, 30s, 5m, 1h, 1d or seconds",
+        "2 error(s); the policy was not loaded",
+    ]
+
+
+def test_validate_names_the_line_of_an_indentation_slip(tmp_path: Path):
+    path = tmp_path / "slip.yaml"
+    path.write_text(
+        "version: 1\n"
+        "origin: http://127.0.0.1:8000\n"
+        "defaults:\n"
+        " coalesce:\n"
+        "    enabled: true\n"
+        "  ttl: 5s\n"
+    )
+    result = _cli("validate", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (
+        f"{path}:4:2: (yaml): did not find expected key: check the indentation of 'coalesce' "
+        "(the parser stopped on line 6)"
+    )
+
+
+def _taken_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_run_names_the_listener_and_address_it_cannot_bind():
+    with _taken_port() as taken:
+        port = taken.getsockname()[1]
+        result = _cli("run", "--policy", "policies/example.yaml", "--listen", f"127.0.0.1:{port}")
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"cannot listen on proxy port 127.0.0.1:{port}: address already in use"
+        )
+        result = _cli(
+            "run", "--policy", "policies/example.yaml", "--listen", "127.0.0.1:0",
+            "--admin-listen", f"127.0.0.1:{port}",
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"cannot listen on admin port 127.0.0.1:{port}: address already in use"
+        )
+    result = _cli("run", "--policy", "policies/example.yaml", "--listen", "localhost")
+    assert result.stderr.strip() == "cannot listen on proxy port localhost: expected HOST:PORT"
+
+
+async def test_run_prints_the_warnings_at_start_up(origin: Origin, spawn_proxy: SpawnProxy):
+    proxy = spawn_proxy(SHADOWED.replace("http://127.0.0.1:8000", origin.url))
+    assert proxy.stop() == 0
+    assert proxy.process.stdout is not None
+    output = proxy.process.stdout.read().decode()
+    assert ": warning: routes[1].match: routes[1] (products) is never matched" in output

@@ -317,3 +317,39 @@ def test_tag_namespaces_do_not_collide() -> None:
     assert route_tag("products") == "r:products"
     assert user_tag("products") == "t:products"
     assert len({route_tag("x"), user_tag("x"), *path_tags("/x")}) == 3
+
+
+# ---------------------------------------------------------------- key.host
+
+NO_HOST = KeySpec(host=False)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("Example.COM:80", "example.com"),
+        ("example.com:80", "EXAMPLE.com"),
+        ("[::1]:80", "[::1]"),
+    ],
+)
+def test_host_spellings_of_one_authority_share_a_key(first: str, second: str) -> None:
+    assert key(host=first) == key(host=second)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("example.com:8080", "example.com"),
+        ("example.com:8", "example.com"),
+        ("svc", "svc.ns"),
+    ],
+)
+def test_other_ports_and_names_stay_apart(first: str, second: str) -> None:
+    assert key(host=first) != key(host=second)
+
+
+def test_key_host_false_keys_every_name_alike() -> None:
+    names = ["svc", "svc.ns", "svc.ns.svc.cluster.local", "10.1.2.3:8080", ""]
+    assert len({key(host=name, spec=NO_HOST) for name in names}) == 1
+    assert key(host="svc", spec=NO_HOST) != key(host="svc")
+    assert key(host="svc", path="/a", spec=NO_HOST) != key(host="svc", path="/b", spec=NO_HOST)

@@ -169,7 +169,7 @@ ERRORS = [
         5,
         12,
         "routes[0].cache",
-        r"boolean",
+        r"^expected true or false, got 'maybe'$",
         id="wrong-type-bool",
     ),
     pytest.param(
@@ -181,7 +181,7 @@ ERRORS = [
         5,
         19,
         "routes[0].max_variants",
-        r"integer",
+        r"^expected a whole number, got",
         id="wrong-type-int",
     ),
     pytest.param(
@@ -225,7 +225,7 @@ ERRORS = [
         4,
         35,
         "backends.local.max_size",
-        r"greater than 0",
+        r"^expected more than 0, got the number 0$",
         id="zero-size",
     ),
     pytest.param(
@@ -236,7 +236,7 @@ ERRORS = [
         4,
         10,
         "backends.local",
-        r"'disk'",
+        r"^expected a backend type: memory, redis, memcached or tiered, got 'disk'$",
         id="unknown-backend-type",
     ),
     pytest.param(
@@ -317,7 +317,7 @@ ERRORS = [
         4,
         11,
         "routes[0].name",
-        r"pattern",
+        r"^expected a name of letters, digits",
         id="bad-route-name",
     ),
     pytest.param(
@@ -520,7 +520,7 @@ ERRORS = [
         4,
         5,
         "routes[0]",
-        r"dictionary",
+        r"^expected a route \(name, match, settings\), got the number 5$",
         id="route-not-a-mapping",
     ),
 ]
@@ -565,7 +565,7 @@ def test_error_string_lists_every_issue_one_per_line() -> None:
 @pytest.mark.parametrize(
     ("body", "field", "message"),
     [
-        ("version: 2\norigin: http://x\n", "version", r"1"),
+        ("version: 2\norigin: http://x\n", "version", r"^expected one of 1, got the number 2$"),
         ("version: 1\norigin: ftp://x\n", "origin", r"^must be an http:// or https:// URL"),
         ("version: 1\norigin: http://x/?a=1\n", "origin", r"^must not carry a query"),
         ("version: 1\norigin: http://u:p@x/\n", "origin", r"^must not carry user:password"),
@@ -775,7 +775,7 @@ def test_top_level_must_be_a_mapping(text: str) -> None:
     [
         ("version: 1\norigin: http://x\nroutes: [\n", 4),
         ("version: 1\norigin: http://x\n  nested: wrong\n", 3),
-        ("version: 1\norigin: http://x\ndefaults: {ttl: 1s\nroutes: []\n", 4),
+        ("version: 1\norigin: http://x\ndefaults: {ttl: 1s\nroutes: []\n", 3),
         ("version: 1\norigin: http://x\nadmin:\n\ttoken: x\n", 4),
         ("version: 1\norigin: http://x\nadmin: {token: *nowhere}\n", 3),
         ("version: 1\n---\norigin: http://x\n", 2),
@@ -1091,3 +1091,354 @@ def test_random_structured_policy_raises_only_policy_error(tree: dict[str, objec
     else:
         return
     assert found
+
+
+# ---------------------------------------------------------------- plain words, one per error type
+
+# (body from line 3, field, the whole message): one case per pydantic error type the
+# wording maps (proxy/policywording.py), so none of pydantic's own wording reaches a user
+PLAIN = [
+    pytest.param("backends: [local]\n", "backends",
+                 "expected a mapping of backend names to settings, got a list", id="dict_type"),
+    pytest.param("defaults: {statuses: {x: 5s}}\n", "defaults.statuses.x",
+                 "expected a whole number, got 'x'", id="int_parsing-key"),
+    pytest.param("routes: {a: 1}\n", "routes",
+                 "expected a list of routes (each starting with '- name: …'), got a mapping",
+                 id="list_type"),
+    pytest.param("routes: [5]\n", "routes[0]",
+                 "expected a route (name, match, settings), got the number 5", id="model_type"),
+    pytest.param("backends: {a: 5}\n", "backends.a",
+                 "expected a mapping of settings, got the number 5", id="model_attributes_type"),
+    pytest.param("admin: {token: 5}\n", "admin.token",
+                 "expected a string, got the number 5", id="string_type"),
+    pytest.param("defaults: {max_variants: many}\n", "defaults.max_variants",
+                 "expected a whole number, got 'many'", id="int_parsing"),
+    pytest.param("defaults: {max_variants: 1.5}\n", "defaults.max_variants",
+                 "expected a whole number, got the number 1.5", id="int_from_float"),
+    pytest.param("defaults: {early_refresh: {beta: x}}\n", "defaults.early_refresh.beta",
+                 "expected a number, got 'x'", id="float_parsing"),
+    pytest.param("defaults: {early_refresh: {beta: [1]}}\n", "defaults.early_refresh.beta",
+                 "expected a number, got a list", id="float_type"),
+    pytest.param("defaults: {cache: maybe}\n", "defaults.cache",
+                 "expected true or false, got 'maybe'", id="bool_parsing"),
+    pytest.param("defaults: {cache: [1]}\n", "defaults.cache",
+                 "expected true or false, got a list", id="bool_type"),
+    pytest.param("defaults: {max_variants: [1]}\n", "defaults.max_variants",
+                 "expected a whole number, got a list", id="int_type"),
+    pytest.param("defaults: {store_failure: never}\n", "defaults.store_failure",
+                 "expected one of 'open', 'closed', got 'never'", id="literal_error"),
+    pytest.param("defaults: {compression: {algorithm: br}}\n", "defaults.compression.algorithm",
+                 "expected one of 'gzip', 'none', got 'br'", id="literal_error-words"),
+    pytest.param("defaults: {max_variants: 0}\n", "defaults.max_variants",
+                 "expected at least 1, got the number 0", id="greater_than_equal"),
+    pytest.param("backends: {local: {type: memory, max_size: 0}}\n", "backends.local.max_size",
+                 "expected more than 0, got the number 0", id="greater_than"),
+    pytest.param("defaults: {compression: {level: 10}}\n", "defaults.compression.level",
+                 "expected at most 9, got the number 10", id="less_than_equal"),
+    pytest.param("routes: [{name: 'two words'}]\n", "routes[0].name",
+                 "expected a name of letters, digits, '_', '.', '-' (up to 63, not starting "
+                 "with '_.-'), got 'two words'", id="string_pattern_mismatch"),
+    pytest.param("backends: {m: {type: memcached, servers: []}}\n", "backends.m.servers",
+                 "expected at least 1 item(s), got a list", id="too_short"),
+    pytest.param("backends: {a: {type: disk}}\n", "backends.a",
+                 "expected a backend type: memory, redis, memcached or tiered, got 'disk'",
+                 id="union_tag_invalid"),
+    pytest.param("backends: {a: {url: 'redis://x'}}\n", "backends.a",
+                 "'type' is missing: one of memory, redis, memcached or tiered",
+                 id="union_tag_not_found"),
+    pytest.param("admin: {purge_from: [nowhere]}\n", "admin.purge_from[0]",
+                 "expected a network such as 10.0.0.0/8 or ::1/128, got 'nowhere'",
+                 id="ip_network"),
+    pytest.param("defaults: {key: {query: 5}}\n", "defaults.key.query",
+                 "expected one of 'all', 'ignore', a list such as [a, b] or a mapping of "
+                 "settings, got the number 5", id="union-of-members"),
+    pytest.param("server: {access_log: often}\n", "server.access_log",
+                 "expected true or false or a number, got 'often'", id="bool-or-float"),
+    pytest.param("invalidation: {}\n", "invalidation.redis", "required key is missing",
+                 id="missing"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "field", "message"), PLAIN)
+def test_schema_errors_in_plain_words(body: str, field: str, message: str) -> None:
+    issue = only_issue(doc(body))
+    assert (issue.field, issue.message) == (field, message)
+
+
+LIBRARY_WORDING = r"Input should|valid dictionary|instance of|Field required|Value error"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [case.values[0] for case in [*ERRORS, *PLAIN]],
+    ids=[case.id for case in [*ERRORS, *PLAIN]],
+)
+def test_no_library_wording_reaches_the_user(body: str) -> None:
+    for issue in issues(doc(body)):
+        assert not re.search(LIBRARY_WORDING, str(issue)), issue
+
+
+def test_an_unknown_backend_is_reported_with_the_type_errors() -> None:
+    text = doc(
+        """\
+        backends:
+          local: {type: memory, max_size: lots}
+        defaults:
+          backend: nosuch
+          cache: maybe
+        routes:
+          - name: a
+            backend: other
+            ttl: soon
+        """
+    )
+    assert [(i.line, i.field) for i in issues(text)] == [
+        (4, "backends.local.max_size"),
+        (6, "defaults.backend"),
+        (7, "defaults.cache"),
+        (10, "routes[0].backend"),
+        (11, "routes[0].ttl"),
+    ]
+
+
+# ---------------------------------------------------------------- YAML mistakes, at their line
+
+YAML_SLIPS = [
+    pytest.param("defaults:\n  backend: local\n ttl: 60s\n", 5, 2,
+                 "did not find expected key: check the indentation of 'ttl'", id="key-dedented"),
+    pytest.param("defaults:\n  backend: local\n    ttl: 60s\n", 5, 5,
+                 "mapping values are not allowed in this context: check the indentation of "
+                 "'ttl'", id="key-indented"),
+    pytest.param("defaults:\n coalesce:\n    enabled: true\n  ttl: 5s\n", 4, 2,
+                 "did not find expected key: check the indentation of 'coalesce' (the parser "
+                 "stopped on line 6)", id="slip-a-line-before"),
+    pytest.param("routes:\n  - name: a\n   match: {path: /a}\n", 5, 4,
+                 "did not find expected '-' indicator: check the indentation of 'match'",
+                 id="route-key"),
+    pytest.param("defaults\n  ttl: 60s\n", 3, 1,
+                 "'defaults' is not followed by ':' (the parser stopped on line 4)",
+                 id="missing-colon"),
+    pytest.param("backends:\n  local: {type: memory\ndefaults: {ttl: 1s}\n", 4, 10,
+                 "'{' is not closed by '}' (the parser stopped on line 5)", id="open-brace"),
+    pytest.param("admin: {token: \"abc}\n", 3, 16,
+                 "the quote is not closed (the parser stopped on line 4)", id="open-quote"),
+    pytest.param("admin:\n\ttoken: x\n", 4, 1,
+                 "a tab in the indentation: indent with spaces", id="tab"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "line", "column", "message"), YAML_SLIPS)
+def test_yaml_mistakes_are_named_at_their_line(
+    body: str, line: int, column: int, message: str
+) -> None:
+    issue = only_issue(HEAD + body)
+    assert (issue.line, issue.column, issue.field, issue.message) == (
+        line,
+        column,
+        "(yaml)",
+        message,
+    )
+
+
+def test_four_space_files_are_judged_by_their_own_step() -> None:
+    body = "defaults:\n    backend: local\n    coalesce:\n        enabled: true\n  ttl: 5s\n"
+    issue = only_issue(HEAD + body)
+    assert (issue.line, issue.message) == (
+        7,
+        "did not find expected key: check the indentation of 'ttl'",
+    )
+
+
+# ---------------------------------------------------------------- warnings: routes never reached
+
+
+def warnings_of(routes: str) -> list[tuple[int, str, str]]:
+    loaded = parse_policy(doc("routes:\n" + textwrap.indent(textwrap.dedent(routes), "  ")), FILE)
+    return [(w.line, w.field, w.message) for w in loaded.warnings]
+
+
+def test_a_route_without_match_is_a_warning() -> None:
+    assert warnings_of(
+        """\
+        - name: everything
+        - name: products
+          match: {prefix: /api/products}
+        """
+    ) == [
+        (
+            4,
+            "routes[0]",
+            "routes[0] (everything) has no match (path, prefix or regex): it takes every "
+            "GET, HEAD request that reaches it, and no route below it sees those",
+        ),
+        (
+            6,
+            "routes[1].match",
+            "routes[1] (products) is never matched: routes[0] (everything) comes first and "
+            "has no match, so it takes every request",
+        ),
+    ]
+
+
+SHADOWS = [
+    pytest.param("{prefix: /a}", "{prefix: /a/b}", "its prefix /a encloses /a/b", id="prefix"),
+    pytest.param("{prefix: /a}", "{prefix: /a}", "its prefix /a encloses /a", id="same-prefix"),
+    pytest.param("{prefix: /}", "{path: /x}", "its prefix / encloses /x", id="root-prefix"),
+    pytest.param("{prefix: /a}", "{path: '/a/{id}'}", "its prefix /a encloses /a/{id}",
+                 id="prefix-over-template"),
+    pytest.param("{path: '/p/{id}'}", "{path: '/p/{pid}'}", "has the same template /p/{id}",
+                 id="same-template"),
+    pytest.param("{path: '/p/{id}'}", "{path: /p/new}", "its template /p/{id} matches /p/new",
+                 id="template-over-path"),
+    pytest.param("{regex: ^/r}", "{regex: ^/r}", "has the same regex ^/r", id="same-regex"),
+    pytest.param("{prefix: /a, methods: [GET, HEAD, POST]}", "{prefix: /a/b, methods: [GET]}",
+                 "its prefix /a encloses /a/b", id="methods-covered"),
+    pytest.param("{prefix: /a}", "{prefix: /a/b, host: api.example}",
+                 "its prefix /a encloses /a/b", id="any-host-covers-one"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("first", "second", "reason"), SHADOWS)
+def test_a_shadowed_route_is_a_warning(first: str, second: str, reason: str) -> None:
+    found = warnings_of(
+        f"""\
+        - name: one
+          match: {first}
+        - name: two
+          match: {second}
+        """
+    )
+    assert found == [
+        (7, "routes[1].match", f"routes[1] (two) is never matched: routes[0] (one) comes "
+         f"first and {reason}"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("{prefix: /a}", "{prefix: /ab}"),
+        ("{prefix: /a/b}", "{prefix: /a}"),
+        ("{path: '/p/{id}'}", "{path: '/p/{id}/x'}"),
+        ("{path: '/p/{id}'}", "{prefix: /p}"),
+        ("{regex: ^/r}", "{regex: ^/r/x}"),
+        ("{prefix: /a, methods: [GET]}", "{prefix: /a/b, methods: [GET, HEAD]}"),
+        ("{prefix: /a, host: api.example}", "{prefix: /a/b}"),
+        ("{prefix: /a, host: api.example}", "{prefix: /a/b, host: www.example}"),
+        ("{prefix: /a, methods: [POST]}", "{prefix: /a/b}"),
+    ],
+)
+def test_routes_that_leave_the_next_one_requests_are_not_warned(first: str, second: str) -> None:
+    assert (
+        warnings_of(
+            f"""\
+            - name: one
+              match: {first}
+            - name: two
+              match: {second}
+            """
+        )
+        == []
+    )
+
+
+def test_the_example_policy_has_no_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIDECACHE_ADMIN_TOKEN", "t")
+    assert load_policy(ROOT / "policies" / "example.yaml").warnings == ()
+
+
+# ---------------------------------------------------------------- max_ttl
+
+
+def test_max_ttl_defaults_to_one_day() -> None:
+    loaded = load("routes: [{name: a, match: {prefix: /a}}]\n")
+    assert route(loaded, "a").max_ttl == 86400
+    assert route(loaded, DEFAULT_ROUTE).max_ttl == 86400
+
+
+@pytest.mark.parametrize(
+    ("settings", "ceiling"),
+    [
+        ("max_ttl: none", None),
+        ("max_ttl: None", None),
+        ("max_ttl: 2h", 7200),
+        ("ttl: 7d", 7 * 86400),  # the route's own ttl is its choice: the default rises to it
+        ("ttl: 1h", 86400),
+        ("statuses: {200: 3d}", 3 * 86400),
+        ("ttl: 30d, max_ttl: none", None),
+    ],
+)
+def test_max_ttl_resolution(settings: str, ceiling: float | None) -> None:
+    loaded = load(f"routes: [{{name: a, match: {{prefix: /a}}, {settings}}}]\n")
+    assert route(loaded, "a").max_ttl == ceiling
+
+
+def test_max_ttl_set_in_defaults_is_inherited_and_none_lifts_it() -> None:
+    loaded = load(
+        """\
+        defaults: {max_ttl: 1h}
+        routes:
+          - {name: a, match: {prefix: /a}}
+          - {name: b, match: {prefix: /b}, max_ttl: none}
+        """
+    )
+    assert route(loaded, "a").max_ttl == 3600
+    assert route(loaded, "b").max_ttl is None
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "routes:\n  - {name: a, match: {prefix: /a}, ttl: 2h, max_ttl: 1h}\n",
+            [(4, "routes[0].ttl", "2h is longer than max_ttl 1h (routes[0].max_ttl): raise "
+              "max_ttl or shorten ttl")],
+        ),
+        (
+            "defaults: {ttl: 2d, max_ttl: 1d}\n",
+            [(3, "defaults.ttl", "2d is longer than max_ttl 1d (defaults.max_ttl): raise "
+              "max_ttl or shorten ttl")],
+        ),
+        (
+            "defaults: {max_ttl: 10m}\nroutes:\n  - name: a\n    ttl: 1h\n",
+            [(6, "routes[0].ttl", "1h is longer than max_ttl 10m (defaults.max_ttl): raise "
+              "max_ttl or shorten ttl")],
+        ),
+        (
+            "defaults: {ttl: 1h}\nroutes:\n  - name: a\n    max_ttl: 30m\n",
+            [(6, "routes[0].max_ttl", "30m is shorter than ttl 1h (defaults.ttl): raise "
+              "max_ttl or shorten ttl")],
+        ),
+        (
+            "routes:\n  - name: a\n    max_ttl: 1h\n    statuses: {200: 1h, 404: 2h}\n",
+            [(6, "routes[0].statuses.404", "2h is longer than max_ttl 1h (routes[0].max_ttl): "
+              "raise max_ttl or shorten 404")],
+        ),
+    ],
+)  # fmt: skip
+def test_an_explicit_max_ttl_below_a_ttl_is_an_error_naming_both(
+    body: str, expected: list[tuple[int, str, str]]
+) -> None:
+    assert [(i.line, i.field, i.message) for i in issues(doc(body))] == expected
+
+
+def test_max_ttl_none_and_a_long_ttl_load() -> None:
+    loaded = load("defaults: {ttl: 30d, max_ttl: none}\n")
+    assert route(loaded, DEFAULT_ROUTE).max_ttl is None
+    assert route(loaded, DEFAULT_ROUTE).ttl == 30 * 86400
+
+
+# ---------------------------------------------------------------- key.host
+
+
+def test_key_host_defaults_to_true_and_can_be_turned_off() -> None:
+    loaded = load(
+        """\
+        routes:
+          - {name: a, match: {prefix: /a}}
+          - {name: b, match: {prefix: /b}, key: {host: false, query: ignore}}
+        """
+    )
+    assert route(loaded, "a").key.host is True
+    assert route(loaded, "b").key.host is False
+    assert route(loaded, "b").key.query == "ignore"
