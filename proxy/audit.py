@@ -76,7 +76,7 @@ def describe_redis(stored: str, prefix: str = "") -> tuple[str, str | None]:
 
 def describe_memcached(stored: str, prefix: str = "") -> tuple[str, str | None]:
     """What a key in a Memcached backend is (``MemcachedStore``'s layout): ``entry``,
-    ``generation`` (a tag's counter), ``lease``, ``unattributed`` (value chunks and keys
+    ``generation`` (a tag's counter, index data), ``lease``, ``unattributed`` (value chunks and keys
     hashed for length: their route cannot be told) or ``foreign``."""
     if not stored.startswith(prefix):
         return "foreign", None
@@ -161,9 +161,11 @@ class BackendAudit:
                 found.append(self._finding("orphan-route", route, figures.keys, []))
             if figures.no_ttl_count:
                 found.append(self._finding("no-ttl", route, figures.no_ttl_count, figures.no_ttl))
-        index = self.kinds.get("index")
-        if index is not None and index.no_ttl_count:
-            found.append(self._finding("no-ttl", None, index.no_ttl_count, index.no_ttl))
+        for kind in ("index", "generation", "unattributed"):  # entries and leases: above
+            held = self.kinds.get(kind)
+            if held is not None and held.no_ttl_count:
+                found.append(self._finding("no-ttl", None, held.no_ttl_count, held.no_ttl))
+                found[-1]["kind"] = kind
         if self.orphan_index_count:
             found.append(
                 self._finding("orphan-index", None, self.orphan_index_count, self.orphan_index)
@@ -393,7 +395,7 @@ def _route_table(routes: dict[str, Any]) -> list[str]:
 _KINDS: Final = {
     "index": "index keys",
     "lease": "leases",
-    "generation": "tag generation counters (kept without TTL by design: memcached evicts them)",
+    "generation": "tag generation counters",
     "unattributed": "value chunks and keys hashed for length (route unknown)",
     "foreign": "keys of other programs or prefixes (not sidecache's: never a finding)",
 }
@@ -410,7 +412,7 @@ def _finding_line(found: dict[str, Any]) -> str:
     where = f"backend {found['backend']}"
     examples = ", ".join(found["examples"][:3])
     if found["finding"] == "no-ttl":
-        what = f"route {found['route']}" if found["route"] else "index keys"
+        what = f"route {found['route']}" if found["route"] else _KINDS[found["kind"]]
         return f"{where}: {found['keys']} keys without TTL ({what}): {examples}"
     if found["finding"] == "orphan-route":
         return f"{where}: {found['keys']} keys of route {found['route']}, no longer in the policy"

@@ -126,6 +126,7 @@ async def test_keys_without_ttl_and_orphans_are_findings(
         assert entries
         client.delete(*entries)  # the index keys of those entries now point at nothing
     _memcached_set(memcached_addr, b"sc:items:handmade", b"z")  # exptime 0: no TTL
+    _memcached_set(memcached_addr, b"~g:legacy", b"41")  # a counter from before they expired
 
     code, result, _ = await run_json(current)
     assert code == 1
@@ -135,6 +136,9 @@ async def test_keys_without_ttl_and_orphans_are_findings(
     assert ("shared", "orphan-index", None) in found
     assert ("pool", "no-ttl", "items") in found
     assert ("pool", "orphan-route", "legacy-mc") in found
+    assert ("pool", "no-ttl", None) in found
+    counters = next(f for f in result["findings"] if f.get("kind") == "generation")
+    assert counters["examples"] == ["~g:legacy"]
     no_ttl = next(f for f in result["findings"] if f["finding"] == "no-ttl" and f["route"])
     assert no_ttl["examples"] == ["sc:products:handmade"]
     assert result["backends"]["shared"]["kinds"]["foreign"]["keys"] == 1
