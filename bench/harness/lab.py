@@ -1,8 +1,9 @@
 """The set of servers one run needs, started lazily by key and remembered.
 
-Keys: ``origin``; ``nginx-1w``/``nginx-2w``; ``varnish``; ``sidecache-<store>-<n>w`` with
-store in memory, redis, memcached, tiered. A server that fails to start is remembered
-with its error, so its rows report the failure and the rest of the run goes on.
+Keys: ``origin``; ``nginx-1w``/``nginx-2w``; ``nginx-pass-1w`` (``proxy_pass``, no cache);
+``varnish``; ``sidecache-<store>-<n>w`` with store in memory, redis, memcached, tiered.
+A server that fails to start is remembered with its error, so its rows report the
+failure and the rest of the run goes on.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class Lab:
             return servers.start_varnish(self.sup, key, self.origin())
         kind, _, rest = key.partition("-")
         workers = int(rest.rsplit("-", 1)[-1].removesuffix("w"))
+        if key.startswith("nginx-pass-"):
+            return servers.start_nginx_cache(self.sup, key, self.origin(), workers, cache=False)
         if kind == "nginx":
             return servers.start_nginx_cache(self.sup, key, self.origin(), workers)
         if kind == "sidecache":

@@ -40,10 +40,17 @@ def run_wrk(
     duration: float,
     timeout: float = 5.0,
     cold_prefix: str | None = None,
+    script: Path = REPORT_LUA,
+    script_env: dict[str, str] | None = None,
 ) -> WrkResult:
+    """One wrk run; ``script`` (default ``report.lua``) reads ``script_env`` from its
+    environment (``real.lua``: the URL set and distribution)."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s"]
-    argv += [f"--timeout={timeout:g}s", "-s", str(REPORT_LUA), url]
-    env = {**os.environ, "BENCH_COLD_PREFIX": cold_prefix} if cold_prefix else None
+    argv += [f"--timeout={timeout:g}s", "-s", str(script), url]
+    extra = dict(script_env or {})
+    if cold_prefix:
+        extra["BENCH_COLD_PREFIX"] = cold_prefix
+    env = {**os.environ, "BENCH_REPORT_LUA": str(REPORT_LUA), **extra} if extra else None
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=duration + timeout + 30, check=False, env=env
     )

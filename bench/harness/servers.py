@@ -119,6 +119,11 @@ def start_nginx_origin(sup: Supervisor, workers: int = 1) -> Server:
         root {www};
         location = /__status {{ stub_status; }}
         location / {{ add_header Cache-Control "max-age=3600"; }}
+        # The realistic scenario's distinct URLs: /r/kb1/<i>.json is /kb1.json, etc.
+        location ~ ^(/pass)?/r/(?<body>kb1|kb64)/ {{
+            add_header Cache-Control "max-age=3600";
+            try_files /$body.json =404;
+        }}
     }}
 """
     d.mkdir(exist_ok=True)
@@ -136,18 +141,32 @@ def start_aiohttp_origin(sup: Supervisor, delay: float, slow_max_age: int) -> Se
 
 
 def start_nginx_cache(
-    sup: Supervisor, key: str, origin: Server, workers: int, location_extra: str = ""
+    sup: Supervisor,
+    key: str,
+    origin: Server,
+    workers: int,
+    location_extra: str = "",
+    cache: bool = True,
 ) -> Server:
-    """The reference: nginx ``proxy_cache`` with keep-alive to the origin."""
+    """The reference: nginx ``proxy_cache`` with keep-alive to the origin.
+
+    ``cache=False``: the same proxy without a cache (``proxy_pass`` only), the reference
+    of sidecache's pass-through.
+    """
     port = sup.free_port()
     d = sup.workdir / key
     # SO_REUSEPORT spreads connections over workers as sidecache's workers do.
     reuse = " reuseport" if workers > 1 else ""
     http_extra = (
-        f"    proxy_cache_path {d}/cache levels=1:2 keys_zone=bench:16m max_size=1g"
+        f"    proxy_cache_path {d}/cache levels=1:2 keys_zone=bench:16m max_size=2g"
         " inactive=1h use_temp_path=off;\n"
+        if cache
+        else ""
+    )
+    http_extra += (
         f"    upstream origin {{ server {origin.url.removeprefix('http://')}; keepalive 64; }}\n"
     )
+    caching = "proxy_cache bench;\n            add_header X-Cache $upstream_cache_status;"
     server = f"""
     server {{
         listen 127.0.0.1:{port} backlog=4096{reuse};
@@ -155,9 +174,8 @@ def start_nginx_cache(
             proxy_pass http://origin;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_cache bench;
+            {caching if cache else ""}
             {location_extra}
-            add_header X-Cache $upstream_cache_status;
         }}
     }}
 """
@@ -218,7 +236,7 @@ def start_redis(sup: Supervisor) -> tuple[Proc, int]:
 
 def start_memcached(sup: Supervisor) -> tuple[Proc, int]:
     port = sup.free_port()
-    argv = ["memcached", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "512", "-c", "4096"]
+    argv = ["memcached", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "1024", "-c", "4096"]
     if os.geteuid() == 0:
         argv += ["-u", "nobody"]  # memcached refuses to run as root without -u
     proc = sup.start("memcached", argv)
@@ -237,7 +255,8 @@ def sidecache_policy(
     routes: list[dict[str, object]] | None = None,
 ) -> dict[str, object]:
     """A policy whose default route caches in ``backend``; ``/pass/`` is never cached."""
-    backends: dict[str, object] = {"memory": {"type": "memory", "max_size": "256MiB"}}
+    # 1 GiB: the realistic scenario keeps 10,000 bodies of 64 KB (655 MB) warm.
+    backends: dict[str, object] = {"memory": {"type": "memory", "max_size": "1GiB"}}
     if redis_port is not None:
         backends["redis"] = {"type": "redis", "url": f"redis://127.0.0.1:{redis_port}/0"}
         backends["tiered"] = {"type": "tiered", "l1": "memory", "l2": "redis", "l1_ttl": "5s"}
