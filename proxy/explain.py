@@ -23,6 +23,7 @@ from proxy.freshness import VALIDATION_KEEP, passed_through, request_cache_contr
 from proxy.keys import (
     _cookie,
     derive_key,
+    normalize_host,
     normalize_path,
     normalize_query,
     path_tags,
@@ -251,7 +252,7 @@ def _key_parts(ex: Exchange, cfg: RouteConfig, identity: str) -> dict[str, objec
     spec = cfg.key
     return {
         "method_class": "GET/HEAD",
-        "host": ex.host,
+        "host": normalize_host(ex.host) if spec.host else None,
         "path": ex.path,
         "query": normalize_query(ex.query, spec),
         "query_rule": spec.query if isinstance(spec.query, str | list) else spec.query.model_dump(),
@@ -380,7 +381,9 @@ def render(found: Mapping[str, Any]) -> str:
     if key is not None:
         lines.append(f"store key:  {found['store_key']}  (backend {found['backend']})")
         lines.append(
-            f"key parts:  {key['method_class']}, host {key['host']}, path {key['path']}, "
+            f"key parts:  {key['method_class']}, "
+            + (f"host {key['host']}" if key["host"] is not None else "any host (key.host: false)")
+            + f", path {key['path']}, "
             f"query {key['query']!r} ({_rule(key['query_rule'])})"
         )
         for kind in ("headers", "cookies"):

@@ -247,3 +247,21 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     assert _cli("explain", "--policy", str(path), "/no-host").returncode == 2
     path.write_text("version: 1\norigin: 7\nroutes: nope\n")
     assert _cli("explain", "--policy", str(path), "http://h/").returncode == 2
+
+
+def test_key_host_false_keys_every_host_alike() -> None:
+    policy = POLICY.replace(
+        "    key: {query: {exclude: [utm_source]}}",
+        "    key: {host: false, query: {exclude: [utm_source]}}",
+    )
+    loaded = parse_policy(policy, "p.yaml")
+    one = explain(loaded, "GET", "http://a.example/api/x")
+    two = explain(loaded, "GET", "http://b.example:8080/api/x")
+    assert one.route == two.route == "api"
+    assert one.store_key == two.store_key
+    assert one.key is not None
+    assert one.key["host"] is None
+    keyed = explain(parse_policy(POLICY, "p.yaml"), "GET", "http://A.example:80/api/x")
+    assert keyed.key is not None
+    assert keyed.key["host"] == "a.example"
+    assert keyed.store_key != one.store_key
