@@ -68,6 +68,10 @@ async def test_a_full_memcached_is_counted_logged_and_keeps_serving(
     assert "backend pool is full: set refused" in full[0].getMessage()
     ready = await fetch("GET", proxy.admin_url + "/readyz")
     assert ready.status == 200  # a full cache never takes the pod out of service
+    shown = ready.json()["stores"]["pool"]
+    assert shown["breaker"] == "closed"
+    assert shown["write_refusals"] >= 40
+    assert shown["last_refusal"] == "set"
     # and the report says so, with what to do
     stats = (await fetch("GET", proxy.admin_url + "/stats")).json()
     advice = [a for a in stats["advice"] if a["rule"] == "store-full"]

@@ -1,0 +1,187 @@
+"""Losing Memcached generation counters can only cause misses, never a purged entry HIT.
+
+Two proxy processes share one real memcached. Their entries are warmed, then the
+counters are lost the three ways they are lost in production: deleted by hand, evicted
+by memory pressure, and a memcached restart. Then purges by tag, prefix, URL and route
+answer 200, and every purged URL is read through both proxies: none may be answered
+from cache with the body it had before the purge (the origin numbers each answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from mirakuru import TCPExecutor
+
+from tests.conftest import Origin, ProxyProcess, SpawnProxy, free_port, policy_text
+from tests.stores.conftest import MEMCACHED, memcached_expiries
+
+HOST = "api.internal"  # one Host for both proxies: replicas behind one service name
+PRODUCTS = [f"/api/products/{i}" for i in range(12)]
+DOCS = [f"/docs/{i}" for i in range(6)]
+ALL = PRODUCTS + DOCS
+PURGE = {
+    "tags": ["product:0", "product:1", "product:2"],
+    "prefixes": ["/docs"],
+    "urls": [f"http://{HOST}/api/products/5"],
+}
+PURGED = [*PRODUCTS[:3], PRODUCTS[5], *DOCS]
+
+
+class Memcached:
+    """A memcached of this test's own, restartable on its port."""
+
+    def __init__(self, megabytes: int) -> None:
+        self.port = free_port()
+        command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(self.port)]
+        command += ["-m", str(megabytes)]
+        self.executor = TCPExecutor(command, host="127.0.0.1", port=self.port, timeout=10)
+
+    def expiries(self) -> dict[bytes, int]:
+        return memcached_expiries(self.port)
+
+    def send(self, payload: bytes, replies: int) -> None:
+        """Pipelined commands on a connection of the test's own; waits for every reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            sock.sendall(payload)
+            data = b""
+            while data.count(b"\r\n") < replies:
+                chunk = sock.recv(1 << 20)
+                assert chunk, "memcached hung up"
+                data += chunk
+
+
+@pytest.fixture
+def memcached() -> Iterator[Memcached]:
+    server = Memcached(8)
+    server.executor.start()
+    try:
+        yield server
+    finally:
+        server.executor.stop()
+
+
+def lose_by_delete(server: Memcached) -> None:
+    counters = [key for key in server.expiries() if key.startswith(b"~g:")]
+    assert counters
+    server.send(b"".join(b"delete %s\r\n" % key for key in counters), len(counters))
+
+
+def lose_by_eviction(server: Memcached) -> None:
+    """Flood the counters' slab classes with small items until LRU evicts every counter
+    (the entries, a few hundred bytes each, sit in larger classes and stay)."""
+    for round_ in range(40):
+        batch = []
+        for i in range(20_000):
+            value = b"9" * (10 + i % 60)  # items of 60 to 150 bytes, like the counters
+            batch.append(b"set flood:%d:%d 0 3600 %d\r\n%s\r\n" % (round_, i, len(value), value))
+        server.send(b"".join(batch), len(batch))
+        if not any(key.startswith(b"~g:") for key in server.expiries()):
+            break
+    held = server.expiries()
+    assert not any(key.startswith(b"~g:") for key in held), "counters survived the flood"
+    entries = [key for key in held if not key.startswith((b"~g:", b"flood:"))]
+    assert len(entries) >= len(ALL)  # the entries outlived their counters
+
+
+def lose_by_restart(server: Memcached) -> None:
+    server.executor.stop()
+    server.executor.start()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(headers={"Host": HOST}) as session:
+        yield session
+
+
+async def get(session: aiohttp.ClientSession, url: str) -> tuple[str, bytes]:
+    async with session.get(url) as response:
+        assert response.status == 200
+        return response.headers.get("X-Cache", ""), await response.read()
+
+
+async def purge(session: aiohttp.ClientSession, proxy: ProxyProcess, body: Any) -> None:
+    """POST /purge until it answers 200 (503 while a restarted server is reconnected)."""
+    deadline = time.monotonic() + 10
+    while True:
+        async with session.post(proxy.admin_url + "/purge", json=body) as response:
+            if response.status == 200:
+                return
+            assert response.status == 503, await response.text()
+        assert time.monotonic() < deadline, "the purge never succeeded"
+        await asyncio.sleep(0.2)
+
+
+async def warm(session: aiohttp.ClientSession, a: ProxyProcess, b: ProxyProcess) -> dict:
+    """Every URL stored by A and served by B from the shared store: the bodies cached."""
+    bodies = {}
+    for path in ALL:
+        _, bodies[path] = await get(session, a.url + path)
+    for path in ALL:
+        assert await get(session, b.url + path) == ("HIT", bodies[path])
+    return bodies
+
+
+async def served_purged(
+    session: aiohttp.ClientSession, proxies: list[ProxyProcess], paths: list[str], before: dict
+) -> list[str]:
+    """Every answer from cache that still carries a purged entry's body (B reads first)."""
+    wrong = []
+    for proxy in proxies:
+        for path in paths:
+            cache, body = await get(session, proxy.url + path)
+            if cache in ("HIT", "STALE") and body == before[path]:
+                wrong.append(f"{proxy.port}{path}")
+    return wrong
+
+
+@pytest.mark.parametrize("lose", [lose_by_delete, lose_by_eviction, lose_by_restart])
+async def test_lost_counters_cause_misses_never_a_purged_hit(
+    origin: Origin,
+    spawn_proxy: SpawnProxy,
+    memcached: Memcached,
+    session: aiohttp.ClientSession,
+    lose: Any,
+) -> None:
+    policy = policy_text(
+        origin.url,
+        f"""
+        backends:
+          mc:
+            type: memcached
+            servers: ["127.0.0.1:{memcached.port}"]
+            timeout: 500ms
+            breaker: {{failures: 50, cooldown: 1s}}
+        defaults: {{backend: mc, ttl: 1h}}
+        routes:
+          - name: products
+            match: {{path: "/api/products/{{id}}"}}
+            tags: ["product:{{id}}"]
+          - name: docs
+            match: {{prefix: "/docs"}}
+        """,
+    )
+    a, b = spawn_proxy(policy), spawn_proxy(policy)
+    before = await warm(session, a, b)
+    await asyncio.to_thread(lose, memcached)
+    await purge(session, a, PURGE)
+    assert await served_purged(session, [b, a], PURGED, before) == []
+    # what was not purged may miss once (its counters are gone), then is cached again
+    for path in ALL:
+        await get(session, a.url + path)
+        assert (await get(session, b.url + path))[0] == "HIT"
+
+    # and once more with the counters the proxies have just re-created lost again
+    before = await warm(session, a, b)
+    await asyncio.to_thread(lose, memcached)
+    await purge(session, b, {"routes": ["products"]})
+    assert await served_purged(session, [a, b], PRODUCTS, before) == []
+    held = await asyncio.to_thread(memcached.expiries)
+    assert [key for key, exp in held.items() if exp == -1] == []
