@@ -6,6 +6,7 @@ that cannot be read is ``up 0``."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -400,3 +401,38 @@ async def test_readyz_stats_and_report_name_stores_by_backend(
     assert " of 2MiB, " in text
     assert "backend pool (memcached): " in text
     assert "3m" in next(line for line in text.splitlines() if line.startswith("items "))
+
+
+async def test_a_changed_setting_is_warned_about_once(
+    live_proxy: StartProxy, origin: Origin, small_redis: int, caplog: pytest.LogCaptureFixture
+):
+    proxy = await live_proxy(
+        f"""
+        backends:
+          shared: {{type: redis, url: "redis://127.0.0.1:{small_redis}/0", timeout: 500ms}}
+        defaults: {{backend: shared, ttl: 60s}}
+        """
+    )
+    assert proxy.worker.ops is not None
+    poller = proxy.worker.ops.figures
+
+    def warned() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if getattr(r, "event", None) == "backend_limits" and r.levelno == logging.WARNING
+        ]
+
+    await poller.check_limits()  # what the poller does every minute
+    assert warned() == []  # 2 MiB, allkeys-lru: nothing to say
+    with Redis(port=small_redis) as client:
+        client.config_set("maxmemory-policy", "noeviction")
+    await poller.check_limits()
+    await poller.check_limits()  # unchanged: not repeated (until an hour has passed)
+    (line,) = warned()
+    assert line.startswith("backend shared: maxmemory-policy noeviction on 127.0.0.1:")
+    with Redis(port=small_redis) as client:
+        client.config_set("maxmemory", "0")
+    await poller.check_limits()
+    assert len(warned()) == 2
+    assert warned()[1].startswith("backend shared: no maxmemory on 127.0.0.1:")
