@@ -2,7 +2,7 @@
 rules`` with input series under which each alert fires and series under which it does not.
 
 The spec of a rendered PrometheusRule is the content of a Prometheus rules file, so the
-test writes it out as one and hands it to Debian's promtool (``scripts/bootstrap``
+test writes it out as one and hands it to Debian's promtool (``scripts/test-deps``
 installs the ``prometheus`` package). Each case below is one alert: the series that make
 it fire (with the labels and annotations the alert then carries), series around them that
 must not fire it, and a time before its ``for:`` has elapsed, when nothing fires yet.
