@@ -1,8 +1,12 @@
 # syntax=docker/dockerfile:1
 # sidecache image: wheels are built in the first stage; the final stage installs them
 # offline and carries no compiler, no pip cache and no source tree.
-#   docker build -t sidecache .
-#   docker run --rm -p 8080:8080 sidecache      (the example policy, origin on :8000)
+# Needs BuildKit (RUN --mount below): the default builder since Docker Engine 23.
+#   DOCKER_BUILDKIT=1 docker build -t sidecache .
+# The example policy's origin is 127.0.0.1:8000, which inside a container is the container:
+#   docker run --rm --network host sidecache                       (Linux: the host's :8000)
+#   docker run --rm -p 8080:8080 --add-host host.docker.internal:host-gateway \
+#     -e SIDECACHE_ORIGIN=http://host.docker.internal:8000 sidecache
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build

@@ -1036,6 +1036,12 @@ def test_example_policy_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert search.key.query == "ignore"
     assert cart.cache is False
     assert "products" in loaded.summary()
+    # the settings the README's route table documents, shown in the example
+    assert products.early_refresh is not None
+    assert products.early_refresh.beta == 1.0
+    assert search.early_refresh is None
+    assert [r.max_ttl for r in loaded.routes if r.cache] == [86400.0] * 3
+    assert all(r.key.host for r in loaded.routes)
 
 
 # ---------------------------------------------------------------- fuzz

@@ -206,3 +206,28 @@ def test_pip_wheel_yields_the_package_and_console_script(dockerfile: str, tmp_pa
     assert "proxy/policy.py" in names
     assert not [n for n in names if n.startswith(("tests/", "helm/"))]
     assert re.search(r"^\[console_scripts\]\nsidecache = proxy\.cli:main$", scripts, re.M)
+
+
+def _docker_runs(text: str) -> list[str]:
+    """Every ``docker run`` command in a text, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*#?\s*", " ", text)
+    return [m.group(0) for m in re.finditer(r"docker run [^\n]*", joined)]
+
+
+@pytest.mark.parametrize("where", ["Dockerfile", "README.md"])
+def test_docs_say_buildkit_and_run_an_origin_the_container_can_reach(where: str) -> None:
+    text = (REPO / where).read_text(encoding="utf-8")
+    # RUN --mount needs BuildKit: the docs say so, and build with it
+    assert "RUN --mount" in DOCKERFILE.read_text(encoding="utf-8")
+    assert "BuildKit" in text
+    assert "DOCKER_BUILDKIT=1 docker build" in text
+    runs = _docker_runs(text)
+    assert runs, f"{where} shows no docker run"
+    for run in runs:
+        # the example policy's origin is 127.0.0.1:8000: inside a bridged container that is
+        # the container itself, so a run must share the host's network or name the host
+        reaches_host = "--network host" in run or (
+            "--add-host host.docker.internal:host-gateway" in run
+            and "SIDECACHE_ORIGIN=http://host.docker.internal:" in run
+        )
+        assert reaches_host, run
