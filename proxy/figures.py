@@ -45,6 +45,14 @@ REWARN_EVERY: Final = 3600.0  # an unchanged bad setting is warned about again t
 STALE_AFTER: Final = 4 * FIGURES_EVERY  # an older reading is shown as the backend down
 READ_TIMEOUT: Final = 2.0  # seconds for one server's figures, connection included
 SHARE_FILE: Final = "backend-figures.json"
+# what a failed read raises (redis-py's cluster errors are not all RedisErrors)
+READ_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    ValueError,
+    rexc.RedisError,
+    rexc.RedisClusterException,
+)
 EVICTING: Final = "volatile-lru or allkeys-lru"  # what to set instead of noeviction
 
 
@@ -176,7 +184,9 @@ async def read_limits(config: RedisBackend) -> tuple[list[Limits], bool]:
     infos = await _redis_infos(config)
     try:
         configs = await _config_get(config)
-    except rexc.ResponseError:
+    except rexc.ResponseError as exc:
+        if isinstance(exc, rexc.ClusterError):
+            raise
         configs = None  # CONFIG renamed or forbidden (managed services)
     limits = []
     for node, info in infos.items():
@@ -297,7 +307,7 @@ async def read_backend(name: str, config: Backend) -> Figures | None:
         if isinstance(config, RedisBackend):
             return await read_redis(name, config)
         return await read_memcached(name, config)
-    except (OSError, TimeoutError, ValueError, rexc.RedisError) as exc:
+    except READ_ERRORS as exc:
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return Figures(name, config.type, up=False, read_at=time.time(), error=why)
 
@@ -360,7 +370,7 @@ class FiguresPoller:
                 continue
             try:
                 limits, fell_back = await read_limits(config)
-            except (OSError, TimeoutError, ValueError, rexc.RedisError):
+            except READ_ERRORS:
                 continue  # unreachable: its figures say so (up 0); checked next time
             if fell_back and name not in self._fallback_said:
                 self._fallback_said.add(name)

@@ -238,6 +238,22 @@ async def test_a_backend_that_cannot_be_read_is_down(
     assert "sidecache_backend_items{" not in text  # no figures rather than old ones
 
 
+async def test_an_unreachable_cluster_is_down(live_proxy: StartProxy, origin: Origin):
+    nowhere = free_port()
+    proxy = await live_proxy(
+        f"""
+        backends:
+          cluster: {{type: redis, cluster: true, nodes: ["127.0.0.1:{nowhere}"]}}
+        defaults: {{backend: cluster, ttl: 60s}}
+        """
+    )
+    down = (await figures_now(proxy))["cluster"]
+    assert not down.up
+    assert metric(await metrics_text(proxy), "sidecache_backend_up", backend="cluster") == 0
+    assert proxy.worker.ops is not None
+    await proxy.worker.ops.figures.check_limits()  # unreadable: no warning, no exception
+
+
 async def test_one_figure_per_backend_with_two_workers(
     origin: Origin, spawn_proxy: SpawnProxy, small_redis: int
 ):
