@@ -359,7 +359,8 @@ class FiguresPoller:
         backends = self._backends()
         found = await asyncio.gather(*(read_backend(n, c) for n, c in backends.items()))
         self.readings = {f.backend: f for f in found if f is not None}
-        self._share()
+        if self._share_path() is not None:
+            await asyncio.to_thread(self._share)  # a file write: off the event loop
         return self.readings
 
     async def check_limits(self) -> None:

@@ -209,7 +209,7 @@ def plan(engine: Engine, request: PurgeRequest) -> dict[str, Target]:
         add([known.backend] if known else everywhere, tags=[route_tag(name)])
     for prefix in request.prefixes:
         if prefix.strip("/"):
-            holders = (r.backend for r in routes if _may_hold(r, prefix))
+            holders = (r.backend for r in routes if may_hold(r, prefix))
             add(holders, tags=[path_tags(prefix)[-1]])
         else:
             for route in routes:
@@ -224,12 +224,12 @@ def plan(engine: Engine, request: PurgeRequest) -> dict[str, Target]:
                 key = derive_key(spec.name, host, parts.path, parts.query, spec.key, {})
                 add([spec.backend], keys=[key])
         else:
-            holders = (r.backend for r in routes if _may_hold(r, parts.path))
+            holders = (r.backend for r in routes if may_hold(r, parts.path))
             add(holders, tags=[path_tags(parts.path)[-1]])
     return out
 
 
-def _may_hold(route: RouteConfig, prefix: str) -> bool:
+def may_hold(route: RouteConfig, prefix: str) -> bool:
     """Whether ``route`` can match a path at or under ``prefix`` (when unsure: yes)."""
     under = prefix.rstrip("/")
     if not under:

@@ -5,6 +5,8 @@ only when a store that cannot count was touched by this purge."""
 
 from __future__ import annotations
 
+from proxy.invalidation import may_hold
+from proxy.policy import Match, RouteConfig
 from tests.conftest import Origin
 from tests.ops.conftest import LiveProxy, RedisServer, StartProxy, fetch
 from tests.ops.test_purge import POLICY, warm
@@ -153,3 +155,28 @@ async def test_queued_only_when_a_store_that_cannot_count_was_touched(
     tags = (await proxy.purge({"tags": ["anything"]})).json()
     assert tags["queued"] is True  # a tag may be on any route's entries
     assert tags["stores"] == {"local": 0, "pool": -1}
+
+
+MAY_HOLD = [
+    # (match, prefix, may hold a path at or under the prefix)
+    ({"prefix": "/api/lists"}, "/api", True),
+    ({"prefix": "/api/lists"}, "/api/lists", True),
+    ({"prefix": "/api/lists"}, "/api/lists/a", True),
+    ({"prefix": "/api/lists"}, "/api/listsx", False),
+    ({"prefix": "/api/lists"}, "/other", False),
+    ({"path": "/api/products/{id}"}, "/api/products", True),
+    ({"path": "/api/products/{id}"}, "/api/products/7", True),
+    ({"path": "/api/products/{id}"}, "/api", True),
+    ({"path": "/api/products/{id}"}, "/api/lists", False),
+    ({"path": "/about"}, "/about", True),
+    ({"path": "/about"}, "/", True),
+    ({"path": "/about"}, "/abo", False),
+    ({"regex": "^/x"}, "/anything", True),  # a regex: cannot tell
+    ({}, "/anything", True),  # no match: the defaults
+]
+
+
+def test_a_purge_concerns_only_routes_that_can_match_under_it():
+    for match, prefix, expected in MAY_HOLD:
+        route = RouteConfig(name="r", match=Match(**match), backend="b")
+        assert may_hold(route, prefix) is expected, (match, prefix)
