@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import helm_python as helm
 import jsonschema
 import pytest
 import yaml
 
+from .chart import CHART, NAMESPACE, RELEASE
 from .manifests import validate
 
 PROMTOOL: Final = shutil.which("promtool") or "/usr/bin/promtool"
@@ -396,3 +398,18 @@ def test_rendered_alongside_the_sidecar_of_a_parent_chart(render) -> None:
     """With deployment.enabled false (the chart as a dependency) the alerts still render."""
     rendered = render({"deployment": {"enabled": False}, "prometheusRule": {"enabled": True}})
     assert [d["kind"] for d in rendered.docs] == ["ConfigMap", "PrometheusRule"]
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"hitRatio": 75}, "/prometheusRule/hitRatio"),
+        ({"for": {"lowHitRatio": "1 hour"}}, "/prometheusRule/for/lowHitRatio"),
+        ({"for": {"lowHitRatios": "1h"}}, "'lowHitRatios' not allowed"),
+        ({"selector": '{namespace="web"}'}, "/prometheusRule/selector"),
+        ({"severity": {"evictions": ""}}, "/prometheusRule/severity/evictions"),
+    ],
+)
+def test_schema_rejects(values: dict[str, Any], where: str) -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError, match=where):
+        chart.render({"prometheusRule": values}, name=RELEASE, namespace=NAMESPACE)
