@@ -1,4 +1,4 @@
-"""Cache keys: what identifies a stored response, digested into ``sc:{route}:<hex>``.
+"""Cache keys: what identifies a stored response, digested into ``sc:<route>:<hex>``.
 
 The key covers the method class (GET and HEAD share), the host (normalized; left out
 with ``key.host: false``), the path, the normalized query (sorted; filtered as the
@@ -137,8 +137,9 @@ def derive_key(
     if identity:
         digest.update(b"\0i")
         digest.update(identity.encode("utf-8", "surrogateescape"))
-    # {route} is a Redis Cluster hash tag: a route's entries, tag sets and leases share a slot
-    return f"{PREFIX}:{{{route}}}:{digest.hexdigest()}"
+    # no hash tag: the Redis store puts each entry in a bucket of its own key's (so one
+    # route spreads over a cluster); proxy/stores/redis_layout.py describes the layout
+    return f"{PREFIX}:{route}:{digest.hexdigest()}"
 
 
 def normalize_header(name: str, value: str | None) -> str:

@@ -273,8 +273,8 @@ def test_queries_and_keys_never_raise(query: str, spec: KeySpec) -> None:
     normal = normalize_query(query, spec)
     assert normalize_query(normal, spec) == normal
     key = derive_key("r", "h", "/p", query, spec, {"cookie": query})
-    assert key.startswith("sc:{r}:")
-    assert len(key) == len("sc:{r}:") + 32
+    assert key.startswith("sc:r:")
+    assert len(key) == len("sc:r:") + 32
 
 
 # ---------------------------------------------------------------- stored envelopes

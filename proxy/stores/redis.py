@@ -1,33 +1,26 @@
 """``RedisStore``: the shared Redis (or Redis Cluster) backend, over one pooled client.
 
-It owns the key layout in Redis, one round trip per operation where it can, and the
-translation of every redis-py exception into ``StoreError`` (``store_error``, kept beside
-the read pump, which needs it too). Deadlines and the breaker are ``GuardedStore``'s: no
-per-command ``socket_timeout`` here (it costs a task per call). ``get``, the hit path,
-skips the pool: it hands the entry's stored key to a ``ReadPump`` (``redis_pump.py``),
-which sends the reads of many requests as one command on connections of its own. Every
-other operation is here, on the client's pool.
+It owns the translation of every redis-py exception into ``StoreError`` (``store_error``,
+kept beside the read pump, which needs it too), and one round trip per operation where it
+can. Deadlines and the breaker are ``GuardedStore``'s: no per-command ``socket_timeout``
+here (it costs a task per call). ``get``, the hit path, skips the pool: it hands the
+entry's stored key to a ``ReadPump`` (``redis_pump.py``), which sends the reads of many
+requests as one script call on connections of its own. Every other operation is here, on
+the client's pool.
 
-Key layout (``P`` = ``key_prefix``, which must not contain braces). Every key belongs to a
-*group*: the key's Redis hash tag (the engine's ``sc:{route}:<digest>`` → ``route``), or,
-for a key without one, a short digest of the key. All of a group's keys share one slot::
-
-    P<key>                entry (a key without a hash tag: P{<digest>}<key>)
-    P~t:{<group>}:<tag>   SET of the group's entry keys carrying <tag>  (expires)
-    P~td:<tag>            SET of the groups that have a ~t set for <tag> (expires)
-    P~l:{<group>}:<key>   lease: SET NX PX <random token>
-
-``set`` writes the entry and its tag sets in one Lua call (one slot) and the tag
-directories in the same pipeline; ``purge_tags`` reads the directories, then deletes
-each group's members atomically with one Lua call per group. No SCAN, no blob index.
+The key layout, the envelope and the Lua scripts are in ``redis_layout.py``: entries are
+validated on read against their tags' generations (a purge deletes generations, so losing
+index data only ever causes misses), every key has a TTL, and in a cluster an entry's
+slot comes from its own key, spread over 64 buckets. ``purge_tags`` cannot count the
+entries it invalidated: it answers ``-1``, as Memcached's does.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 from redis import exceptions as rexc
@@ -38,43 +31,12 @@ from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
+from proxy.stores import redis_layout as layout
 from proxy.stores.base import StoreHealth, StoreStats
-from proxy.stores.redis_pump import ReadPump, store_error
+from proxy.stores.redis_pump import ReadPump, read_script, store_error
 
 T = TypeVar("T")
 _STORED_KEYS: Final = 4096  # encoded stored keys get remembers (then starts over)
-
-# KEYS[1] = entry, KEYS[2..] = its group's tag sets; ARGV = value, ttl ms, member
-_SET_TAGGED: Final = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local ms = tonumber(ARGV[2])
-for i = 2, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[3])
-  if redis.call('PTTL', KEYS[i]) < ms then redis.call('PEXPIRE', KEYS[i], ms) end
-end
-return 1
-"""
-# KEYS[1] = a tag directory; ARGV = ttl ms, group
-_ADD_GROUP: Final = """
-redis.call('SADD', KEYS[1], ARGV[2])
-local ms = tonumber(ARGV[1])
-if redis.call('PTTL', KEYS[1]) < ms then redis.call('PEXPIRE', KEYS[1], ms) end
-return 1
-"""
-# KEYS[1] = one group's tag set; its members live in the same slot
-_PURGE_SET: Final = """
-local members = redis.call('SMEMBERS', KEYS[1])
-local removed = 0
-for i = 1, #members, 512 do
-  removed = removed + redis.call('DEL', unpack(members, i, math.min(i + 511, #members)))
-end
-redis.call('DEL', KEYS[1])
-return removed
-"""
-_UNLOCK: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def hash_tag(key: str) -> str | None:
@@ -117,7 +79,7 @@ class RedisStore:
             "health_check_interval": 0,
         }
         self._client: Redis | RedisCluster
-        pool: BlockingConnectionPool | None = None
+        self._pool: BlockingConnectionPool | None = None  # single node only
         if self.cluster:
             common["max_connections"] = pool_size
             if nodes:
@@ -129,42 +91,39 @@ class RedisStore:
             # Maintenance notifications (a RESP3 feature of managed Redis) left on "auto"
             # also switch off the pool's check for a connection the server closed while
             # idle, so every pooled connection failed once after a Redis restart.
-            pool = BlockingConnectionPool.from_url(
+            self._pool = BlockingConnectionPool.from_url(
                 url,
                 max_connections=pool_size,
                 timeout=None,
                 maint_notifications_config=MaintNotificationsConfig(enabled=False),
                 **common,
             )
-            self._client = Redis.from_pool(pool)  # owns the pool: aclose() closes it
+            self._client = Redis.from_pool(self._pool)  # owns the pool: aclose() closes it
         self._closed = False
-        self._reads = ReadPump(name, self._client, pool)
+        self._reads = ReadPump(name, self._client, self._pool, key_prefix)
         self._stored: dict[str, bytes] = {}  # key -> its encoded stored key, for get
 
     # ------------------------------------------------------------ key layout
 
-    def _entry(self, key: str) -> tuple[str, str]:
-        """The stored key of an entry and its group."""
-        group = hash_tag(key)
-        if group is not None:
-            return self._prefix + key, group
-        group = hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
-        return f"{self._prefix}{{{group}}}{key}", group
+    def _entry(self, key: str) -> str:
+        """The stored key of an entry (see ``redis_layout``)."""
+        if self.cluster:
+            return f"{self._prefix}{layout.bucket_of(key)}{key}"
+        return self._prefix + key
 
-    def _tag_set(self, group: str, tag: str) -> str:
-        return f"{self._prefix}~t:{{{group}}}:{tag}"
-
-    def _tag_dir(self, tag: str) -> str:
-        return f"{self._prefix}~td:{tag}"
+    def _generation(self, bucket: str, digest: str) -> str:
+        return f"{self._prefix}{bucket}~g:{digest}"
 
     def _lock_key(self, key: str) -> str:
-        _, group = self._entry(key)
-        return f"{self._prefix}~l:{{{group}}}:{key}"
+        bucket = layout.bucket_of(key) if self.cluster else ""
+        return f"{self._prefix}{bucket}~l:{key}"
 
     # ------------------------------------------------------------ error mapping
 
     async def _run(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
+            if isinstance(self._client, RedisCluster):
+                _ = await self._client.initialize()  # see redis_pump._read_cluster
             return await fn()
         except (rexc.RedisError, OSError) as exc:
             raise store_error(self.name, op, exc) from exc
@@ -176,74 +135,104 @@ class RedisStore:
         if stored is None:
             if len(self._stored) >= _STORED_KEYS:
                 self._stored.clear()
-            stored = self._stored[key] = self._entry(key)[0].encode()
+            stored = self._stored[key] = self._entry(key).encode()
         return await self._reads.read(stored)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        stored = [self._entry(key)[0] for key in keys]
+        stored = [self._entry(key) for key in keys]
         client = self._client
         if isinstance(client, RedisCluster):
             cluster = client
-            values = await self._run("get_many", lambda: cluster.mget_nonatomic(stored))
-        else:
-            single = client
-            values = await self._run("get_many", lambda: single.mget(stored))
+            groups: dict[str, list[str]] = {}
+            for one in dict.fromkeys(stored):
+                groups.setdefault(one[: one.index("}") + 1], []).append(one)
+            found: dict[str, bytes | None] = {}
+
+            async def read(group: list[str]) -> None:
+                values = await read_script(cluster, group, "")
+                found.update(zip(group, values, strict=True))
+
+            await self._run("get_many", lambda: _gather(read(g) for g in groups.values()))
+            return [found[one] for one in stored]
+        single = client
+        base = f"{self._prefix}~g:"
+        values = await self._run("get_many", lambda: read_script(single, stored, base))
         return list(values)
 
     async def set(self, key: str, value: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
         if ttl <= 0:
             return
         ms = max(1, math.ceil(ttl * 1000))
-        stored, group = self._entry(key)
-        if not tags:
-            await self._run("set", lambda: self._client.set(stored, value, px=ms))
-            return
+        stored = self._entry(key)
         unique = list(dict.fromkeys(tags))
-        keys = [stored, *(self._tag_set(group, tag) for tag in unique)]
+        if len(unique) > layout.MAX_TAGS:
+            return  # an entry that could not name all its tags could not be purged by all
+        digests = [layout.tag_digest(tag) for tag in unique]
+        fresh = secrets.token_hex(len(unique) * layout.GEN // 2)
+        if self._pool is None:  # a cluster: entry and generations in one script call
+            bucket = stored[len(self._prefix) : stored.index("}") + 1]
+            keys = [stored, *(self._generation(bucket, digest) for digest in digests)]
+            args = (value, ms, "".join(digests), fresh)
+            await self._run("set", lambda: _script(self._client, layout.WRITE, keys, args))
+            return
+        head = bytes((layout.MAGIC, len(unique)))
+        if unique:
+            keys = [self._generation("", digest) for digest in digests]
+            gens: bytes = await self._run(
+                "set", lambda: _script(self._client, layout.GENERATIONS, keys, (ms, fresh))
+            )
+            pairs = zip(digests, _chunks(gens, layout.GEN), strict=True)
+            head += b"".join(digest.encode() + gen for digest, gen in pairs)
+        await self._run("set", lambda: self._set_raw(stored.encode(), head, value, ms))
 
-        async def write() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            _queue(pipe, "EVAL", _SET_TAGGED, len(keys), *keys, value, ms, stored)
-            for tag in unique:
-                _queue(pipe, "EVAL", _ADD_GROUP, 1, self._tag_dir(tag), ms, group)
-            await pipe.execute()
-
-        await self._run("set", write)
+    async def _set_raw(self, stored: bytes, head: bytes, value: bytes, ms: int) -> None:
+        """``SET stored head+value PX ms`` with ``head`` and ``value`` sent as they are,
+        one after the other (joining them here would copy a big body on the event loop)."""
+        assert self._pool is not None
+        pool = self._pool
+        size, expiry = b"%d" % (len(head) + len(value)), b"%d" % ms
+        chunks = [
+            b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%s\r\n" % (len(stored), stored, size),
+            head,
+            value,
+            b"\r\n$2\r\nPX\r\n$%d\r\n%s\r\n" % (len(expiry), expiry),
+        ]
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(chunks, check_health=False)
+            await conn.read_response()
+        except rexc.ResponseError:
+            raise  # read whole: the connection is in step
+        except BaseException:
+            await conn.disconnect(nowait=True)  # maybe mid-command: never reuse it
+            raise
+        finally:
+            await pool.release(conn)
 
     async def delete(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        stored = [self._entry(key)[0] for key in keys]
+        stored = [self._entry(key) for key in keys]
         removed: int = await self._run("delete", lambda: self._client.delete(*stored))
         return removed
 
     async def purge_tags(self, tags: Sequence[str]) -> int:
-        unique = list(dict.fromkeys(tags))
-        if not unique:
+        """Delete the tags' generations (in every bucket): their entries read as misses."""
+        digests = [layout.tag_digest(tag) for tag in dict.fromkeys(tags)]
+        if not digests:
             return 0
+        buckets = [f"{{{tag}}}" for tag in layout.BUCKET_TAGS] if self.cluster else [""]
 
-        async def purge() -> int:
+        async def purge() -> None:
             pipe = self._client.pipeline(transaction=False)
-            for tag in unique:
-                _queue(pipe, "SMEMBERS", self._tag_dir(tag))
-            groups: list[set[bytes]] = await pipe.execute()
-            sets = [
-                self._tag_set(group.decode(), tag)
-                for tag, members in zip(unique, groups, strict=True)
-                for group in members
-            ]
-            if not sets:
-                return 0
-            # the directories are left to expire: removing a group here could race a
-            # concurrent set that just re-created that group's tag set
-            pipe = self._client.pipeline(transaction=False)
-            for tag_set in sets:
-                _queue(pipe, "EVAL", _PURGE_SET, 1, tag_set)
-            return sum(int(n) for n in await pipe.execute())
+            for bucket in buckets:  # one DEL per bucket: its keys share a slot
+                _queue(pipe, "DEL", *(self._generation(bucket, d) for d in digests))
+            await pipe.execute()
 
-        return await self._run("purge_tags", purge)
+        await self._run("purge_tags", purge)
+        return -1  # entries are invalidated where they lie: nothing here counts them
 
     async def lock(self, key: str, ttl: float) -> str | None:
         token = secrets.token_hex(16)
@@ -254,8 +243,10 @@ class RedisStore:
 
     async def unlock(self, key: str, token: str) -> bool:
         lock_key = self._lock_key(key)
-        # eval's stub is looser than its result; the script answers 0 or 1
-        result = await self._run("unlock", lambda: _eval(self._client, _UNLOCK, lock_key, token))
+        # the script answers 0 or 1
+        result = await self._run(
+            "unlock", lambda: _script(self._client, layout.UNLOCK, [lock_key], (token,))
+        )
         return bool(result)
 
     async def ping(self) -> bool:
@@ -299,8 +290,20 @@ def _queue(pipe: Pipeline | ClusterPipeline, *command: bytes | str | int) -> Non
     _ = pipe.execute_command(*command)
 
 
-async def _eval(client: Redis | RedisCluster, script: str, key: str, *args: str | int) -> Any:
-    return await client.eval(script, 1, key, *args)
+async def _script(
+    client: Redis | RedisCluster, script: str, keys: list[str], args: Sequence[str | int | bytes]
+) -> Any:
+    """``script`` sent whole: one round trip even after a restart (by SHA1 it would take
+    two then); Redis keeps its compiled form. Only the hit path's ``READ`` goes by SHA1."""
+    return await client.eval(script, len(keys), *keys, *args)
+
+
+async def _gather(jobs: Iterable[Awaitable[None]]) -> None:
+    await asyncio.gather(*jobs)
+
+
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
 
 
 def _host_port(node: str) -> tuple[str, int]:

@@ -3,8 +3,10 @@
 It owns the batching of many requests' reads into one GET or MGET per round trip, and
 the read connections that carry them (single node: a few of its own, beside the client's
 pool; a cluster: the cluster client); and ``store_error``, the one mapping of redis-py
-exceptions to ``StoreError`` (``RedisStore`` uses it too). It only reads entries: writes,
-purges, leases and pub/sub stay with ``RedisStore``, on the pool.
+exceptions to ``StoreError`` (``RedisStore`` uses it too). A read is the ``READ`` script
+of ``redis_layout.py`` (the entries and their tags' generations, checked in Redis): it
+answers payloads, or ``None`` for a miss, a purged entry or a key not ours. It only
+reads entries: writes, purges, leases and pub/sub stay with ``RedisStore``, on the pool.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
-from proxy.errors import StoreError, StoreTimeout, StoreUnavailable
+from proxy.errors import StoreError, StoreFull, StoreTimeout, StoreUnavailable
+from proxy.stores import redis_layout as layout
 
 _LANES: Final = 4  # read connections at most (see ReadPump)
 _SPILL: Final = 0.005  # seconds reads wait for a command still out before another lane
@@ -38,11 +41,12 @@ class _Lane:
 class ReadPump:
     """``get`` for every request: the reads queued while one is out leave as ONE command.
 
-    A pump task takes the queue, sends one GET or MGET of its distinct keys, hands every
+    A pump task takes the queue, sends one ``READ`` call for its distinct keys, hands every
     waiter its value, then takes what queued meanwhile: under load a command carries all
     the reads of a round trip, at low load each read goes at once. Single node: on a
     connection of the pump's own, with the connection's ``send_packed_command`` and
-    ``read_response`` (no pool, no command wrappers); cluster: ``mget_nonatomic``.
+    ``read_response`` (no pool, no command wrappers); cluster: one call per bucket (a
+    script's keys share a slot), concurrently.
 
     One lane (pump and connection) does the work; when reads have waited ``_SPILL``
     for a command still out (a big value, a slow Redis), the next command goes on
@@ -54,9 +58,14 @@ class ReadPump:
     """
 
     def __init__(
-        self, name: str, client: Redis | RedisCluster, pool: BlockingConnectionPool | None
+        self,
+        name: str,
+        client: Redis | RedisCluster,
+        pool: BlockingConnectionPool | None,
+        prefix: str = "",
     ) -> None:
         self._name = name
+        self._base = f"{prefix}~g:".encode()  # single node: where generations are
         self._client = client
         self._pool = pool
         self._lanes = [_Lane()]
@@ -140,19 +149,16 @@ class ReadPump:
         unique = list(dict.fromkeys(keys)) if len(keys) > 1 else keys
         values: list[Any]
         if conn is None:
-            client = cast("RedisCluster", self._client)
-            if len(unique) == 1:
-                values = [await client.get(unique[0])]
-            else:
-                values = await client.mget_nonatomic(unique)
+            values = await _read_cluster(cast("RedisCluster", self._client), unique)
         else:
             if not conn.is_connected:
                 await conn.connect()  # type: ignore[no-untyped-call]
-            # a single key is read with GET, so a wrong type is an error, not a miss
-            name = b"GET" if len(unique) == 1 else b"MGET"
-            await conn.send_packed_command(_command(name, unique), check_health=False)
-            reply = await conn.read_response(disable_decoding=True)
-            values = [reply] if len(unique) == 1 else reply
+            await conn.send_packed_command(_read(unique, self._base), check_health=False)
+            try:
+                values = await conn.read_response(disable_decoding=True)
+            except rexc.NoScriptError:  # a restarted Redis: load it with this call
+                await conn.send_packed_command(_read(unique, self._base, eval_=True))
+                values = await conn.read_response(disable_decoding=True)
         if len(unique) == len(keys):
             return values
         found = dict(zip(unique, values, strict=True))
@@ -175,11 +181,45 @@ class ReadPump:
                 await lane.conn.disconnect()
 
 
-def _command(name: bytes, keys: Sequence[bytes]) -> bytes:
-    """``name key...`` in RESP, packed in one pass (redis-py's packer costs more per key)."""
-    parts = [b"*%d\r\n$%d\r\n%s\r\n" % (len(keys) + 1, len(name), name)]
+def _read(keys: Sequence[bytes], base: bytes, *, eval_: bool = False) -> bytes:
+    """``EVALSHA <READ> n key... base`` in RESP, packed in one pass (redis-py's packer
+    costs more per key); ``EVAL`` with the script's text when Redis lost it."""
+    name, script = (b"EVAL", layout.READ.encode()) if eval_ else (b"EVALSHA", _READ_SHA)
+    count = b"%d" % len(keys)
+    parts = [b"*%d\r\n$%d\r\n%s\r\n" % (len(keys) + 4, len(name), name)]
+    parts += [b"$%d\r\n%s\r\n" % (len(script), script)]
+    parts += [b"$%d\r\n%s\r\n" % (len(count), count)]
     parts += [b"$%d\r\n%s\r\n" % (len(key), key) for key in keys]
+    parts += [b"$%d\r\n%s\r\n" % (len(base), base)]
     return b"".join(parts)
+
+
+_READ_SHA: Final = layout.READ_SHA.encode()
+
+
+async def read_script(client: Redis | RedisCluster, keys: Sequence[str | bytes], base: str) -> Any:
+    """The ``READ`` script's raw answer for ``keys`` (in one slot, in a cluster)."""
+    try:
+        return await client.evalsha(layout.READ_SHA, len(keys), *keys, base)
+    except rexc.NoScriptError:
+        return await client.eval(layout.READ, len(keys), *keys, base)
+
+
+async def _read_cluster(client: RedisCluster, keys: Sequence[bytes]) -> list[Any]:
+    """``READ`` for keys of many buckets: one call per bucket, all at once."""
+    # learn the slot map first: calls racing a cold client's first use failed ("Connection
+    # closed by server"); once initialized this is a flag test
+    _ = await client.initialize()
+    groups: dict[bytes, list[bytes]] = {}
+    for key in keys:
+        groups.setdefault(key[: key.index(b"}") + 1], []).append(key)
+    if len(groups) == 1:
+        return list(await read_script(client, keys, ""))
+    answers = await asyncio.gather(*(read_script(client, g, "") for g in groups.values()))
+    found: dict[bytes, Any] = {}
+    for group, values in zip(groups.values(), answers, strict=True):
+        found.update(zip(group, values, strict=True))
+    return [found[key] for key in keys]
 
 
 async def _drop_if_closed(conn: AbstractConnection) -> None:
@@ -201,6 +241,21 @@ def store_error(name: str, op: str, exc: BaseException) -> StoreError:
     """``exc``, raised by redis-py or the socket under it, as the ``StoreError`` it means."""
     if isinstance(exc, rexc.TimeoutError):
         return StoreTimeout(name, f"{op}: {exc}")
+    if isinstance(exc, rexc.OutOfMemoryError):  # redis-py took the "OOM" off
+        return StoreFull(name, f"{op}: OOM {exc}")
+    if isinstance(exc, rexc.ResponseError) and _refused(str(exc)):
+        return StoreFull(name, f"{op}: {exc}")
     if isinstance(exc, rexc.ConnectionError | rexc.ClusterError | OSError):
         return StoreUnavailable(name, f"{op}: {exc}")
     return StoreError(name, f"{op}: {type(exc).__name__}: {exc}")
+
+
+# write refusals of a reachable Redis, beside OOM (maxmemory with noeviction, or nothing
+# left to evict): a failed RDB save (MISCONF), too few replicas (NOREPLICAS); also as a
+# script reports them ("... OOM command not allowed ..."). READONLY (a demoted master in
+# a failover) stays an unavailable store.
+_REFUSALS: Final = ("OOM command not allowed", "MISCONF ", "NOREPLICAS ")
+
+
+def _refused(message: str) -> bool:
+    return any(refusal in message for refusal in _REFUSALS)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
@@ -73,6 +74,26 @@ def own_redis(tmp_path: Path) -> Iterator[TCPExecutor]:
         executor.stop()
 
 
+MakeRedis = Callable[..., TCPExecutor]
+
+
+@pytest.fixture
+def make_redis(tmp_path: Path) -> Iterator[MakeRedis]:
+    """Start a Redis of this test's own with extra arguments (``--maxmemory``, …); each
+    is stopped after the test. ``executor.port`` is its port."""
+    executors: list[TCPExecutor] = []
+
+    def make(*extra: str) -> TCPExecutor:
+        executor = redis_executor(free_port(), tmp_path / f"redis{len(executors)}", *extra)
+        executor.start()
+        executors.append(executor)
+        return executor
+
+    yield make
+    for executor in executors:
+        executor.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A TLS-only redis-server with a fresh self-signed certificate; a ``rediss://`` URL."""
@@ -129,6 +150,68 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str
     finally:
         for executor in executors:
             executor.stop()
+
+
+@dataclass
+class ReplicatedCluster:
+    """A 3-master Redis Cluster with one replica per master, this test's own."""
+
+    executors: dict[str, TCPExecutor]  # "host:port" -> its process
+    replica_of: dict[str, str]  # master "host:port" -> its replica's
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.executors)
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[ReplicatedCluster]:
+    """3 masters + 3 replicas (``--cluster-replicas 1``) on free ports, for failover tests;
+    every process is stopped after the test."""
+    used: set[int] = set()
+    cluster = ReplicatedCluster({}, {})
+    try:
+        for i in range(6):
+            port = free_port(exclude=used)
+            used.add(port)
+            bus = free_port(exclude=used)
+            used.add(bus)
+            extra = ("--cluster-enabled", "yes", "--cluster-port", str(bus))
+            extra += ("--cluster-config-file", f"nodes-{i}.conf", "--cluster-node-timeout", "1000")
+            executor = redis_executor(port, tmp_path / f"node{i}", *extra)
+            executor.start()
+            cluster.executors[f"127.0.0.1:{port}"] = executor
+        create = [REDIS_CLI, "--cluster", "create", *cluster.nodes, "--cluster-replicas", "1"]
+        subprocess.run(
+            [*create, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        _wait_cluster_ok(cluster.nodes)
+        _wait_replicas(cluster)
+        yield cluster
+    finally:
+        for executor in cluster.executors.values():
+            executor.stop()
+
+
+def _wait_replicas(cluster: ReplicatedCluster) -> None:
+    """Until every replica's link to its master is up; fills ``replica_of``."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        cluster.replica_of.clear()
+        for node in cluster.nodes:
+            host, port = node.split(":")
+            with Redis(host=host, port=int(port)) as client:
+                info = client.info("replication")
+            if info.get("role") == "slave" and info.get("master_link_status") == "up":
+                master = f"{info['master_host']}:{info['master_port']}"
+                cluster.replica_of[master] = node
+        if len(cluster.replica_of) == 3:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the cluster's replicas never all linked to their masters")
 
 
 def _wait_cluster_ok(nodes: list[str]) -> None:

@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
 
-from proxy.errors import StoreError, StoreUnavailable
+from proxy.errors import StoreError, StoreFull, StoreUnavailable
 from proxy.stores.base import Store
 from proxy.stores.redis import RedisStore, hash_tag
+from proxy.stores.redis_layout import describe, tag_digest
+from tests.stores.conftest import MakeRedis
 
 BINARY = bytes(range(256)) * 64 + b"\x00\r\n\xff" + os.urandom(4096)
 
@@ -57,9 +60,10 @@ async def test_ttl_is_set_on_the_server_in_the_same_write(store: RedisStore, raw
     await store.set("sc:{r}:ttl2", b"v", 3)
     assert 12_000 < await raw.pttl("t1:sc:{r}:ttl") <= 12_500
     assert 2_000 < await raw.pttl("t1:sc:{r}:ttl2") <= 3_000
-    # tag set and tag directory expire too, no sooner than their longest member
-    assert 12_000 < await raw.pttl("t1:~t:{r}:t") <= 12_500
-    assert 12_000 < await raw.pttl("t1:~td:t") <= 12_500
+    # the tag's generation expires too, no sooner than the longest entry it guards
+    assert 12_000 < await raw.pttl(f"t1:~g:{tag_digest('t')}") <= 12_500
+    await store.set("sc:{r}:ttl3", b"v", 5, tags=["t"])
+    assert 11_000 < await raw.pttl(f"t1:~g:{tag_digest('t')}") <= 12_500
 
 
 async def test_entries_expire_on_the_server(store: RedisStore) -> None:
@@ -71,14 +75,18 @@ async def test_entries_expire_on_the_server(store: RedisStore) -> None:
     assert await store.get("sc:{r}:short") is None
 
 
-async def test_key_prefix_and_keys_without_hash_tag(store: RedisStore, raw: Redis) -> None:
+async def test_key_prefix_and_layout_on_one_node(store: RedisStore, raw: Redis) -> None:
+    await store.set("sc:products:ab", b"v", 30, tags=["x"])
     await store.set("plain key", b"v", 30, tags=["x"])
+    await store.lock("sc:products:ab", 5)
     keys = {k.decode() for k in await raw.keys("*")}
-    entry = next(k for k in keys if k.endswith("plain key"))
-    assert entry.startswith("t1:{")
-    assert hash_tag(entry) is not None
-    # the tag set shares the entry's hash tag, so both live in one cluster slot
-    assert f"t1:~t:{{{hash_tag(entry)}}}:x" in keys
+    assert {k: describe(k, "t1:") for k in keys} == {
+        "t1:sc:products:ab": ("entry", "products"),
+        "t1:plain key": ("entry", None),
+        f"t1:~g:{tag_digest('x')}": ("generation", None),
+        "t1:~l:sc:products:ab": ("lease", "products"),
+    }
+    assert describe("other:sc:products:ab", "t1:") == ("foreign", None)
     assert await store.get("plain key") == b"v"
 
 
@@ -101,11 +109,11 @@ async def test_purge_tags_across_routes(store: RedisStore) -> None:
     await store.set("sc:{products}:2", b"p2", 30, tags=["product:2", "all"])
     await store.set("sc:{search}:9", b"s", 30, tags=["product:1"])
     await store.set("sc:{other}:0", b"o", 30)
-    assert await store.purge_tags(["product:1"]) == 2
+    assert await store.purge_tags(["product:1"]) == -1  # generations: nothing counts
     assert await store.get("sc:{products}:1") is None
     assert await store.get("sc:{search}:9") is None
     assert await store.get("sc:{products}:2") == b"p2"
-    assert await store.purge_tags(["all", "product:1", "never-used"]) == 1
+    assert await store.purge_tags(["all", "product:1", "never-used"]) == -1
     assert await store.get("sc:{products}:2") is None
     assert await store.get("sc:{other}:0") == b"o"
     assert await store.purge_tags([]) == 0
@@ -116,15 +124,17 @@ async def test_tags_are_anchored_names(store: RedisStore) -> None:
     await store.set("sc:{r}:1", b"1", 30, tags=["/a"])
     await store.set("sc:{r}:2", b"2", 30, tags=["/a/b"])
     await store.set("sc:{r}:3", b"3", 30, tags=["x/a"])
-    assert await store.purge_tags(["/a"]) == 1
+    assert await store.purge_tags(["/a"]) == -1
     assert await store.get_many(["sc:{r}:1", "sc:{r}:2", "sc:{r}:3"]) == [None, b"2", b"3"]
 
 
 async def test_rewrite_after_purge_is_indexed_again(store: RedisStore) -> None:
     await store.set("sc:{r}:1", b"old", 30, tags=["t"])
-    assert await store.purge_tags(["t"]) == 1
+    await store.purge_tags(["t"])
+    assert await store.get("sc:{r}:1") is None
     await store.set("sc:{r}:1", b"new", 30, tags=["t"])
-    assert await store.purge_tags(["t"]) == 1
+    assert await store.get("sc:{r}:1") == b"new"
+    await store.purge_tags(["t"])
     assert await store.get("sc:{r}:1") is None
 
 
@@ -132,7 +142,7 @@ async def test_lock_is_exclusive_and_fenced(store: RedisStore, raw: Redis) -> No
     token = await store.lock("sc:{r}:1", 5)
     assert token is not None
     assert await store.lock("sc:{r}:1", 5) is None
-    assert 4_000 < await raw.pttl("t1:~l:{r}:sc:{r}:1") <= 5_000
+    assert 4_000 < await raw.pttl("t1:~l:sc:{r}:1") <= 5_000
     assert await store.unlock("sc:{r}:1", "not-the-token") is False
     assert await store.lock("sc:{r}:1", 5) is None
     assert await store.unlock("sc:{r}:1", token) is True
@@ -169,7 +179,8 @@ async def test_tls_url(redis_tls_url: str) -> None:
     try:
         await store.set("sc:{r}:tls", BINARY, 30, tags=["t"])
         assert await store.get("sc:{r}:tls") == BINARY
-        assert await store.purge_tags(["t"]) == 1
+        assert await store.purge_tags(["t"]) == -1
+        assert await store.get("sc:{r}:tls") is None
     finally:
         await store.aclose()
     # a client that does not trust the certificate is refused, as a store error
@@ -205,12 +216,43 @@ async def test_unreachable_server_raises_store_unavailable() -> None:
         await store.aclose()
 
 
-async def test_server_errors_become_store_errors(store: RedisStore, raw: Redis) -> None:
+async def test_keys_not_ours_read_as_misses(store: RedisStore, raw: Redis) -> None:
     await raw.sadd("t1:sc:{r}:wrongtype", "x")
-    with pytest.raises(StoreError) as caught:
-        await store.get("sc:{r}:wrongtype")
-    assert caught.value.backend == "r"
-    assert "WRONGTYPE" in str(caught.value)
+    await raw.set("t1:sc:{r}:foreign", b"written by someone else")
+    assert await store.get("sc:{r}:wrongtype") is None
+    assert await store.get("sc:{r}:foreign") is None
+    assert await store.get_many(["sc:{r}:wrongtype", "sc:{r}:foreign"]) == [None, None]
+
+
+async def test_a_full_redis_refuses_writes_as_store_full(make_redis: MakeRedis) -> None:
+    server = make_redis("--maxmemory-policy", "noeviction")
+    url = f"redis://127.0.0.1:{server.port}/0"
+    raw = Redis.from_url(url)
+    store = RedisStore("full", url)
+    try:
+        await store.set("sc:r:kept", b"v", 60, tags=["t"])
+        for i in range(4):
+            await raw.set(f"filler:{i}", b"x" * 1024**2)
+        await raw.config_set("maxmemory", "2mb")  # well past it: every write is refused
+        with pytest.raises(OutOfMemoryError):
+            await raw.set("filler", b"x")
+        for write in (
+            lambda: store.set("sc:r:new", b"v", 60),
+            lambda: store.set("sc:r:tagged", b"v", 60, tags=["t", "u"]),
+            lambda: store.lock("sc:r:new", 5),
+        ):
+            with pytest.raises(StoreFull) as refused:
+                await write()
+            assert refused.value.backend == "full"
+            assert "OOM command not allowed" in str(refused.value)
+        # reads, deletes and purges still work on a full Redis
+        assert await store.get("sc:r:kept") == b"v"
+        await store.purge_tags(["t"])
+        assert await store.get("sc:r:kept") is None
+        assert await store.get_many(["sc:r:kept", "sc:r:new"]) == [None, None]
+    finally:
+        await store.aclose()
+        await raw.aclose()
 
 
 def test_prefix_with_braces_is_refused() -> None:

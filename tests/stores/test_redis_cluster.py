@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from proxy.stores.redis import RedisStore
+from proxy.stores.redis_layout import bucket_of, describe, tag_digest
 
 ROUTES = [f"route{i}" for i in range(12)]
 
@@ -29,10 +31,31 @@ async def raw(cluster_nodes: list[str]) -> AsyncIterator[RedisCluster]:
     await client.aclose()
 
 
-async def test_routes_spread_over_all_three_masters(raw: RedisCluster) -> None:
-    await raw.initialize()
-    owners = {raw.get_node_from_key(f"sc:{{{route}}}:x").name for route in ROUTES}
-    assert len(owners) == 3  # so the tests below really cross nodes
+async def masters(nodes: list[str]) -> dict[str, int]:
+    """Each master's "host:port" and how many keys it holds."""
+    sizes: dict[str, int] = {}
+    for node in nodes:
+        host, port = node.split(":")
+        client = Redis(host=host, port=int(port))
+        try:
+            if (await client.info("replication"))["role"] == "master":
+                sizes[node] = await client.dbsize()
+        finally:
+            await client.aclose()
+    return sizes
+
+
+async def test_one_routes_entries_spread_evenly_over_the_three_masters(
+    store: RedisStore, cluster_nodes: list[str]
+) -> None:
+    keys = [f"sc:products:{i:032x}" for i in range(3000)]
+    for chunk in range(0, 3000, 100):
+        await asyncio.gather(*(store.set(key, b"v", 60) for key in keys[chunk : chunk + 100]))
+    sizes = await masters(cluster_nodes)
+    assert len(sizes) == 3
+    assert sum(sizes.values()) == 3000
+    assert all(800 <= size <= 1200 for size in sizes.values()), sizes  # within 20% of even
+    assert await store.get_many(keys[:500]) == [b"v"] * 500
 
 
 async def test_entries_across_slots(store: RedisStore) -> None:
@@ -56,41 +79,49 @@ async def test_concurrent_reads_across_slots_each_get_their_answer(store: RedisS
     assert values == [f"body{i}".encode() for i in range(12)] + [None, b"body5", None]
 
 
-async def test_entry_tag_sets_and_lease_share_the_route_slot(
+async def test_entry_its_generations_and_lease_share_its_bucket_slot(
     store: RedisStore, raw: RedisCluster
 ) -> None:
-    await store.set("sc:{products}:1", b"v", 30, tags=["catalog", "item:1"])
-    await store.lock("sc:{products}:1", 5)
-    slot = key_slot(b"p:sc:{products}:1")
+    await store.set("sc:products:1", b"v", 30, tags=["catalog", "item:1"])
+    await store.lock("sc:products:1", 5)
+    bucket = bucket_of("sc:products:1")
+    slot = key_slot(f"p:{bucket}sc:products:1".encode())
     for stored in (
-        "p:~t:{products}:catalog",
-        "p:~t:{products}:item:1",
-        "p:~l:{products}:sc:{products}:1",
+        f"p:{bucket}sc:products:1",
+        f"p:{bucket}~g:{tag_digest('catalog')}",
+        f"p:{bucket}~g:{tag_digest('item:1')}",
+        f"p:{bucket}~l:sc:products:1",
     ):
         assert key_slot(stored.encode()) == slot
         assert await raw.exists(stored) == 1
+        assert await raw.pttl(stored) > 0
+    assert describe(f"p:{bucket}sc:products:1", "p:") == ("entry", "products")
+    assert describe(f"p:{bucket}~l:sc:products:1", "p:") == ("lease", "products")
 
 
 async def test_tags_purge_entries_on_every_node(store: RedisStore) -> None:
-    for i, route in enumerate(ROUTES):
-        tags = ["catalog", f"item:{i}"] if i % 2 == 0 else [f"item:{i}"]
-        await store.set(f"sc:{{{route}}}:1", b"v", 30, tags=tags)
-        await store.set(f"sc:{{{route}}}:untagged", b"v", 30)
-    assert await store.purge_tags(["catalog"]) == 6
-    assert await store.purge_tags(["item:1", "item:2", "item:3"]) == 2  # item:2 already gone
-    remaining = await store.get_many([f"sc:{{{route}}}:1" for route in ROUTES])
-    assert [v is not None for v in remaining] == [False, False, False, False] + [
-        i % 2 == 1 for i in range(4, 12)
-    ]
-    untagged = await store.get_many([f"sc:{{{route}}}:untagged" for route in ROUTES])
-    assert untagged == [b"v"] * 12
+    keys = [f"sc:r{i % 12}:{i}" for i in range(120)]
+    for i, key in enumerate(keys):
+        tags = ["r:all", f"p:/items/{i}"] + (["catalog"] if i % 2 == 0 else [])
+        await store.set(key, b"v", 30, tags=tags)
+        await store.set(key + ":untagged", b"v", 30)
+    assert await store.purge_tags(["catalog"]) == -1
+    assert [v is not None for v in await store.get_many(keys)] == [i % 2 == 1 for i in range(120)]
+    assert await store.purge_tags(["p:/items/1", "p:/items/3"]) == -1
+    left = [i for i, v in enumerate(await store.get_many(keys)) if v is not None]
+    assert left == [i for i in range(5, 120, 2)]
+    await store.purge_tags(["r:all"])
+    assert await store.get_many(keys) == [None] * 120
+    untagged = await store.get_many([key + ":untagged" for key in keys])
+    assert untagged == [b"v"] * 120
 
 
 async def test_keys_without_hash_tag_work_with_tags(store: RedisStore) -> None:
     for i in range(10):
         await store.set(f"plain-{i}", b"v", 30, tags=["plain"])
     assert await store.get_many([f"plain-{i}" for i in range(10)]) == [b"v"] * 10
-    assert await store.purge_tags(["plain"]) == 10
+    assert await store.purge_tags(["plain"]) == -1
+    assert await store.get_many([f"plain-{i}" for i in range(10)]) == [None] * 10
 
 
 async def test_leases_on_every_node(store: RedisStore) -> None:

@@ -1,0 +1,199 @@
+"""Where ``RedisStore`` keeps things in Redis, how an entry is enveloped, and its scripts.
+
+This module is the one description of the key layout (``describe`` classifies any key the
+proxy writes; ``docs/reliability.md`` says the same in prose). ``P`` is the backend's
+``key_prefix`` (no braces); ``K`` an engine key (``sc:<route>:<digest>``, see
+``proxy/keys.py``); ``D`` the first 12 hex digits of a tag's blake2b digest::
+
+    single node                 cluster (B = {b} is one of 64 bucket hash tags)
+    P K                         P{b}K            entry: envelope + payload, PX ttl
+    P~g:D                       P{b}~g:D         a tag's generation (12 hex), PX >= entries
+    P~l:K                       P{b}~l:K         lease: SET NX PX <random token>
+
+**Purges never depend on index data surviving.** An entry's envelope names the digest and
+generation of each of its tags; the read script (``READ``) serves it only while every one
+of those generation keys still holds that value, in the same call as the entry (one round
+trip; in a cluster the generations live in the entry's bucket, so in its slot). A purge
+deletes the tags' generation keys (``P~g:D``, or ``P{b}~g:D`` in every bucket): a missing
+generation reads as "changed", so eviction, a restart or a hand-deleted key can only cause
+misses, never a stale hit. The next write of a tag starts a new random generation.
+
+**Every key has a TTL, and the index is bounded.** Entries and leases expire; a generation
+key lives as long as the longest entry written under it (``WRITE`` extends it, never
+shortens it) and exists once per tag (per bucket in a cluster), however often entries are
+rewritten. No sets, no member lists.
+
+**Spread.** In a cluster an entry's bucket comes from a digest of its key, not its route:
+one route's entries cover 64 hash tags whose slots are evenly spaced over 0-16383, so every
+master of any even split holds its share.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Final, Literal
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+BUCKETS: Final = 64  # cluster buckets (hash tags); a single node has one, unnamed
+MAGIC: Final = 0xC5  # first byte of an envelope
+TAG_DIGEST: Final = 12  # hex digits naming a tag in a generation key
+GEN: Final = 12  # hex digits of a generation
+PAIR: Final = TAG_DIGEST + GEN
+MAX_TAGS: Final = 255  # an envelope counts its tags in one byte
+
+
+def _bucket_tags() -> tuple[str, ...]:
+    """64 short hash tags, the i-th hashing into the i-th 64th of the slot range."""
+    width = REDIS_CLUSTER_HASH_SLOTS // BUCKETS
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < BUCKETS:
+        name = f"{n:x}"
+        found.setdefault(key_slot(name.encode()) // width, name)
+        n += 1
+    return tuple(found[i] for i in range(BUCKETS))
+
+
+BUCKET_TAGS: Final = _bucket_tags()
+
+
+def bucket_of(key: str) -> str:
+    """The hash tag (with braces) of a cluster entry's bucket."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=1).digest()
+    return "{" + BUCKET_TAGS[digest[0] % BUCKETS] + "}"
+
+
+def tag_digest(tag: str) -> str:
+    return hashlib.blake2b(tag.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
+
+
+Kind = Literal["entry", "generation", "lease", "foreign"]
+
+
+def describe(stored: str, prefix: str = "") -> tuple[Kind, str | None]:
+    """What a key in Redis is, and the route of an entry or lease (``None`` otherwise).
+
+    For ``sidecache audit`` and tests: ``("entry", "products")`` for
+    ``P{1f}sc:products:<digest>`` (or ``Psc:products:…`` on a single node), ``("generation",
+    None)``, ``("lease", route)``, or ``("foreign", None)`` for a key this proxy never
+    writes (another prefix, another program).
+    """
+    if not stored.startswith(prefix):
+        return "foreign", None
+    rest = stored[len(prefix) :]
+    if rest.startswith("{"):
+        end = rest.find("}")
+        if end < 0 or rest[1:end] not in BUCKET_TAGS:
+            return "foreign", None
+        rest = rest[end + 1 :]
+    if rest.startswith("~g:"):
+        return "generation", None
+    kind: Kind = "entry"
+    if rest.startswith("~l:"):
+        kind, rest = "lease", rest[3:]
+    parts = rest.split(":")
+    route = parts[1] if len(parts) >= 3 and parts[0] == "sc" else None
+    return kind, route
+
+
+# KEYS = entries; ARGV[1] = the generation keys' base on a single node ("" in a cluster:
+# the entry's own "P{b}" then). An envelope: MAGIC, n, n x (tag digest, generation), payload;
+# the answer is the payload alone (cut here, in Redis: a big body is never copied twice in
+# the proxy).
+# An entry whose generations changed (purged) or vanished (evicted, restarted, deleted by
+# hand) is a miss, and deleted on the way. A key of another type is a miss, not an error.
+READ: Final = """
+local out = {}
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local v = redis.pcall('GET', key)
+  out[i] = false
+  if type(v) == 'string' and string.byte(v, 1) == 197 then
+    local n = string.byte(v, 2)
+    local ok = #v >= 2 + 24 * n
+    if ok and n > 0 then
+      local base = ARGV[1]
+      if base == '' then base = string.match(key, '^[^{]*{[^}]*}') .. '~g:' end
+      local gkeys = {}
+      for j = 0, n - 1 do gkeys[j + 1] = base .. string.sub(v, 3 + 24 * j, 14 + 24 * j) end
+      local gens = redis.call('MGET', unpack(gkeys))
+      for j = 0, n - 1 do
+        if gens[j + 1] ~= string.sub(v, 15 + 24 * j, 26 + 24 * j) then ok = false break end
+      end
+    end
+    if ok then out[i] = string.sub(v, 3 + 24 * n) else redis.call('DEL', key) end
+  end
+end
+return out
+"""
+
+# KEYS[1] = the entry, KEYS[2..] = its tags' generation keys (in its slot); ARGV[1] = the
+# payload, ARGV[2] = ttl ms, ARGV[3] = the tag digests, ARGV[4] = a fresh generation for
+# each (both concatenated, 12 hex digits each). A missing generation starts at the fresh
+# one; every generation lives at least as long as this entry. The entry is written first:
+# Redis refuses a script's writes under OOM only until its first write succeeds. Untagged
+# entries are written here too: the envelope is put together in Redis, not in the proxy.
+# (A cluster's write; a single node's is GENERATIONS, then a plain SET.)
+WRITE: Final = """
+local ms = tonumber(ARGV[2])
+local head, fresh, older = {}, {}, {}
+for i = 2, #KEYS do
+  local g = redis.pcall('GET', KEYS[i])
+  if type(g) ~= 'string' or #g ~= 12 then
+    g = string.sub(ARGV[4], 12 * i - 23, 12 * i - 12)
+    fresh[#fresh + 1] = i
+  else
+    older[#older + 1] = i
+  end
+  head[i - 1] = string.sub(ARGV[3], 12 * i - 23, 12 * i - 12) .. g
+end
+redis.call('SET', KEYS[1], string.char(197, #KEYS - 1) .. table.concat(head), 'PX', ms)
+redis.call('APPEND', KEYS[1], ARGV[1])
+for _, i in ipairs(fresh) do
+  redis.call('SET', KEYS[i], string.sub(head[i - 1], 13), 'PX', ms)
+end
+for _, i in ipairs(older) do
+  if redis.call('PTTL', KEYS[i]) < ms then redis.call('PEXPIRE', KEYS[i], ms) end
+end
+return 1
+"""
+
+# A single node's write, first half: KEYS = the tags' generation keys; ARGV[1] = ttl ms,
+# ARGV[2] = a fresh generation for each (concatenated). Answers every generation,
+# concatenated; the entry is then written with a plain SET (a big body is never copied
+# through Lua), and read back only while these still hold. Fresh ones are written first:
+# Redis refuses a script's writes under OOM only until its first write succeeds.
+GENERATIONS: Final = """
+local ms = tonumber(ARGV[1])
+local gens, older = {}, {}
+for i = 1, #KEYS do
+  local g = redis.pcall('GET', KEYS[i])
+  if type(g) ~= 'string' or #g ~= 12 then
+    g = string.sub(ARGV[2], 12 * i - 11, 12 * i)
+    redis.call('SET', KEYS[i], g, 'PX', ms)
+  else
+    older[#older + 1] = i
+  end
+  gens[i] = g
+end
+for _, i in ipairs(older) do
+  if redis.call('PTTL', KEYS[i]) < ms then redis.call('PEXPIRE', KEYS[i], ms) end
+end
+return table.concat(gens)
+"""
+
+UNLOCK: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@functools.cache
+def sha1(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()  # Redis names scripts by SHA1
+
+
+READ_SHA: Final = sha1(READ)
+WRITE_SHA: Final = sha1(WRITE)
