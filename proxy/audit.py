@@ -22,6 +22,7 @@ import orjson
 from proxy.errors import PolicyError, StoreError
 from proxy.keys import PREFIX
 from proxy.policy import LoadedPolicy, MemcachedBackend, RedisBackend, load_policy
+from proxy.stores.redis_layout import describe as describe_layout
 from proxy.stores.scan import KeyRecord, RedisScan, metadump
 from proxy.units import format_size
 
@@ -54,24 +55,10 @@ def route_of(key: str) -> str | None:
 
 
 def describe_redis(stored: str, prefix: str = "") -> tuple[str, str | None]:
-    """What a key in a Redis backend is (``RedisStore``'s layout), and its route:
-    ``entry``, ``index`` (tag sets ``~t:{route}:tag``, tag directories ``~td:tag``),
-    ``lease`` or ``foreign`` (another prefix, another program)."""
-    if not stored.startswith(prefix):
-        return "foreign", None
-    rest = stored[len(prefix) :]
-    for mark, kind in (("~t:", "index"), ("~td:", "index"), ("~l:", "lease")):
-        if rest.startswith(mark):
-            group = rest[len(mark) :]
-            if mark == "~td:":
-                return kind, None
-            if group.startswith("{") and (end := group.find("}")) > 1:
-                return kind, group[1:end]
-            return "foreign", None
-    if rest.startswith("{") and (end := rest.find("}")) > 0:
-        rest = rest[end + 1 :]  # a key without a hash tag of its own, under a digest group
-    route = route_of(rest)
-    return ("entry", route) if route is not None else ("foreign", None)
+    """What a key in a Redis backend is, and its route: ``RedisStore``'s layout, as
+    ``proxy.stores.redis_layout.describe`` tells it (entry, generation, lease, foreign;
+    ``index`` for tag sets and directories of the layout before generations)."""
+    return describe_layout(stored, prefix)
 
 
 def describe_memcached(stored: str, prefix: str = "") -> tuple[str, str | None]:

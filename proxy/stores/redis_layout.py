@@ -69,7 +69,7 @@ def tag_digest(tag: str) -> str:
     return hashlib.blake2b(tag.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
 
 
-Kind = Literal["entry", "generation", "lease", "foreign"]
+Kind = Literal["entry", "generation", "index", "lease", "foreign"]
 
 
 def describe(stored: str, prefix: str = "") -> tuple[Kind, str | None]:
@@ -78,24 +78,31 @@ def describe(stored: str, prefix: str = "") -> tuple[Kind, str | None]:
     For ``sidecache audit`` and tests: ``("entry", "products")`` for
     ``P{1f}sc:products:<digest>`` (or ``Psc:products:…`` on a single node), ``("generation",
     None)``, ``("lease", route)``, or ``("foreign", None)`` for a key this proxy never
-    writes (another prefix, another program).
+    writes (another prefix, another program). Keys of the layout before generations are
+    still told apart until they expire: ``("index", route)`` for a tag set
+    ``P~t:{route}:tag``, ``("index", None)`` for a tag directory ``P~td:tag``, leases
+    ``P~l:{route}:K`` and entries ``Psc:{route}:…``.
     """
     if not stored.startswith(prefix):
         return "foreign", None
     rest = stored[len(prefix) :]
-    if rest.startswith("{"):
+    if rest.startswith("~td:"):
+        return "index", None
+    if rest.startswith(("~t:{", "~l:{")):
         end = rest.find("}")
-        if end < 0 or rest[1:end] not in BUCKET_TAGS:
-            return "foreign", None
-        rest = rest[end + 1 :]
+        kind: Kind = "index" if rest[1] == "t" else "lease"
+        return (kind, rest[4:end]) if end > 4 else ("foreign", None)
+    if rest.startswith("{") and (end := rest.find("}")) > 1:
+        rest = rest[end + 1 :]  # a bucket (or, before, a digest group for a tagless key)
     if rest.startswith("~g:"):
         return "generation", None
-    kind: Kind = "entry"
+    kind = "entry"
     if rest.startswith("~l:"):
         kind, rest = "lease", rest[3:]
     parts = rest.split(":")
-    route = parts[1] if len(parts) >= 3 and parts[0] == "sc" else None
-    return kind, route
+    if len(parts) < 3 or parts[0] != "sc" or not parts[1]:
+        return "foreign", None  # not an engine key (tests write such keys)
+    return kind, parts[1].removeprefix("{").removesuffix("}")
 
 
 # KEYS = entries; ARGV[1] = the generation keys' base on a single node ("" in a cluster:

@@ -82,7 +82,7 @@ async def test_key_prefix_and_layout_on_one_node(store: RedisStore, raw: Redis) 
     keys = {k.decode() for k in await raw.keys("*")}
     assert {k: describe(k, "t1:") for k in keys} == {
         "t1:sc:products:ab": ("entry", "products"),
-        "t1:plain key": ("entry", None),
+        "t1:plain key": ("foreign", None),  # not an engine key
         f"t1:~g:{tag_digest('x')}": ("generation", None),
         "t1:~l:sc:products:ab": ("lease", "products"),
     }
