@@ -27,8 +27,8 @@ class StoreHealth:
 
     ``breaker`` is ``closed``, ``open`` or ``half_open`` for a guarded shared store and
     ``n/a`` for a store without one. ``write_refusals`` counts the writes the backend
-    refused for lack of memory since start (Redis ``OOM``, Memcached ``SERVER_ERROR out
-    of memory``): such a store answers, so its breaker stays closed, but it caches
+    refused since start while answering (``StoreFull``: Redis ``OOM``, Memcached
+    ``SERVER_ERROR out of memory`` above all): its breaker stays closed, but it caches
     nothing new. ``last_refusal`` names the operation of the latest one and
     ``last_refusal_at`` its wall-clock time (unix seconds).
     """

@@ -62,7 +62,7 @@ class OpCounters:
     errors: int = 0
     timeouts: int = 0
     rejected: int = 0  # refused at once because the breaker was open
-    oom: int = 0  # refused by the backend for lack of memory (``StoreFull``)
+    oom: int = 0  # refused by a backend that answers (``StoreFull``: out of memory, …)
 
 
 # the ``reason`` label of ``sidecache_store_errors_total``: the ``OpCounters`` fields
@@ -150,9 +150,10 @@ class GuardedStore:
     without touching the backend. After ``breaker_cooldown`` seconds one call is let
     through (``half_open``); its success closes the breaker, its failure reopens it.
     ``ping`` answers ``False`` instead of raising, so health checks can call it freely.
-    A write the backend refuses for lack of memory (``StoreFull``) is counted (``oom``),
-    logged as a warning at most once per ``REFUSAL_LOG_EVERY`` seconds, and raised; it
-    does not count towards the breaker: the store answered, it is full, not down.
+    A write the backend refuses while healthy (``StoreFull``: out of memory above all) is
+    counted (``oom``), logged as a warning at most once per ``REFUSAL_LOG_EVERY`` seconds,
+    and raised; it does not count towards the breaker: the store answered, it is full,
+    not down.
     A ``set`` gets ``len(value) / WRITE_BYTES_PER_SECOND`` on top of its deadline.
 
     A deadline fires late by at most a slot (``timeout / 10`` in whole milliseconds, 1 to
@@ -303,8 +304,8 @@ class GuardedStore:
         unlogged, self._refusals_unlogged = self._refusals_unlogged, 0
         self._refusal_logged = now
         log.warning(
-            "backend %s is full: %s refused for lack of memory (%s); %d more refusals "
-            "in the last %.0f s not logged; new responses are not being cached",
+            "backend %s refused a write (%s): %s; %d more refusals in the last %.0f s "
+            "not logged; new responses are not being cached",
             self.name,
             op,
             exc,

@@ -31,9 +31,12 @@ from proxy.errors import StoreError, StoreFull, StoreUnavailable
 
 T = TypeVar("T")
 _CONNECTION_ERRORS: Final = (OSError, EOFError, asyncio.IncompleteReadError)
-# memcached's answer to a write it has no memory for (with -M, or a slab class that can
-# get no page and has nothing to evict); aiomcache raises it inside a ClientException
+# memcached's answers to a write it refuses while healthy: no memory for it (with -M, or a
+# slab class that can get no page and has nothing to evict), or an item over its -I (an
+# item_size_max set above the server's). aiomcache raises them inside a ClientException;
+# they are StoreFull, never a breaker failure: the server answers, and reads still hit.
 OUT_OF_MEMORY: Final = "SERVER_ERROR out of memory"
+TOO_LARGE: Final = "SERVER_ERROR object too large for cache"
 
 
 class _EofSafeReader(asyncio.StreamReader):
@@ -306,6 +309,9 @@ class ServerPool:
         if isinstance(exc, aiomcache.exceptions.ClientException):
             if OUT_OF_MEMORY in str(exc):
                 return StoreFull(self._name, f"{op} on {node.name}: {OUT_OF_MEMORY}")
+            if TOO_LARGE in str(exc):
+                hint = "memcached's -I is below the backend's item_size_max"
+                return StoreFull(self._name, f"{op} on {node.name}: {TOO_LARGE} ({hint})")
             return StoreError(self._name, f"{op} on {node.name}: {exc}")
         return exc
 

@@ -65,7 +65,7 @@ async def test_a_full_memcached_is_counted_logged_and_keeps_serving(
     full = [r for r in caplog.records if getattr(r, "event", None) == "store_full"]
     assert len(full) == 1  # rate-limited: one line per backend per 10 s
     assert full[0].levelno == logging.WARNING
-    assert "backend pool is full: set refused" in full[0].getMessage()
+    assert "backend pool refused a write (set): " in full[0].getMessage()
     ready = await fetch("GET", proxy.admin_url + "/readyz")
     assert ready.status == 200  # a full cache never takes the pod out of service
     shown = ready.json()["stores"]["pool"]

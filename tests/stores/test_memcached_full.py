@@ -86,7 +86,7 @@ async def test_refusals_are_logged_once_per_interval_with_the_count_not_logged(
     assert len(warnings) == 1
     assert getattr(warnings[0], "backend", None) == "mc"
     assert getattr(warnings[0], "command", None) == "set"
-    assert "backend mc is full: set refused" in warnings[0].getMessage()
+    assert "backend mc refused a write (set): " in warnings[0].getMessage()
     assert "0 more refusals" in warnings[0].getMessage()
 
     clock.advance(REFUSAL_LOG_EVERY)
@@ -96,3 +96,24 @@ async def test_refusals_are_logged_once_per_interval_with_the_count_not_logged(
     assert len(warnings) == 2
     # the refusals after the first warning, up to the interval's end, are counted in
     assert f"{first - 1} more refusals in the last 10 s not logged" in warnings[1].getMessage()
+
+
+async def test_an_item_over_the_servers_limit_is_a_refusal_not_a_breaker_failure() -> None:
+    # item_size_max 1 MiB (the default) over a memcached started with -I 512k: a 700 KB
+    # value is one item to the store, and the server refuses it every time
+    port = free_port()
+    command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-I", "512k"]
+    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
+    executor.start()
+    guard = GuardedStore(MemcachedStore("mc", [f"127.0.0.1:{port}"]), 1.0, breaker_failures=2)
+    try:
+        for i in range(5):
+            with pytest.raises(StoreFull, match="too large for cache"):
+                await guard.set(f"/big/{i}", b"x" * 700_000, 60)
+        assert guard.counters["set"].oom == 5
+        assert guard.state == "closed"
+        await guard.set("/small", b"s", 60)
+        assert await guard.get("/small") == b"s"
+    finally:
+        await guard.aclose()
+        executor.stop()
