@@ -8,6 +8,7 @@ import logging
 import random
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from mirakuru import TCPExecutor
@@ -17,6 +18,7 @@ from tests.conftest import Origin, free_port
 from .conftest import StartProxy, eventually, fetch
 
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 BODY = random.Random(14).randbytes(50_000)  # incompressible; 2 MiB hold about 38
 
 
@@ -31,6 +33,61 @@ def full_memcached() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         executor.stop()
+
+
+@pytest.fixture
+def full_redis(tmp_path: Path) -> Iterator[str]:
+    """A 2 MiB Redis that refuses writes once full (``noeviction``): ``OOM command not
+    allowed``."""
+    port = free_port()
+    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(tmp_path)]
+    command += ["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]
+    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=15)
+    executor.start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        executor.stop()
+
+
+async def test_a_full_redis_is_counted_logged_and_keeps_serving(
+    live_proxy: StartProxy,
+    origin: Origin,
+    full_redis: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    proxy = await live_proxy(
+        f"""
+        backends:
+          shared: {{type: redis, url: "{full_redis}", timeout: 1s}}
+        defaults: {{backend: shared, ttl: 60s}}
+        """
+    )
+    paths = [f"/big/{i}" for i in range(80)]
+    for path in paths:
+        origin.reply(path, body=BODY)
+        answer = await proxy.get(path)
+        assert (answer.status, answer.body) == (200, BODY)
+
+    async def refused() -> bool:
+        oom = await proxy.metric("sidecache_store_errors_total", backend="shared", reason="oom")
+        return oom >= 20
+
+    await eventually(refused, 10, "oom refusals counted")
+    assert await proxy.metric("sidecache_breaker_state", backend="shared") == 0
+    full = [r for r in caplog.records if getattr(r, "event", None) == "store_full"]
+    assert len(full) == 1  # rate-limited: one line per backend per 10 s
+    assert "backend shared refused a write" in full[0].getMessage()
+    assert "OOM" in full[0].getMessage()
+    ready = await fetch("GET", proxy.admin_url + "/readyz")
+    assert ready.status == 200
+    assert ready.json()["stores"]["shared"]["write_refusals"] >= 20
+    stats = (await fetch("GET", proxy.admin_url + "/stats")).json()
+    advice = [a for a in stats["advice"] if a["rule"] == "store-full"]
+    assert [a["backend"] for a in advice] == ["shared"]
+    assert "maxmemory" in advice[0]["advice"]
 
 
 async def test_a_full_memcached_is_counted_logged_and_keeps_serving(
