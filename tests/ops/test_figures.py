@@ -255,28 +255,45 @@ async def test_an_unreachable_cluster_is_down(live_proxy: StartProxy, origin: Or
 
 
 async def test_one_figure_per_backend_with_two_workers(
-    origin: Origin, spawn_proxy: SpawnProxy, small_redis: int
+    origin: Origin, spawn_proxy: SpawnProxy, small_redis: int, tmp_path: Path
 ):
     with Redis(port=small_redis) as client:
         client.set("mine", b"1")
+    bare, bare_port = start_redis(tmp_path)  # no maxmemory: warned about once, not twice
     body = f"""
         backends:
           shared: {{type: redis, url: "redis://127.0.0.1:{small_redis}/0", timeout: 500ms}}
+          bare: {{type: redis, url: "redis://127.0.0.1:{bare_port}/0", timeout: 500ms}}
         defaults: {{backend: shared, ttl: 60s}}
         {ROUTES}"""
-    proxy = spawn_proxy(policy_text(origin.url, body), "--workers", "2")
+    try:
+        proxy = spawn_proxy(policy_text(origin.url, body), "--workers", "2")
+        assert proxy.process.stdout is not None
+        log = LogLines(proxy.process.stdout)
 
-    async def shown() -> bool:
-        text = (await fetch("GET", proxy.admin_url + "/metrics")).body.decode()
-        return metric(text, "sidecache_backend_up", backend="shared") == 1
+        async def shown() -> bool:
+            text = (await fetch("GET", proxy.admin_url + "/metrics")).body.decode()
+            return metric(text, "sidecache_backend_up", backend="shared") == 1
 
-    await eventually(shown, 10, "the first reading")
-    for _ in range(8):  # each scrape lands on either worker; each shows the one reading
-        text = (await fetch("GET", proxy.admin_url + "/metrics")).body.decode()
-        lines = [line for line in text.splitlines() if line.startswith("sidecache_backend_items{")]
-        assert lines == ['sidecache_backend_items{backend="shared"} 1.0']
-        assert metric(text, "sidecache_backend_up", backend="shared") == 1
-    assert proxy.stop() == 0
+        await eventually(shown, 10, "the first reading")
+        for _ in range(8):  # each scrape lands on either worker; each shows the one reading
+            text = (await fetch("GET", proxy.admin_url + "/metrics")).body.decode()
+            lines = [
+                line
+                for line in text.splitlines()
+                if line.startswith('sidecache_backend_items{backend="shared"}')
+            ]
+            assert lines == ['sidecache_backend_items{backend="shared"} 1.0']
+            assert metric(text, "sidecache_backend_up", backend="shared") == 1
+        assert proxy.stop() == 0
+        warned = [
+            line
+            for line in log.read()
+            if line.get("event") == "backend_limits" and line["level"] == "warning"
+        ]
+        assert [line["backend"] for line in warned] == ["bare"]  # one worker reads and warns
+    finally:
+        bare.stop()
 
 
 # ---------------------------------------------------------------- maxmemory warnings
