@@ -1063,7 +1063,7 @@ YAMLISH = st.lists(
 ).map("".join)
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300, deadline=None)
 @given(YAMLISH)
 def test_random_yamlish_text_raises_only_policy_error(text: str) -> None:
     try:
@@ -1085,7 +1085,7 @@ JSONISH = st.recursive(
 )
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(FIELDS), JSONISH, max_size=5))
 def test_random_structured_policy_raises_only_policy_error(tree: dict[str, object]) -> None:
     # JSON is YAML: random values under real field names reach pydantic and the cross-checks.
