@@ -237,6 +237,10 @@ def shadow_reason(earlier: Match, later: Match) -> str | None:
         inner = later.prefix or _literal_head(later.path)
         if inner is not None and _under(inner, earlier.prefix):
             return f"its prefix {earlier.prefix} encloses {later.prefix or later.path}"
+    if earlier.path is not None and (head := _catch_all_head(earlier.path)) is not None:
+        inner = later.prefix or _literal_head(later.path)
+        if inner is not None and inner.startswith(head) and len(inner) > len(head):
+            return f"its template {earlier.path} matches everything under {inner}"
     if earlier.path is not None and later.path is not None:
         if _shape(earlier.path) == _shape(later.path):
             return f"has the same template {earlier.path}"
@@ -266,6 +270,15 @@ def _literal_head(template: str | None) -> str | None:
     if head == template:
         return template
     return head.rstrip("/") or "/" if head.endswith("/") else None
+
+
+def _catch_all_head(template: str) -> str | None:
+    """``/a/{rest:path}`` → ``/a/``: a template that takes every path below a directory."""
+    found = _PARAM.search(template)
+    if found is None or not found.group(2) or found.end() != len(template):
+        return None
+    head = template[: found.start()]
+    return head if head.endswith("/") else None
 
 
 def _shape(template: str) -> str:
