@@ -22,7 +22,7 @@ import orjson
 from proxy.errors import PolicyError, StoreError
 from proxy.keys import PREFIX
 from proxy.policy import LoadedPolicy, MemcachedBackend, RedisBackend, load_policy
-from proxy.stores.redis_layout import describe as describe_layout
+from proxy.stores import redis_layout as layout
 from proxy.stores.scan import KeyRecord, RedisScan, metadump
 from proxy.units import format_size
 
@@ -55,10 +55,11 @@ def route_of(key: str) -> str | None:
 
 
 def describe_redis(stored: str, prefix: str = "") -> tuple[str, str | None]:
-    """What a key in a Redis backend is, and its route: ``RedisStore``'s layout, as
-    ``proxy.stores.redis_layout.describe`` tells it (entry, generation, lease, foreign;
-    ``index`` for tag sets and directories of the layout before generations)."""
-    return describe_layout(stored, prefix)
+    """What a key in a Redis backend is, and its route: ``RedisStore``'s own layout, as
+    ``redis_layout.describe`` tells it: ``entry``, ``generation`` (a tag's generation: the
+    index), ``lease``, ``foreign`` (another prefix, another program), and ``index`` for tag
+    sets and directories of the layout before generations (until they expire)."""
+    return layout.describe(stored, prefix)
 
 
 def describe_memcached(stored: str, prefix: str = "") -> tuple[str, str | None]:
@@ -148,7 +149,7 @@ class BackendAudit:
                 found.append(self._finding("orphan-route", route, figures.keys, []))
             if figures.no_ttl_count:
                 found.append(self._finding("no-ttl", route, figures.no_ttl_count, figures.no_ttl))
-        for kind in ("index", "generation", "unattributed"):  # entries and leases: above
+        for kind in ("generation", "index", "unattributed"):  # entries and leases: above
             held = self.kinds.get(kind)
             if held is not None and held.no_ttl_count:
                 found.append(self._finding("no-ttl", None, held.no_ttl_count, held.no_ttl))
@@ -215,51 +216,56 @@ async def audit_redis(
         nodes=config.nodes,
         connect_timeout=max(config.connect_timeout, 2.0),
     )
+    named: set[str] = set()  # generation keys some entry's envelope names
+    generations: list[str] = []
     try:
         audit.nodes = await scan.masters()
-        index: list[tuple[str, str]] = []
         for node in audit.nodes:
             left = None if sample is None else sample - audit.scanned
             if left is not None and left <= 0:
                 audit.sampled = True
                 break
             async for batch in scan.scan(node, left):
+                entries = []
                 for record in batch:
                     kind, route = describe_redis(record.key, config.key_prefix)
                     audit.add(record, kind, route)
-                    if kind == "index":
-                        index.append((node, record.key))
+                    if kind == "entry":
+                        entries.append(record.key)
+                    elif kind == "generation":
+                        generations.append(record.key)
+                named.update(
+                    _named_generations(config.key_prefix, entries, await scan.heads(node, entries))
+                )
                 progress.show(audit)
         audit.sampled = audit.sampled or (sample is not None and audit.scanned >= sample)
-        await _orphan_index(scan, config.key_prefix, index, audit)
     except StoreError as exc:
         audit.error = str(exc)
     finally:
         await scan.aclose()
+    if not audit.sampled and audit.error is None:  # a partial scan cannot tell
+        for key in generations:
+            if key not in named:
+                audit.orphan_index_count += 1
+                if len(audit.orphan_index) < EXAMPLES:
+                    audit.orphan_index.append(key)
     return audit
 
 
-async def _orphan_index(
-    scan: RedisScan, prefix: str, index: list[tuple[str, str]], audit: BackendAudit
-) -> None:
-    """Index sets none of whose members exist any more: a tag set ``~t:{route}:tag``
-    lists entry keys (in its own slot, so on its node); a tag directory ``~td:tag`` lists
-    the routes with a tag set, anywhere in a cluster: checked against the tag sets the
-    scan saw, so only after a whole scan (not with ``--sample``)."""
-    sets = {key for _, key in index if not key.startswith(prefix + "~td:")}
-    for node, key in index:
-        members = await scan.members(node, key)
-        if key.startswith(prefix + "~td:"):
-            if audit.sampled:
-                continue
-            tag = key[len(prefix) + 4 :]
-            alive = any(f"{prefix}~t:{{{group}}}:{tag}" in sets for group in members)
-        else:
-            alive = any(await scan.existing(node, members))
-        if not alive:
-            audit.orphan_index_count += 1
-            if len(audit.orphan_index) < EXAMPLES:
-                audit.orphan_index.append(key)
+def _named_generations(prefix: str, entries: list[str], heads: list[bytes]) -> set[str]:
+    """The generation keys the envelopes of ``entries`` name (``redis_layout``: MAGIC, n,
+    n x (tag digest, generation)); in a cluster they live in the entry's bucket."""
+    named = set()
+    for stored, head in zip(entries, heads, strict=True):
+        if len(head) < 2 or head[0] != layout.MAGIC:
+            continue  # a marker that is not an envelope (hit-for-miss) names none
+        rest = stored[len(prefix) :]
+        bucket = rest[: rest.index("}") + 1] if rest.startswith("{") else ""
+        for j in range(head[1]):
+            at = 2 + layout.PAIR * j
+            digest = head[at : at + layout.TAG_DIGEST].decode("ascii", "replace")
+            named.add(f"{prefix}{bucket}~g:{digest}")
+    return named
 
 
 async def audit_memcached(
@@ -380,9 +386,9 @@ def _route_table(routes: dict[str, Any]) -> list[str]:
 
 
 _KINDS: Final = {
-    "index": "index keys",
     "lease": "leases",
     "generation": "tag generation counters",
+    "index": "tag sets of the layout before generations (they expire)",
     "unattributed": "value chunks and keys hashed for length (route unknown)",
     "foreign": "keys of other programs or prefixes (not sidecache's: never a finding)",
 }

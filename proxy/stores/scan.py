@@ -22,11 +22,13 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from proxy.errors import StoreError, StoreUnavailable
+from proxy.stores.redis_layout import PAIR
 from proxy.stores.redis_pump import store_error
 
 COUNT: Final = 500  # SCAN COUNT: keys Redis looks at per call
 RATE: Final = 20_000  # keys a second at most, per master (pauses between batches)
-MEMBERS: Final = 64  # members of an index set checked per set
+HEAD_TAGS: Final = 8  # tags an envelope head read at once covers
+HEAD_BYTES: Final = 2 + PAIR * HEAD_TAGS
 _BUSY_RETRIES: Final = 50  # metadump answers BUSY while another crawl runs
 
 
@@ -142,32 +144,34 @@ class RedisScan:
             records.append(KeyRecord(_text(key), ttl, size if isinstance(size, int) else 0, node))
         return records
 
-    async def members(self, node: str, key: str) -> list[str]:
-        """Up to ``MEMBERS`` members of an index set (SSCAN, never SMEMBERS)."""
-        client = self._clients[node]
-        found: list[str] = []
-        cursor = 0
-        try:
-            while len(found) < MEMBERS:
-                cursor, page = await client.sscan(key, cursor, count=MEMBERS)
-                found += [m if isinstance(m, str) else _text(m) for m in page]
-                if cursor == 0:
-                    break
-        except (rexc.RedisError, OSError) as exc:
-            raise store_error(self.name, "sscan", exc) from exc
-        return found[:MEMBERS]
-
-    async def existing(self, node: str, keys: Sequence[str]) -> list[bool]:
-        """Whether each key exists on ``node`` (pipelined EXISTS)."""
+    async def heads(self, node: str, keys: Sequence[str]) -> list[bytes]:
+        """The first bytes of each value (pipelined ``GETRANGE``): enough for an envelope's
+        head with ``HEAD_TAGS`` tags; a longer head is read again, whole."""
         if not keys:
             return []
-        pipe = self._clients[node].pipeline(transaction=False)
-        for key in keys:
-            _ = pipe.exists(key)
+        client = self._clients[node]
         try:
-            return [bool(n) for n in await pipe.execute()]
+            heads = await self._ranges(client, [(k, HEAD_BYTES) for k in keys])
+            longer = [
+                (i, 2 + PAIR * h[1])
+                for i, h in enumerate(heads)
+                if len(h) >= 2 and 2 + PAIR * h[1] > HEAD_BYTES
+            ]
+            more = await self._ranges(client, [(keys[i], size) for i, size in longer])
         except (rexc.RedisError, OSError) as exc:
-            raise store_error(self.name, "exists", exc) from exc
+            raise store_error(self.name, "getrange", exc) from exc
+        for (i, _), head in zip(longer, more, strict=True):
+            heads[i] = head
+        return heads
+
+    async def _ranges(self, client: Redis, wanted: list[tuple[str, int]]) -> list[bytes]:
+        if not wanted:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for key, size in wanted:
+            _ = pipe.getrange(key, 0, size - 1)
+        answers = await pipe.execute(raise_on_error=False)
+        return [a if isinstance(a, bytes) else b"" for a in answers]
 
     async def aclose(self) -> None:
         for client in self._clients.values():
