@@ -80,8 +80,10 @@ def _load(path: str, origin: str | None) -> LoadedPolicy:
 
 
 def _report(error: PolicyError) -> int:
-    for issue in error.issues:
-        print(issue, file=sys.stderr)
+    lines = [(i.line, i.column, str(i)) for i in error.issues]
+    lines += [(w.line, w.column, format_warning(w)) for w in error.warnings]
+    for *_, text in sorted(lines, key=lambda line: line[:2]):
+        print(text, file=sys.stderr)
     print(f"{len(error.issues)} error(s); the policy was not loaded", file=sys.stderr)
     return EXIT_POLICY
 

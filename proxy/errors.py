@@ -39,10 +39,12 @@ class PolicyIssue:
 
 
 class PolicyError(SidecacheError):
-    """A policy file could not be loaded; ``issues`` lists every problem found."""
+    """A policy file could not be loaded; ``issues`` lists every problem found, and
+    ``warnings`` what ``validate`` would also warn of, when it got that far."""
 
-    def __init__(self, issues: list[PolicyIssue]) -> None:
+    def __init__(self, issues: list[PolicyIssue], warnings: tuple[PolicyIssue, ...] = ()) -> None:
         self.issues = issues
+        self.warnings = warnings
         super().__init__("\n".join(str(issue) for issue in issues))
 
 

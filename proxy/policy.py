@@ -227,11 +227,11 @@ def parse_policy(text: str, path: str = "<policy>") -> LoadedPolicy:
         )
     policy, schema = _schema_issues(data, located)
     issues = [*located.issues, *schema, *cross_check(data, located)]
+    warnings = tuple(route_warnings(data, located))
     if issues or policy is None:
         issues.sort(key=lambda i: (i.line, i.column))
-        raise PolicyError(issues)
+        raise PolicyError(issues, warnings)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    warnings = tuple(route_warnings(data, located))
     return LoadedPolicy(path, policy, tuple(resolve_routes(policy)), digest, warnings)
 
 

@@ -181,3 +181,17 @@ async def test_run_prints_the_warnings_at_start_up(origin: Origin, spawn_proxy: 
     assert proxy.process.stdout is not None
     output = proxy.process.stdout.read().decode()
     assert ": warning: routes[1].match: routes[1] (products) is never matched" in output
+
+
+def test_validate_prints_warnings_among_the_errors(tmp_path: Path):
+    path = tmp_path / "both.yaml"
+    path.write_text(SHADOWED + "    ttl: soon\n")
+    result = _cli("validate", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{path}:7:5: warning: routes[1].match: routes[1] (products) is never matched: "
+        "routes[0] (api) comes first and its prefix /api encloses /api/products/{id}",
+        f"{path}:8:10: routes[1].ttl: invalid duration 'soon': use 250ms, 30s, 5m, 1h, 1d or "
+        "seconds",
+        "1 error(s); the policy was not loaded",
+    ]
