@@ -329,6 +329,8 @@ class FiguresPoller:
         self._warned: dict[str, tuple[str | None, float]] = {}  # advice, monotonic time
         self._fallback_said: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._started = 0  # refreshes begun; a reading older than the one shown is dropped
+        self._shown = 0
 
     def start(self) -> None:
         if self.polls:
@@ -357,11 +359,19 @@ class FiguresPoller:
     async def refresh(self) -> dict[str, Figures]:
         """Read every shared backend now (at start-up, then every ``FIGURES_EVERY``)."""
         backends = self._backends()
+        self._started += 1
+        mine = self._started
         found = await asyncio.gather(*(read_backend(n, c) for n, c in backends.items()))
-        self.readings = {f.backend: f for f in found if f is not None}
-        if self._share_path() is not None:
-            await asyncio.to_thread(self._share)  # a file write: off the event loop
-        return self.readings
+        readings = {f.backend: f for f in found if f is not None}
+        # Reads overlap (the timer's and an explicit one): a read that began earlier but
+        # answered later (a reply already buffered when the server went down) must not
+        # replace a newer reading.
+        if mine > self._shown:
+            self._shown = mine
+            self.readings = readings
+            if self._share_path() is not None:
+                await asyncio.to_thread(self._share)  # a file write: off the event loop
+        return readings
 
     async def check_limits(self) -> None:
         """Warn about every Redis backend without maxmemory or with ``noeviction``: at
