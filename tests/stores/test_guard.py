@@ -437,7 +437,7 @@ async def test_many_calls_on_a_frozen_redis_each_time_out_on_their_own_deadline(
         finally:
             os.kill(pid, signal.SIGCONT)
         for deadline, elapsed, cancelling in results:
-            assert deadline <= elapsed < deadline + 0.1
+            assert deadline <= elapsed < deadline + 0.5  # never early; late only by load
             assert cancelling == 0
         assert sum(g.counters["get"].timeouts + g.counters["set"].timeouts for g in guards) == 120
         # thawed (unguarded: Redis first works through the writes it was sent meanwhile)
