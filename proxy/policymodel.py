@@ -330,6 +330,13 @@ class Invalidation(_Model):
     redis: str = Field(description="name of a redis backend carrying the channel")
 
 
+class Snapshot(_Model):
+    """Warm restart: the memory stores written to ``path`` on SIGTERM and every ``interval``."""
+
+    path: str = Field(min_length=1, description="snapshot file (with --workers N: path.wI)")
+    interval: Duration = Field(300.0, gt=0, description="how often it is written while running")
+
+
 class Server(_Model):
     max_body_size: Size = Field(10 * 1024**2, ge=0, description="request bodies (413 above)")
     max_header_size: Size = Field(16 * 1024, ge=1024, description="request headers (431)")
@@ -337,6 +344,7 @@ class Server(_Model):
     origin_connections: int = Field(256, ge=1, description="keep-alive pool to the origin")
     shutdown_timeout: Duration = Field(20.0, ge=0)
     access_log: bool | float = Field(False, description="true, false, or a sample ratio 0..1")
+    snapshot: Snapshot | None = Field(None, description="warm restart of the memory stores")
 
 
 def _check_origin(value: str) -> str:

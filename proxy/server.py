@@ -9,6 +9,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from proxy.logs import configure, event
 from proxy.origin import OriginClient
 from proxy.policy import LoadedPolicy, load_policy
 from proxy.reload import Loader
+from proxy.snapshot import Snapshots
 from proxy.stores.base import Store
 from proxy.stores.factory import build_stores, close_stores
 
@@ -69,6 +71,7 @@ class Worker:
     bus: WorkerBus | None = None  # purge fan-out to the other workers (--workers N)
     replica: str = field(default_factory=new_replica_id)
     ops: Operations | None = None
+    snapshots: Snapshots | None = None  # server.snapshot: warm restart
     _runners: list[web.BaseRunner] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -77,6 +80,10 @@ class Worker:
         self.stores = build_stores(policy.backends)
         origin = OriginClient(policy.origin, policy.server.origin_connections)
         self.engine = Engine(self.loaded, self.stores, origin)
+        if policy.server.snapshot is not None:  # loaded before the proxy port accepts
+            worker = self.bus.index if self.bus is not None else None
+            self.snapshots = Snapshots(policy.server.snapshot, worker, self._current)
+            await self.snapshots.load()
         self.http = HttpServer(
             self.engine,
             max_body_size=policy.server.max_body_size,
@@ -87,6 +94,13 @@ class Worker:
         self.ops = Operations(self.engine, loader=self.loader, replica=self.replica, bus=self.bus)
         self.state = await self.ops.start(self.admin_sock)
         self.state.ready = True
+        if self.snapshots is not None:
+            self.snapshots.start()
+
+    def _current(self) -> tuple[LoadedPolicy, dict[str, Store]]:
+        if self.engine is None:
+            return self.loaded, self.stores
+        return self.engine.loaded, self.engine.stores
 
     def request_stop(self) -> None:
         if self.state is not None:
@@ -97,13 +111,17 @@ class Worker:
         await self._stop.wait()
 
     async def stop(self) -> None:
-        """Stop accepting, drain in-flight requests up to shutdown_timeout, close pools."""
+        """Stop accepting, drain in-flight requests up to shutdown_timeout, write the
+        snapshot in what is left of it (at least 1 s), close pools."""
         if self.state is not None:
             self.state.ready = False
+        # the running policy's timeout: a reload may have changed it
+        timeout = self._current()[0].policy.server.shutdown_timeout
+        deadline = time.monotonic() + timeout
         if self.http is not None:
-            # the running policy's timeout: a reload may have changed it
-            running = self.engine.loaded if self.engine is not None else self.loaded
-            await self.http.stop(running.policy.server.shutdown_timeout)
+            await self.http.stop(timeout)
+        if self.snapshots is not None:
+            await self.snapshots.stop(max(deadline, time.monotonic() + 1.0))
         for runner in self._runners:
             await runner.cleanup()
         if self.ops is not None:

@@ -226,6 +226,11 @@ class MemoryStore:
     def health(self) -> StoreHealth:
         return StoreHealth()  # never refuses a write: it evicts
 
+    def snapshot_entries(self) -> tuple[float, list[Entry]]:
+        """For ``proxy.snapshot``: the monotonic now and every entry tuple, least recently
+        used first. A copy of references (the tuples are immutable), taken in one step."""
+        return self._monotonic(), [*self._old.values(), *self._data.values()]
+
     def keys(self) -> list[str]:
         """Every stored key, least recently used first (for reports and tests)."""
         return [*self._old, *self._data]

@@ -1,0 +1,337 @@
+"""Warm restart: the memory stores written to a file, and read back before serving.
+
+The file is a fixed header and a body::
+
+    magic b"SCSNAP\\r\\n" | version u16 | 0 u16 | body length u64 | blake2b-256 of the body
+    body: msgpack arrays one after another, [store, route, key, value, expires, [tags]]
+
+``expires`` is wall-clock (unix seconds): a process's monotonic deadlines mean nothing
+to the next one. Entries go least recently used first, so a smaller ``max_size`` keeps
+the most recently used. The stored values are the entries' envelopes as they are; their
+``response_time`` is wall-clock too, so Age counts the time across the restart.
+
+Writing takes an immutable copy of the stores' entry tuples on the event loop (pointer
+copies), then packs, hashes and writes in a thread, in 1 MiB chunks: temp file in the
+same directory, fsync, rename, fsync of the directory. Reading checks magic, version,
+length and checksum before anything reaches a store; every fault is ``SnapshotError``,
+which the caller logs and ignores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgpack
+
+from proxy.logs import event
+from proxy.policy import LoadedPolicy, MemoryBackend, TieredBackend
+from proxy.policymodel import Snapshot
+from proxy.stores.base import Store
+from proxy.stores.memory import Entry, MemoryStore
+
+MAGIC: Final = b"SCSNAP\r\n"
+VERSION: Final = 1
+HEADER: Final = struct.Struct(">8sHHQ32s")
+CHUNK: Final = 1024 * 1024
+
+# (store, route, key, value, expires at (unix seconds), tags)
+Record = tuple[str, str, str, bytes, float, tuple[str, ...]]
+# (store, wall now, monotonic now, its entry tuples)
+Taken = tuple[str, float, float, list[Entry]]
+
+
+class SnapshotError(ValueError):
+    """A snapshot file that cannot be used: the reason, in words, for the log."""
+
+
+class SnapshotTimeout(Exception):
+    """Writing did not finish before its deadline; the previous file stays."""
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    entries: int
+    size: int  # bytes of the file
+    seconds: float
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What a start-up read put into the stores, and what it left out and why."""
+
+    entries: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def worker_path(path: str, worker: int | None) -> str:
+    """The file of one worker: ``path`` alone, ``path.wI`` with ``--workers N``."""
+    return path if worker is None else f"{path}.w{worker}"
+
+
+def route_of(key: str) -> str:
+    """The route a key belongs to: ``sc:<route>:<digest>`` (variant keys too)."""
+    prefix, _, rest = key.partition(":")
+    route, sep, _ = rest.partition(":")
+    return route if prefix == "sc" and sep else ""
+
+
+# ---------------------------------------------------------------- writing
+
+
+def collect(stores: Mapping[str, Store]) -> list[Taken]:
+    """Each memory store's entries as (name, wall now, monotonic now, entry tuples): a
+    copy of references, taken in one step on the event loop."""
+    taken: list[Taken] = []
+    for name, store in stores.items():
+        if isinstance(store, MemoryStore) and store.name == name:
+            mono, entries = store.snapshot_entries()
+            taken.append((name, time.time(), mono, entries))
+    return taken
+
+
+def records(taken: Iterable[Taken]) -> Iterator[Record]:
+    """The copied entry tuples (value, deadline, key, *tags) as records."""
+    for name, wall, mono, entries in taken:
+        shift = wall - mono
+        for entry in entries:
+            key = entry[2]
+            yield (name, route_of(key), key, entry[0], entry[1] + shift, entry[3:])
+
+
+def write_file(path: str, items: Iterable[Record], deadline: float | None = None) -> Written:
+    """Write ``items`` to ``path`` atomically; ``OSError`` or ``SnapshotTimeout`` leave
+    the previous file as it was. ``deadline`` is on the monotonic clock."""
+    began = time.perf_counter()
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(bytes(HEADER.size))
+            digest, length, count = hashlib.blake2b(digest_size=32), 0, 0
+            packer = msgpack.Packer(use_bin_type=True)
+            buffer = bytearray()
+            for store, route, key, value, expires, tags in items:
+                buffer += packer.pack([store, route, key, value, expires, list(tags)])
+                count += 1
+                if len(buffer) >= CHUNK:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise SnapshotTimeout(f"not written within its time ({count} entries)")
+                    digest.update(buffer)
+                    out.write(buffer)
+                    length += len(buffer)
+                    buffer.clear()
+            digest.update(buffer)
+            out.write(buffer)
+            length += len(buffer)
+            out.seek(0)
+            out.write(HEADER.pack(MAGIC, VERSION, 0, length, digest.digest()))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return Written(count, HEADER.size + length, time.perf_counter() - began)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_file(path: str) -> list[Record]:
+    """Every record of an intact snapshot; ``SnapshotError`` saying what is wrong
+    otherwise (``FileNotFoundError`` when there is none)."""
+    with open(path, "rb") as source:
+        head = source.read(HEADER.size)
+        if len(head) < HEADER.size:
+            raise SnapshotError(f"truncated: {len(head)} bytes, shorter than the header")
+        magic, version, _, length, expected = HEADER.unpack(head)
+        if magic != MAGIC:
+            raise SnapshotError("not a sidecache snapshot (unknown magic)")
+        if version != VERSION:
+            raise SnapshotError(f"format version {version}, this sidecache reads {VERSION}")
+        digest = hashlib.blake2b(digest_size=32)
+        unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=0)
+        found: list[object] = []
+        seen = 0
+        while chunk := source.read(CHUNK):
+            seen += len(chunk)
+            digest.update(chunk)
+            unpacker.feed(chunk)
+            try:
+                found.extend(unpacker)
+            except (ValueError, msgpack.UnpackException) as exc:
+                raise SnapshotError(f"malformed body: {exc}") from None
+    if seen != length:
+        raise SnapshotError(f"truncated: body of {seen} bytes, the header says {length}")
+    if digest.digest() != expected:
+        raise SnapshotError("checksum mismatch (the body is damaged)")
+    return [_record(item, index) for index, item in enumerate(found)]
+
+
+def _record(item: object, index: int) -> Record:
+    if not isinstance(item, list) or len(item) != 6:
+        raise SnapshotError(f"entry {index} is not a snapshot entry")
+    store, route, key, value, expires, tags = item
+    if not (
+        isinstance(store, str)
+        and isinstance(route, str)
+        and isinstance(key, str)
+        and isinstance(value, bytes)
+        and isinstance(expires, float | int)
+        and isinstance(tags, list)
+        and all(isinstance(tag, str) for tag in tags)
+    ):
+        raise SnapshotError(f"entry {index} has fields of the wrong type")
+    return (store, route, key, value, float(expires), tuple(tags))
+
+
+def _memory_of(loaded: LoadedPolicy) -> dict[str, str]:
+    """route name → the memory store its entries live in (a tiered backend's l1)."""
+    backends = loaded.policy.backends
+    placed: dict[str, str] = {}
+    for route in loaded.routes:
+        backend = backends.get(route.backend)
+        if isinstance(backend, TieredBackend):
+            placed[route.name] = backend.l1
+        elif isinstance(backend, MemoryBackend):
+            placed[route.name] = route.backend
+    return placed
+
+
+async def restore(
+    items: Iterable[Record], loaded: LoadedPolicy, stores: Mapping[str, Store], now: float
+) -> Loaded:
+    """Put the records that still belong into their stores (``max_size`` applies as for
+    any write): not expired, their route in the policy, its backend still that memory
+    store."""
+    placed, result = _memory_of(loaded), Loaded()
+    skipped = result.skipped
+    for store_name, route, key, value, expires, tags in items:
+        store = stores.get(store_name)
+        if not isinstance(store, MemoryStore):
+            skipped["backend gone"] = skipped.get("backend gone", 0) + 1
+        elif route not in placed:
+            skipped["route gone"] = skipped.get("route gone", 0) + 1
+        elif placed[route] != store_name:
+            skipped["route moved"] = skipped.get("route moved", 0) + 1
+        elif expires <= now:
+            skipped["expired"] = skipped.get("expired", 0) + 1
+        else:
+            await store.set(key, value, expires - now, tags)
+            result.entries += 1
+    return result
+
+
+# ---------------------------------------------------------------- the worker's writer
+
+
+class Snapshots:
+    """One worker's snapshot: loaded at start, written every ``interval`` and at stop.
+
+    ``current`` answers the running policy and stores (a reload may replace both).
+    Writes never overlap: the last one at stop waits for a periodic one in progress.
+    """
+
+    def __init__(
+        self,
+        config: Snapshot,
+        worker: int | None,
+        current: Callable[[], tuple[LoadedPolicy, Mapping[str, Store]]],
+    ) -> None:
+        self.path = worker_path(config.path, worker)
+        self.interval = config.interval
+        self.current = current
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def load(self) -> Loaded | None:
+        """Fill the memory stores from the file, if it is there and intact."""
+        began = time.perf_counter()
+        try:
+            items = await asyncio.to_thread(read_file, self.path)
+        except FileNotFoundError:
+            event("snapshot", f"no snapshot at {self.path}: starting empty", path=self.path)
+            return None
+        except (SnapshotError, OSError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            event(
+                "snapshot",
+                f"snapshot {self.path} ignored: {reason}; starting with an empty cache",
+                level=logging.WARNING,
+                path=self.path,
+                reason=str(reason),
+            )
+            return None
+        loaded, stores = self.current()
+        result = await restore(items, loaded, stores, time.time())
+        event(
+            "snapshot",
+            f"snapshot {self.path} loaded: {result.entries} entries",
+            path=self.path,
+            entries=result.entries,
+            skipped=result.skipped,
+            seconds=round(time.perf_counter() - began, 3),
+        )
+        return result
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._every())
+
+    async def _every(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.write(time.monotonic() + self.interval)
+
+    async def write(self, deadline: float | None = None) -> Written | None:
+        """Write the file now; errors are logged, never raised."""
+        async with self._lock:
+            _, stores = self.current()
+            taken = collect(stores)
+            try:
+                written = await asyncio.to_thread(write_file, self.path, records(taken), deadline)
+            except (OSError, SnapshotTimeout) as error:
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+                event(
+                    "snapshot",
+                    f"cannot write snapshot {self.path}: {reason}",
+                    level=logging.ERROR,
+                    path=self.path,
+                    reason=str(reason),
+                )
+                return None
+        event(
+            "snapshot",
+            f"snapshot {self.path} written: {written.entries} entries",
+            path=self.path,
+            entries=written.entries,
+            bytes=written.size,
+            seconds=round(written.seconds, 3),
+        )
+        return written
+
+    async def stop(self, deadline: float) -> Written | None:
+        """The last write, after the drain: waits for a periodic write in progress."""
+        async with self._lock:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                self._task = None
+        return await self.write(deadline)
