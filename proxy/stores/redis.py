@@ -170,7 +170,7 @@ class RedisStore:
         if len(unique) > layout.MAX_TAGS:
             return  # an entry that could not name all its tags could not be purged by all
         digests = [layout.tag_digest(tag) for tag in unique]
-        fresh = secrets.token_hex(len(unique) * layout.GEN // 2)
+        fresh = "".join(layout.fresh_generation() for _ in unique)
         if self._pool is None:  # a cluster: entry and generations in one script call
             bucket = stored[len(self._prefix) : stored.index("}") + 1]
             keys = [stored, *(self._generation(bucket, digest) for digest in digests)]

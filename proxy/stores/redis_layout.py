@@ -7,7 +7,7 @@ proxy writes; ``docs/reliability.md`` says the same in prose). ``P`` is the back
 
     single node                 cluster (B = {b} is one of 64 bucket hash tags)
     P K                         P{b}K            entry: envelope + payload, PX ttl
-    P~g:D                       P{b}~g:D         a tag's generation (12 hex), PX >= entries
+    P~g:D                       P{b}~g:D         a tag's generation (12 digits), PX >= entries
     P~l:K                       P{b}~l:K         lease: SET NX PX <random token>
 
 **Purges never depend on index data surviving.** An entry's envelope names the digest and
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import secrets
 from typing import Final, Literal
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -63,6 +64,12 @@ def bucket_of(key: str) -> str:
     """The hash tag (with braces) of a cluster entry's bucket."""
     digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=1).digest()
     return "{" + BUCKET_TAGS[digest[0] % BUCKETS] + "}"
+
+
+def fresh_generation() -> str:
+    """A new generation: 12 random decimal digits, the first not 0, so that Redis keeps
+    it as an integer (16 bytes less per generation key than a 12-character string)."""
+    return str(10**11 + secrets.randbelow(9 * 10**11))
 
 
 def tag_digest(tag: str) -> str:
