@@ -201,6 +201,6 @@ async def test_entries_live_for_ttl_plus_stale_windows(make_proxy: MakeProxy, or
     proxy = await make_proxy(POLICY)
     await proxy.get("/swr/ttl")
     store: Any = proxy.stores["local"]
-    (key,) = [k for k in store.keys() if k.startswith("sc:{swr}:")]  # noqa: SIM118
+    (key,) = [k for k in store.keys() if k.startswith("sc:swr:")]  # noqa: SIM118
     expires = store._data[key][1] - proxy.clock.monotonic()
     assert 30 < expires <= 31
