@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import BinaryIO, Final
 
 import msgpack
 
@@ -154,10 +154,12 @@ def write_file(path: str, items: Iterable[Record], deadline: float | None = None
 # ---------------------------------------------------------------- reading
 
 
-def read_file(path: str) -> list[Record]:
-    """Every record of an intact snapshot; ``SnapshotError`` saying what is wrong
-    otherwise (``FileNotFoundError`` when there is none)."""
-    with open(path, "rb") as source:
+def open_verified(path: str) -> BinaryIO:
+    """The file, checked whole (magic, version, length, checksum) in one streaming pass
+    and positioned at its first entry; ``SnapshotError`` saying what is wrong otherwise
+    (``FileNotFoundError`` when there is none). Nothing is kept in memory meanwhile."""
+    source = open(path, "rb")  # noqa: SIM115  (handed to the caller)
+    try:
         head = source.read(HEADER.size)
         if len(head) < HEADER.size:
             raise SnapshotError(f"truncated: {len(head)} bytes, shorter than the header")
@@ -167,22 +169,39 @@ def read_file(path: str) -> list[Record]:
         if version != VERSION:
             raise SnapshotError(f"format version {version}, this sidecache reads {VERSION}")
         digest = hashlib.blake2b(digest_size=32)
-        unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=0)
-        found: list[object] = []
         seen = 0
         while chunk := source.read(CHUNK):
             seen += len(chunk)
             digest.update(chunk)
-            unpacker.feed(chunk)
-            try:
-                found.extend(unpacker)
-            except (ValueError, msgpack.UnpackException) as exc:
-                raise SnapshotError(f"malformed body: {exc}") from None
-    if seen != length:
-        raise SnapshotError(f"truncated: body of {seen} bytes, the header says {length}")
-    if digest.digest() != expected:
-        raise SnapshotError("checksum mismatch (the body is damaged)")
-    return [_record(item, index) for index, item in enumerate(found)]
+        if seen != length:
+            raise SnapshotError(f"truncated: body of {seen} bytes, the header says {length}")
+        if digest.digest() != expected:
+            raise SnapshotError("checksum mismatch (the body is damaged)")
+        source.seek(HEADER.size)
+    except BaseException:
+        source.close()
+        raise
+    return source
+
+
+def iter_records(source: BinaryIO) -> Iterator[Record]:
+    """The entries of a verified file, one at a time (``SnapshotError`` if malformed)."""
+    unpacker = msgpack.Unpacker(raw=False, use_list=True, max_buffer_size=0)
+    index = 0
+    while chunk := source.read(CHUNK):
+        unpacker.feed(chunk)
+        try:
+            for item in unpacker:
+                yield _record(item, index)
+                index += 1
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise SnapshotError(f"malformed entry {index}: {exc}") from None
+
+
+def read_file(path: str) -> list[Record]:
+    """Every record of an intact snapshot (for tests and tools)."""
+    with open_verified(path) as source:
+        return list(iter_records(source))
 
 
 def _record(item: object, index: int) -> Record:
@@ -265,22 +284,23 @@ class Snapshots:
         """Fill the memory stores from the file, if it is there and intact."""
         began = time.perf_counter()
         try:
-            items = await asyncio.to_thread(read_file, self.path)
+            source = await asyncio.to_thread(open_verified, self.path)
         except FileNotFoundError:
             event("snapshot", f"no snapshot at {self.path}: starting empty", path=self.path)
             return None
         except (SnapshotError, OSError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            event(
-                "snapshot",
-                f"snapshot {self.path} ignored: {reason}; starting with an empty cache",
-                level=logging.WARNING,
-                path=self.path,
-                reason=str(reason),
-            )
+            self._ignored(error)
             return None
         loaded, stores = self.current()
-        result = await restore(items, loaded, stores, time.time())
+        with source:  # entry by entry: never the whole file in memory beside the stores
+            try:
+                result = await restore(iter_records(source), loaded, stores, time.time())
+            except SnapshotError as error:  # checksummed, yet not ours: start empty
+                for store in stores.values():
+                    if isinstance(store, MemoryStore):
+                        await store.delete(store.keys())
+                self._ignored(error)
+                return None
         event(
             "snapshot",
             f"snapshot {self.path} loaded: {result.entries} entries",
@@ -290,6 +310,16 @@ class Snapshots:
             seconds=round(time.perf_counter() - began, 3),
         )
         return result
+
+    def _ignored(self, error: Exception) -> None:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        event(
+            "snapshot",
+            f"snapshot {self.path} ignored: {reason}; starting with an empty cache",
+            level=logging.WARNING,
+            path=self.path,
+            reason=str(reason),
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._every())
