@@ -173,6 +173,7 @@ class _Route:
     name: str
     match: Match
     explicit: bool  # the file has a ``match`` with a path, prefix or regex
+    written: bool  # the file has a ``match`` key at all (warnings point at it)
 
     @property
     def label(self) -> str:
@@ -187,7 +188,7 @@ def _parsed_routes(data: dict[str, Any]) -> list[_Route]:
         except ValidationError:
             continue  # reported as an error
         explicit = any(getattr(match, kind) is not None for kind in _KINDS)
-        out.append(_Route(i, str(spec.get("name", "?")), match, explicit))
+        out.append(_Route(i, str(spec.get("name", "?")), match, explicit, "match" in spec))
     return out
 
 
@@ -208,7 +209,7 @@ def route_warnings(data: dict[str, Any], located: Located) -> list[PolicyIssue]:
         for earlier in routes[:later_at]:
             reason = shadow_reason(earlier.match, later.match)
             if reason is not None:
-                where = (*loc, "match") if "match" in _mapping(_route_data(data, later)) else loc
+                where = (*loc, "match") if later.written else loc
                 issues.add(
                     where,
                     f"{later.label} is never matched: {earlier.label} comes first and {reason}",
@@ -216,10 +217,6 @@ def route_warnings(data: dict[str, Any], located: Located) -> list[PolicyIssue]:
                 )
                 break
     return issues
-
-
-def _route_data(data: dict[str, Any], route: _Route) -> object:
-    return data["routes"][route.index]
 
 
 def shadow_reason(earlier: Match, later: Match) -> str | None:
