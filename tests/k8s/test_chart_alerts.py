@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -25,7 +26,7 @@ import yaml
 from .chart import CHART, NAMESPACE, RELEASE
 from .manifests import validate
 
-PROMTOOL: Final = shutil.which("promtool") or "/usr/bin/promtool"
+PROMTOOL: Final = shutil.which("promtool") or str(Path(sys.executable).with_name("promtool"))
 TARGET: Final = {"namespace": "web", "job": "shop-metrics"}
 ALERTS: Final = [
     "SidecacheLowHitRatio",

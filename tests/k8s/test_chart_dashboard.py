@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Final
 
@@ -16,7 +17,7 @@ import yaml
 
 from .manifests import validate
 
-PROMTOOL: Final = shutil.which("promtool") or "/usr/bin/promtool"
+PROMTOOL: Final = shutil.which("promtool") or str(Path(sys.executable).with_name("promtool"))
 # What Grafana puts in for the variables, with "All" picked for the multi-value ones.
 VARIABLES: Final = {
     "$__rate_interval": "1m",
