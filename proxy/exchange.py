@@ -7,8 +7,8 @@ back into bytes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from proxy.routing import Route, Router
 from proxy.stores.base import Store
@@ -16,19 +16,40 @@ from proxy.stores.base import Store
 Headers = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
 class Exchange:
-    """One client request, as the engine sees it (no server types)."""
+    """One client request, as the engine sees it (no server types).
 
-    method: str
-    path: str
-    query: str
-    headers: Headers
-    host: str = ""
-    client: str = ""
-    scheme: str = "http"
-    body: AsyncIterable[bytes] | None = None
-    hmap: Mapping[str, str] = field(default_factory=dict)
+    ``hmap`` maps lowercased names to their combined values: what decisions read.
+    ``headers`` are the fields as sent, for forwarding; a server that parsed them from
+    the wire passes the byte pairs (``raw``), decoded only when a path asks for them
+    (a miss or a pass-through, never a hit).
+    """
+
+    __slots__ = ("_headers", "_raw", "body", "client", "hmap", "host", "method", "path", "query")
+    scheme = "http"
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: Headers | None,
+        hmap: Mapping[str, str],
+        *,
+        host: str = "",
+        client: str = "",
+        body: AsyncIterable[bytes] | None = None,
+        raw: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self._headers = headers
+        self._raw = raw
+        self.hmap = hmap
+        self.host = host
+        self.client = client
+        self.body = body
 
     @staticmethod
     def build(
@@ -39,18 +60,37 @@ class Exchange:
         *,
         host: str = "",
         client: str = "",
-        scheme: str = "http",
         body: AsyncIterable[bytes] | None = None,
     ) -> Exchange:
         hmap: dict[str, str] = {}
         for name, value in headers:
             lowered = name.lower()
             hmap[lowered] = f"{hmap[lowered]}, {value}" if lowered in hmap else value
-        return Exchange(method, path, query, headers, host, client, scheme, body, hmap)
+        return Exchange(method, path, query, headers, hmap, host=host, client=client, body=body)
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw)
+        return self._headers
 
     @property
     def target(self) -> str:
         return f"{self.path}?{self.query}" if self.query else self.path
+
+    def with_client(self, client: str) -> Exchange:
+        """The same request from another connection."""
+        return Exchange(
+            self.method,
+            self.path,
+            self.query,
+            self._headers,
+            self.hmap,
+            host=self.host,
+            client=client,
+            body=self.body,
+            raw=self._raw,
+        )
 
 
 @dataclass(slots=True)

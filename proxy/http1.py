@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import re
 import socket
@@ -319,7 +318,7 @@ class HttpProtocol(asyncio.Protocol):
                 and len(data) <= MEMO_HEAD_MAX
             ):
                 ticket = self._answered_hit()
-                if ticket is not None:
+                if ticket is not None and self.server.seen_before(data):
                     self.server.remember(_Memo(data, ticket, last))
 
     def _answered_hit(self) -> Ticket | None:
@@ -448,38 +447,53 @@ class HttpProtocol(asyncio.Protocol):
         if method == "CONNECT":
             raise HttpError(405, "CONNECT is not proxied")
         path, query, authority = self._target(self._url)
-        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._headers)
-        host = ""
-        hosts = 0
-        has_body = False
+        # Only the map decisions read is made here; the fields as sent are decoded from
+        # the byte pairs when a miss or a pass-through forwards them.
+        hmap: dict[str, str] = {}
         for name, value in self._headers:
-            lowered = name.lower()
-            if lowered == b"host":
-                hosts += 1
-                if hosts > 1:
-                    raise HttpError(400, "more than one Host")
-                host = value.decode("latin-1").strip().lower()
-                if not _HOST.fullmatch(host):
-                    raise HttpError(400, "bad Host")
-            elif lowered == b"content-length":
-                length = int(value) if value.strip().isdigit() else -1
-                if length < 0:
-                    raise HttpError(400, "bad Content-Length")
-                if length > self.server.max_body_size:
-                    raise HttpError(413, "request body too large")
-                has_body = has_body or length > 0
-            elif lowered == b"transfer-encoding":
-                if version == "1.0":  # RFC 9112 §6.1: faulty framing, never guessed at
-                    raise HttpError(400, "Transfer-Encoding in HTTP/1.0")
-                has_body = True
+            lowered = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            held = hmap.get(lowered)
+            if held is None:
+                hmap[lowered] = text
+            elif lowered == "host":
+                raise HttpError(400, "more than one Host")
+            else:
+                hmap[lowered] = f"{held}, {text}"
+        host = hmap.get("host")
+        if host is not None:
+            host = host.strip().lower()
+            if not _HOST.fullmatch(host):
+                raise HttpError(400, "bad Host")
+        has_body = "transfer-encoding" in hmap
+        if has_body and version == "1.0":  # RFC 9112 §6.1: faulty framing, never guessed at
+            raise HttpError(400, "Transfer-Encoding in HTTP/1.0")
+        declared = hmap.get("content-length")
+        if declared is not None:
+            length = int(declared) if declared.strip().isdigit() else -1
+            if length < 0:
+                raise HttpError(400, "bad Content-Length")
+            if length > self.server.max_body_size:
+                raise HttpError(413, "request body too large")
+            has_body = has_body or length > 0
         if authority is not None:
             host = authority  # RFC 9112 §3.2.2: the target's authority replaces Host
-        if not host and version == "1.1":
-            raise HttpError(400, "missing Host")
+        if not host:
+            if version == "1.1":
+                raise HttpError(400, "missing Host")
+            host = ""
         body = _Body(self) if has_body else None
         self._current_body = body
-        exchange = Exchange.build(
-            method, path, query, headers, host=host, client=self.client, body=body
+        exchange = Exchange(
+            method,
+            path,
+            query,
+            None,
+            hmap,
+            host=host,
+            client=self.client,
+            body=body,
+            raw=self._headers,
         )
         http11 = version == "1.1"
         self._last = _Pending(exchange, parser.should_keep_alive(), http11, body)
@@ -566,7 +580,7 @@ class HttpProtocol(asyncio.Protocol):
                 if self._closing:
                     return
                 if raw is None or not self._answer_memo(memo, raw, start):
-                    ex = dataclasses.replace(memo.ticket.ex, client=self.client)
+                    ex = memo.ticket.ex.with_client(self.client)
                     self._pending.appendleft(_Pending(ex, memo.keep_alive, memo.http11, None))
             while self._pending and not self._closing:
                 if not self._write_ready.is_set():
@@ -778,6 +792,19 @@ class HttpServer:
         # request head bytes -> what they resolved to and their last answer (hits only)
         self.memo: dict[bytes, _Memo] = {}
         self.memo_bytes = 0
+        self._seen: set[int] = set()  # hashes of request heads seen lately (seen_before)
+
+    def seen_before(self, head: bytes) -> bool:
+        """Whether a request head was seen lately: only a head that repeats is worth
+        remembering (real traffic, with a request id per request, never repeats one)."""
+        seen = self._seen
+        digest = hash(head)
+        if digest in seen:
+            return True
+        if len(seen) >= 4 * MEMO_SIZE:
+            seen.clear()
+        seen.add(digest)
+        return False
 
     def remember(self, memo: _Memo) -> None:
         self.forget(memo.head)
