@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -56,6 +58,10 @@ class SnapshotError(ValueError):
 
 class SnapshotTimeout(Exception):
     """Writing did not finish before its deadline; the previous file stays."""
+
+
+class SnapshotOutdated(Exception):
+    """A delete or purge ran while the snapshot was written: it would bring entries back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +114,15 @@ def records(taken: Iterable[Taken]) -> Iterator[Record]:
             yield (name, route_of(key), key, entry[0], entry[1] + shift, entry[3:])
 
 
-def write_file(path: str, items: Iterable[Record], deadline: float | None = None) -> Written:
-    """Write ``items`` to ``path`` atomically; ``OSError`` or ``SnapshotTimeout`` leave
-    the previous file as it was. ``deadline`` is on the monotonic clock."""
+def write_file(
+    path: str,
+    items: Iterable[Record],
+    deadline: float | None = None,
+    publish: Callable[[str, str], None] = os.replace,
+) -> Written:
+    """Write ``items`` to ``path`` atomically; ``OSError``, ``SnapshotTimeout`` or
+    whatever ``publish`` (the rename) raises leave the previous file as it was.
+    ``deadline`` is on the monotonic clock."""
     began = time.perf_counter()
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
@@ -137,7 +149,7 @@ def write_file(path: str, items: Iterable[Record], deadline: float | None = None
             out.write(HEADER.pack(MAGIC, VERSION, 0, length, digest.digest()))
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temp, path)
+        publish(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
@@ -279,6 +291,12 @@ class Snapshots:
         self.current = current
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        # Deletes and purges since start. One makes the file on disk (and any write in
+        # progress) outdated: it is removed at once, so a crash never restores what was
+        # purged. The rename of a write checks this under the same lock.
+        self._removals = 0
+        self._rename = threading.Lock()
+        self._hooked: set[int] = set()
 
     async def load(self) -> Loaded | None:
         """Fill the memory stores from the file, if it is there and intact."""
@@ -322,20 +340,65 @@ class Snapshots:
         )
 
     def start(self) -> None:
+        self._hook()
         self._task = asyncio.create_task(self._every())
 
+    def _removed(self) -> None:
+        """A memory store deleted or purged (on the event loop): the file goes."""
+        with self._rename:
+            self._removals += 1
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+    def _hook(self) -> None:
+        """Be told of the memory stores' removals; a store new since the last look (a
+        reload replaced it: it starts empty) makes the file outdated as a purge does."""
+        for store in self.current()[1].values():
+            if isinstance(store, MemoryStore) and store.on_removal is None:
+                if self._hooked:
+                    self._removed()
+                store.on_removal = self._removed
+                self._hooked.add(id(store))
+
+    def _publish(self, removals: int, temp: str, path: str) -> None:
+        with self._rename:
+            if self._removals != removals:
+                raise SnapshotOutdated("entries were deleted or purged while it was written")
+            os.replace(temp, path)
+
     async def _every(self) -> None:
+        due = time.monotonic() + self.interval
         while True:
-            await asyncio.sleep(self.interval)
-            await self.write(time.monotonic() + self.interval)
+            await asyncio.sleep(min(1.0, max(0.0, due - time.monotonic())))
+            self._hook()
+            if time.monotonic() >= due:
+                await self.write(time.monotonic() + self.interval)
+                due = time.monotonic() + self.interval
 
     async def write(self, deadline: float | None = None) -> Written | None:
-        """Write the file now; errors are logged, never raised."""
-        async with self._lock:
-            _, stores = self.current()
-            taken = collect(stores)
+        """Write the file now; errors are logged, never raised. A write a purge made
+        outdated is retried once at once (while the deadline allows)."""
+        outdated = SnapshotOutdated()
+        for _ in range(2):
             try:
-                written = await asyncio.to_thread(write_file, self.path, records(taken), deadline)
+                return await self._write(deadline)
+            except SnapshotOutdated as error:
+                outdated = error
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+        event("snapshot", f"snapshot {self.path} not written: {outdated}", path=self.path)
+        return None
+
+    async def _write(self, deadline: float | None) -> Written | None:
+        async with self._lock:
+            self._hook()
+            _, stores = self.current()
+            taken, removals = collect(stores), self._removals
+            publish = functools.partial(self._publish, removals)
+            try:
+                written = await asyncio.to_thread(
+                    write_file, self.path, records(taken), deadline, publish
+                )
             except (OSError, SnapshotTimeout) as error:
                 reason = error.strerror if isinstance(error, OSError) and error.strerror else error
                 event(

@@ -7,7 +7,8 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from proxy.snapshot import (
     HEADER,
     MAGIC,
     VERSION,
+    Record,
     SnapshotError,
+    SnapshotOutdated,
     Snapshots,
     SnapshotTimeout,
     collect,
@@ -251,3 +254,40 @@ def test_names() -> None:
     assert route_of("other") == ""
     assert MAGIC.endswith(b"\r\n")
     assert HEADER.size == 52
+
+
+async def test_a_purge_removes_the_file_so_a_crash_never_restores_it(tmp_path: Path) -> None:
+    path = tmp_path / "snap"
+    loaded = _policy(path)
+    stores: dict[str, Store] = {"local": await _filled()}
+    snapshots = Snapshots(loaded.policy.server.snapshot, None, lambda: (loaded, stores))  # type: ignore[arg-type]
+    written = await snapshots.write()
+    assert written is not None
+    assert path.exists()
+    assert await stores["local"].purge_tags(["p:/7"]) == 1
+    assert not path.exists()
+    assert (await snapshots.write()) is not None  # the next write has the purge
+    assert "sc:products:" + f"{7:032x}" not in [r[2] for r in read_file(str(path))]
+
+
+async def test_a_purge_during_a_write_keeps_that_write_from_landing(tmp_path: Path) -> None:
+    path = tmp_path / "snap"
+    loaded = _policy(path)
+    stores: dict[str, Store] = {"local": await _filled()}
+    snapshots = Snapshots(loaded.policy.server.snapshot, None, lambda: (loaded, stores))  # type: ignore[arg-type]
+    await snapshots.write()
+    before = path.read_bytes()
+    removals = snapshots._removals
+
+    def purging(items: list[Record]) -> Iterator[Record]:
+        for index, item in enumerate(items):
+            if index == 10:
+                snapshots._removed()  # what a purge on the event loop does meanwhile
+            yield item
+
+    items = list(records(collect(stores)))
+    with pytest.raises(SnapshotOutdated):
+        write_file(str(path), purging(items), publish=partial(snapshots._publish, removals))
+    assert not path.exists()  # the purge removed the file; the outdated write did not land
+    assert os.listdir(tmp_path) == []
+    assert before

@@ -8,7 +8,7 @@ distinct keys arrive. No awaits happen inside: every method completes in one ste
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, TypeAlias
 
 from proxy.clock import Clock, SystemClock
@@ -70,6 +70,8 @@ class MemoryStore:
         self._locks: dict[str, tuple[str, float]] = {}
         self._size = 0
         self.evictions = 0
+        # proxy.snapshot: told of every delete and purge (a snapshot taken before is outdated)
+        self.on_removal: Callable[[], None] | None = None
 
     # -- reads
 
@@ -129,9 +131,13 @@ class MemoryStore:
             self._stale = 0
 
     async def delete(self, keys: Sequence[str]) -> int:
+        if self.on_removal is not None:
+            self.on_removal()
         return sum(self._remove(key) for key in keys)
 
     async def purge_tags(self, tags: Sequence[str]) -> int:
+        if self.on_removal is not None:
+            self.on_removal()
         removed = 0
         for tag in tags:
             # unindexed first: the removals below need not update this tag's entry

@@ -169,3 +169,27 @@ async def test_each_worker_writes_and_reads_its_own_file(
     assert sorted(str(e["path"]) for e in loaded) == [f"{snapshot}.w0", f"{snapshot}.w1"]
     assert sum(int(str(e["entries"])) for e in loaded) == total
     _stop(again)
+
+
+async def test_a_crash_after_a_purge_never_brings_purged_entries_back(
+    origin: Origin, spawn_proxy: SpawnProxy, tmp_path: Path
+) -> None:
+    snapshot = tmp_path / "snap"
+    policy = _policy(origin, snapshot).replace("interval: 5m", "interval: 1s")
+    paths = [f"/items/{i}" for i in range(20)] + [f"/other/{i}" for i in range(20)]
+    proxy = spawn_proxy(policy)
+    await _get_all(proxy.url, paths)
+    await _events(proxy, "written: 40 entries", 1)  # a periodic write holds all 40
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(proxy.admin_url + "/purge", json={"prefixes": ["/items"]}) as purged,
+    ):
+        assert purged.status == 200
+        assert (await purged.json())["removed"] == 20
+    proxy.stop(signal.SIGKILL)  # an OOM kill: no write at stop, whatever the file holds stays
+
+    again = spawn_proxy(policy)
+    answers = dict(zip(paths, await _get_all(again.url, paths), strict=True))
+    assert {answers[p][0] for p in paths if p.startswith("/items")} == {"MISS"}
+    assert all(origin.hits[p] == 2 for p in paths if p.startswith("/items"))
+    _stop(again)
