@@ -352,13 +352,12 @@ class HttpProtocol(asyncio.Protocol):
         engine = self.engine
         ticket = memo.ticket
         now = engine.clock.time()
-        if (
+        exact = (
             (raw is memo.raw or raw == memo.raw)
             and now < memo.until
             and (memo.date_until == _NEVER or time.time() < memo.date_until)
-        ):
-            engine.served_again(ticket, now, start)
-        else:
+        )
+        if not (exact and engine.served_again(ticket, raw, now, start)):
             made = engine.answer_ticket(ticket, raw, now, start)
             if made is None:
                 return False

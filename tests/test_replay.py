@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import replace
 
 from proxy.clock import FakeClock
 from proxy.engine import DECODED_BYTES
+from proxy.entry import CachedResponse, decode, encode
 from proxy.http1 import MEMO_BYTES
 from proxy.policy import parse_policy
 from tests.conftest import MakeProxy, Origin, Reply, RunningProxy, policy_text
@@ -105,6 +107,25 @@ async def test_a_purged_entry_is_not_replayed(make_proxy: MakeProxy, origin: Ori
     _, headers, _ = await conn.ask(GET)
     assert headers["x-cache"] == "MISS"
     assert origin.hits["/r/1"] == 2
+    conn.close()
+
+
+async def test_a_replaced_entry_is_not_replayed(make_proxy: MakeProxy, origin: Origin):
+    proxy = await make_proxy(POLICY)
+    conn = await Conn.open(proxy)
+    for _ in range(4):  # remembered on its repeat, then replayed
+        _, headers, first = await conn.ask(GET)
+        assert headers["x-cache"] in ("MISS", "HIT")
+    assert proxy.http is not None
+    ticket = proxy.http.memo[GET].ticket
+    store = proxy.engine.stores[ticket.route.config.backend]
+    stored = decode(await store.get(ticket.key) or b"")
+    assert isinstance(stored, CachedResponse)
+    await store.set(ticket.key, encode(replace(stored, body=b"replaced")), 60)
+    _, headers, body = await conn.ask(GET)
+    assert (headers["x-cache"], body) == ("HIT", b"replaced")
+    assert first != body
+    assert origin.hits["/r/1"] == 1
     conn.close()
 
 
