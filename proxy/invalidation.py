@@ -29,7 +29,7 @@ from proxy.engine import Engine
 from proxy.errors import StoreError
 from proxy.exchange import Exchange, ProxyResponse
 from proxy.fanout import Subscriber, WorkerBus
-from proxy.keys import derive_key, path_tags, route_tag, user_tag
+from proxy.keys import derive_key, normalize_path, path_tags, route_tag, user_tag
 from proxy.logs import event
 from proxy.policy import RouteConfig
 from proxy.stores.base import Store
@@ -90,9 +90,15 @@ class PurgeRequest:
         for prefix in lists["prefixes"]:
             if not prefix.startswith("/"):
                 raise ValueError(f"prefixes: {prefix!r} must start with /")
+            _spelled("prefixes", prefix, prefix)
         for url in lists["urls"]:
-            if not urlsplit(url).path.startswith("/"):
+            try:
+                parts = urlsplit(url)
+            except ValueError as exc:
+                raise ValueError(f"urls: {url!r} is not a valid URL: {exc}") from None
+            if parts.scheme not in ("", "http", "https") or not parts.path.startswith("/"):
                 raise ValueError(f"urls: {url!r} is neither a path nor an http(s) URL")
+            _spelled("urls", url, parts.path)
         if sum(len(v) for v in lists.values()) > MAX_ITEMS:
             raise ValueError(f"more than {MAX_ITEMS} items in one purge")
         source = data.get("source")
@@ -146,6 +152,16 @@ class PurgeRequest:
             cut(self.store_tags),
             self.source,
         )
+
+
+def _spelled(name: str, item: str, path: str) -> None:
+    """A path the proxy port refuses (``normalize_path``) is refused here too; the others
+    are purged as the port spells them (``plan``: %-escapes of unreserved characters
+    decoded, dot segments and ``//`` gone), the spelling their entries were stored under."""
+    try:
+        _ = normalize_path(path)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {item!r}: {exc}") from None
 
 
 def _kind(value: object) -> str:
@@ -208,6 +224,7 @@ def plan(engine: Engine, request: PurgeRequest) -> dict[str, Target]:
         # a route this replica does not know (a reload elsewhere): look everywhere
         add([known.backend] if known else everywhere, tags=[route_tag(name)])
     for prefix in request.prefixes:
+        prefix = _normalized(prefix)
         if prefix.strip("/"):
             holders = (r.backend for r in routes if may_hold(r, prefix))
             add(holders, tags=[path_tags(prefix)[-1]])
@@ -216,6 +233,7 @@ def plan(engine: Engine, request: PurgeRequest) -> dict[str, Target]:
                 add([route.backend], tags=[route_tag(route.name)])
     for url in request.urls:
         parts = urlsplit(url)
+        parts = parts._replace(path=_normalized(parts.path))
         matched, _ = engine.router.match("GET", (parts.hostname or "").lower(), parts.path)
         spec = matched.config
         if parts.netloc and not (spec.key.headers or spec.key.cookies or spec.cache_authorized):
@@ -227,6 +245,15 @@ def plan(engine: Engine, request: PurgeRequest) -> dict[str, Target]:
             holders = (r.backend for r in routes if may_hold(r, parts.path))
             add(holders, tags=[path_tags(parts.path)[-1]])
     return out
+
+
+def _normalized(path: str) -> str:
+    """A purge's path as requests are stored under it (``parse`` refused the ones the
+    proxy port refuses; one that slips through here is taken as it is)."""
+    try:
+        return normalize_path(path)
+    except ValueError:
+        return path
 
 
 def may_hold(route: RouteConfig, prefix: str) -> bool:

@@ -180,3 +180,40 @@ def test_a_purge_concerns_only_routes_that_can_match_under_it():
     for match, prefix, expected in MAY_HOLD:
         route = RouteConfig(name="r", match=Match(**match), backend="b")
         assert may_hold(route, prefix) is expected, (match, prefix)
+
+
+async def test_a_purge_names_a_path_in_any_spelling_the_proxy_port_accepts(
+    live_proxy: StartProxy, origin: Origin, redis_server: RedisServer
+):
+    # the proxy port serves /api/products/%32 and /api/x/../products/2 as /api/products/2
+    # (RFC 3986 normalization): a purge spelled so must not answer 200 and leave a HIT
+    proxy = await live_proxy(tiered_policy(redis_server.url))
+    host = proxy.url.removeprefix("http://")
+    spellings = [
+        {"urls": ["/api/products/%32"]},
+        {"urls": [f"http://{host}/api/x/../products/%32"]},
+        {"urls": ["/api//products/2"]},
+        {"prefixes": ["/api/./products"]},
+        {"prefixes": ["/api/%70roducts"]},
+    ]
+    for body in spellings:
+        await warm(proxy, "/api/products/2")
+        answer = await proxy.purge(body)
+        assert answer.status == 200, body
+        assert (await proxy.get("/api/products/2")).cache == "MISS", body
+
+
+async def test_urls_and_prefixes_the_proxy_port_would_refuse_are_400s(
+    live_proxy: StartProxy, origin: Origin
+):
+    proxy = await live_proxy(POLICY)
+    cases = {
+        b'{"urls": ["ftp://host/api/lists"]}': "urls: 'ftp://host/api/lists' is neither",
+        b'{"urls": ["http://[::1/x"]}': "urls: 'http://[::1/x' is not a valid URL",
+        b'{"urls": ["/api/a%00b"]}': "urls: '/api/a%00b': NUL in path",
+        b'{"prefixes": ["/api/%zz"]}': "prefixes: '/api/%zz': bad percent-encoding in path",
+    }
+    for body, expected in cases.items():
+        status, error = await post(proxy, body)
+        assert status == 400, body
+        assert expected in error, (body, error)
