@@ -17,6 +17,7 @@ EXPECTED_KINDS: Final = {
     "legacy-values": ["ConfigMap", "Deployment", "Service"],
     "existing-configmap-values": ["Deployment", "Service"],
     "redis-values": ["ConfigMap", "Deployment", "Service"],
+    "snapshot-values": ["ConfigMap", "Deployment", "Service"],
     "observability-values": [
         "ConfigMap",
         "ConfigMap",

@@ -79,6 +79,12 @@ preStop:
 {{/* Refuse values that would cut the drain short or that Kubernetes would reject. */}}
 {{- define "sidecache.checks" -}}
 {{- $v := .values -}}
+{{- if and $v.snapshot.enabled (not $v.policy.existingConfigMap) -}}
+{{- $path := dig "server" "snapshot" "path" "" (fromYaml $v.policy.content) | toString -}}
+{{- if not (hasPrefix (printf "%s/" $v.snapshot.mountPath) $path) -}}
+{{- fail (printf "snapshot.enabled: the policy's server.snapshot.path must be a file in snapshot.mountPath, e.g. server: {snapshot: {path: %s/snapshot, interval: 5m}} (it is %q)" $v.snapshot.mountPath $path) -}}
+{{- end -}}
+{{- end -}}
 {{- $needed := add (int $v.preStop.sleepSeconds) (int $v.sidecar.drainSeconds) -}}
 {{- if le (int $v.terminationGracePeriodSeconds) (int $needed) -}}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStop.sleepSeconds + sidecar.drainSeconds (%d)" (int $v.terminationGracePeriodSeconds) (int $needed)) -}}

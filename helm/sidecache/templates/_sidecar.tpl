@@ -2,7 +2,8 @@
 The named templates to include in your own chart (see docs/kubernetes.md):
   sidecache.container       the sidecache container, a one-item list: under
                             initContainers when sidecar.native, else under containers
-  sidecache.volumes         its volumes: the policy directory and /tmp
+  sidecache.volumes         its volumes: the policy directory, /tmp and, with
+                            snapshot.enabled, the snapshot directory
   sidecache.podAnnotations  checksum/policy (and prometheus.io/* if enabled)
   sidecache.configMap       the policy ConfigMap (this chart renders it already)
   sidecache.env             the container's env list (REDIS_URL, REDIS_PASSWORD, extraEnv)
@@ -24,6 +25,9 @@ Each takes (dict "top" $ "values" <the sidecache values>).
 {{- $mounts := list
       (dict "name" "sidecache-policy" "mountPath" "/etc/sidecache" "readOnly" true)
       (dict "name" "sidecache-tmp" "mountPath" "/tmp") -}}
+{{- if $v.snapshot.enabled -}}
+{{- $mounts = append $mounts (dict "name" "sidecache-snapshot" "mountPath" $v.snapshot.mountPath) -}}
+{{- end -}}
 {{- $c := dict
       "name" "sidecache"
       "image" (include "sidecache.image" .)
@@ -79,9 +83,14 @@ extraEnv; the audit CronJob gets the same, so the policy's ${REDIS_URL} means on
       "items" (list (dict "key" (ternary .values.policy.existingConfigMapKey "policy.yaml" (not (empty .values.policy.existingConfigMap))) "path" "policy.yaml")) -}}
 {{- /* A whole-directory mount: the kubelet swaps its ..data symlink on update, which
        hot reload watches for. A subPath mount would never be updated. */ -}}
-{{- toYaml (list
+{{- $volumes := list
       (dict "name" "sidecache-policy" "configMap" $policy)
-      (dict "name" "sidecache-tmp" "emptyDir" (dict "sizeLimit" .values.tmpSizeLimit))) -}}
+      (dict "name" "sidecache-tmp" "emptyDir" (dict "sizeLimit" .values.tmpSizeLimit)) -}}
+{{- /* server.snapshot's directory: an emptyDir outlives container restarts in the pod */ -}}
+{{- if .values.snapshot.enabled -}}
+{{- $volumes = append $volumes (dict "name" "sidecache-snapshot" "emptyDir" (dict "sizeLimit" .values.snapshot.sizeLimit)) -}}
+{{- end -}}
+{{- toYaml $volumes -}}
 {{- end -}}
 
 {{- define "sidecache.podAnnotations" -}}
