@@ -238,6 +238,8 @@ def _memory_of(loaded: LoadedPolicy) -> dict[str, str]:
     backends = loaded.policy.backends
     placed: dict[str, str] = {}
     for route in loaded.routes:
+        if not route.cache:  # cache: false now: its entries would never be read
+            continue
         backend = backends.get(route.backend)
         if isinstance(backend, TieredBackend):
             placed[route.name] = backend.l1

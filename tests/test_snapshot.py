@@ -47,6 +47,7 @@ server: {snapshot: {path: SNAPSHOT, interval: 5m}}
 routes:
   - {name: products, match: {prefix: /products}}
   - {name: users, match: {prefix: /users}, backend: tier}
+  - {name: cart, match: {prefix: /cart}, cache: false}
 """
 
 
@@ -170,6 +171,7 @@ async def test_load_skips_expired_gone_and_moved_entries(tmp_path: Path) -> None
         ("local", "users", "sc:users:e", b"route now on tier", now + 600, ()),
         ("shared", "users", "sc:users:f", b"not a memory store", now + 600, ()),
         ("old", "products", "sc:products:g", b"backend gone", now + 600, ()),
+        ("local", "cart", "sc:cart:h", b"cache: false now", now + 600, ()),
     ]
     write_file(str(path), items)
     loaded = _policy(path)
@@ -181,7 +183,7 @@ async def test_load_skips_expired_gone_and_moved_entries(tmp_path: Path) -> None
         assert result.entries == 2
         assert result.skipped == {
             "expired": 1,
-            "route gone": 1,
+            "route gone": 2,
             "route moved": 1,
             "backend gone": 2,
         }
