@@ -107,7 +107,10 @@ def parse_header(line: str) -> tuple[str, str]:
 def build_exchange(method: str, url: str, headers: Sequence[tuple[str, str]]) -> Exchange:
     """The request as the proxy port would hand it to the engine (host lowercased, path
     normalized as ``http1`` does; a ``Host`` header wins over a bare path's nothing)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        raise RequestError(f"{url}: not a valid URL: {exc}") from None
     if parts.scheme and parts.scheme not in ("http", "https"):
         raise RequestError(f"{url}: only http:// and https:// URLs (or a bare /path)")
     if not (parts.path or "/").startswith("/"):

@@ -215,6 +215,8 @@ def test_bad_paths_and_requests(loaded: LoadedPolicy) -> None:
     assert explain(loaded, "GET", "/api/x", ["Host: h"]).route == "api"
     with pytest.raises(RequestError, match="Name: value"):
         explain(loaded, "GET", "http://h/", ["nocolon"])
+    with pytest.raises(RequestError, match=r"http://\[::1/x: not a valid URL: Invalid IPv6"):
+        explain(loaded, "GET", "http://[::1/x")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -245,6 +247,9 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     assert _cli("explain", "--policy", str(path), "/no-host").returncode == 2
+    broken = _cli("explain", "--policy", str(path), "http://[::1/x")
+    assert (broken.returncode, broken.stdout) == (2, "")
+    assert broken.stderr == "explain: http://[::1/x: not a valid URL: Invalid IPv6 URL\n"
     path.write_text("version: 1\norigin: 7\nroutes: nope\n")
     assert _cli("explain", "--policy", str(path), "http://h/").returncode == 2
 
