@@ -202,8 +202,8 @@ def decide_storage(
     must_revalidate = any(cc.has(d) for d in ("must-revalidate", "proxy-revalidate", "s-maxage"))
     # §4.2.4: no stale serving of any kind where a directive demands validation.
     forbid_stale = no_cache or must_revalidate
-    swr = _window(cc, "stale-while-revalidate", route.stale_while_revalidate, forbid_stale)
-    sie = _window(cc, "stale-if-error", route.stale_if_error, forbid_stale)
+    swr = _window(cc, "stale-while-revalidate", route.stale_while_revalidate, forbid_stale, route)
+    sie = _window(cc, "stale-if-error", route.stale_if_error, forbid_stale, route)
     validator = bool(first_header(headers, "ETag") or first_header(headers, "Last-Modified"))
     if not validator and (no_cache or (lifetime <= 0 and not (swr or sie))):
         return _skip("not-fresh")  # could only ever be fetched again in full
@@ -281,12 +281,20 @@ def reusable_with_credentials(route: RouteConfig, stored: Headers) -> bool:
     return _shared_ok(cc)
 
 
-def _window(cc: CacheControl, directive: str, route_value: float, forbidden: bool) -> float:
-    """RFC 5861 windows: the origin's directive when it sends one, else the route's."""
+def _window(
+    cc: CacheControl, directive: str, route_value: float, forbidden: bool, route: RouteConfig
+) -> float:
+    """RFC 5861 windows: the origin's directive when it sends one, else the route's. The
+    origin's is capped at ``max_ttl`` as its freshness is (``stale-if-error=31536000``
+    would keep the entry a year), never below the route's own window."""
     if forbidden:
         return 0.0
     value = cc.seconds(directive)
-    return float(value) if value is not None else route_value
+    if value is None:
+        return route_value
+    if route.max_ttl is not None:
+        return min(float(value), max(route.max_ttl, route_value))
+    return float(value)
 
 
 # ---------------------------------------------------------------- freshness (§4.2)

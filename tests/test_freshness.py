@@ -377,6 +377,21 @@ def test_storage_ttl_covers_freshness_windows_and_revalidation():
     assert validated.storage_ttl == 60 + VALIDATION_KEEP
 
 
+def test_max_ttl_caps_the_stale_windows_the_origin_grants():
+    # a year of stale-if-error from the origin kept the entry (and, in Redis, its tags'
+    # generation keys) a year, whatever max_ttl said
+    year = "max-age=60, stale-while-revalidate=31536000, stale-if-error=31536000"
+    capped = decide([("Cache-Control", year)], cfg=route(max_ttl=86400.0))
+    assert (capped.stale_while_revalidate, capped.stale_if_error) == (86400, 86400)
+    assert capped.storage_ttl == 60 + 86400
+    # the route's own windows are its own choice, as its ttl is: the cap rises to them
+    own = route(max_ttl=86400.0, stale_if_error=2 * 86400.0)
+    assert decide([("Cache-Control", year)], cfg=own).stale_if_error == 2 * 86400
+    assert decide([("Cache-Control", "max-age=60")], cfg=own).stale_if_error == 2 * 86400
+    # max_ttl: none lifts it
+    assert decide([("Cache-Control", year)], cfg=route(max_ttl=None)).stale_if_error == 31536000
+
+
 # ---------------------------------------------------------------- RFC 9213, §5.4
 
 
