@@ -112,6 +112,8 @@ def _listen(what: str, value: str, *, reuse_port: bool) -> socket.socket:
         host, port = parse_address(value)
     except ValueError as error:
         raise OSError(f"cannot listen on {what} {value}: expected HOST:PORT") from error
+    if port > 65535:  # bind() would raise OverflowError, not OSError
+        raise OSError(f"cannot listen on {what} {value}: the port must be 0-65535")
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         return bind((host, port), reuse_port=reuse_port)

@@ -173,6 +173,11 @@ def test_run_names_the_listener_and_address_it_cannot_bind():
         )
     result = _cli("run", "--policy", "policies/example.yaml", "--listen", "localhost")
     assert result.stderr.strip() == "cannot listen on proxy port localhost: expected HOST:PORT"
+    result = _cli("run", "--policy", "policies/example.yaml", "--listen", "127.0.0.1:99999")
+    assert (result.returncode, result.stderr.strip()) == (
+        1,
+        "cannot listen on proxy port 127.0.0.1:99999: the port must be 0-65535",
+    )
 
 
 async def test_run_prints_the_warnings_at_start_up(origin: Origin, spawn_proxy: SpawnProxy):
