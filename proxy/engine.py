@@ -68,7 +68,15 @@ from proxy.freshness import (
     transform_forbidden,
     within_stale_window,
 )
-from proxy.keys import derive_key, path_tags, route_tag, user_tag, variant_key, variant_of
+from proxy.keys import (
+    derive_key,
+    path_tags,
+    route_tag,
+    target_tag,
+    user_tag,
+    variant_key,
+    variant_of,
+)
 from proxy.logs import AccessLog
 from proxy.metrics import Meter
 from proxy.origin import OriginClient, OriginResponse
@@ -750,7 +758,7 @@ class Engine:
         """RFC 9111 §4.4, plus the route's ``invalidates`` list."""
         hosts = [h for h in (ex.host, self.origin.host) if h]
         paths = invalidation_targets(ex.method, 200, headers, ex.target, hosts)
-        tags = [f"p:{p.split('?')[0].rstrip('/') or '/'}" for p in paths]
+        tags = [target_tag(p) for p in paths]
         for target in route.config.invalidates:
             tags.append(f"p:{target.rstrip('/')}" if target.startswith("/") else route_tag(target))
         if self.purge_hook is not None:

@@ -10,6 +10,7 @@ would let a client forge collisions.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
@@ -176,6 +177,16 @@ def path_tags(path: str) -> tuple[str, ...]:
         current += "/" + segment
         tags.append("p:" + current)
     return tuple(tags) or ("p:/",)
+
+
+def target_tag(target: str) -> str:
+    """The index tag that covers ``target`` (``path?query``) and the paths below it, as
+    entries were tagged: the path spelled as the proxy port spells it (a Location of
+    ``/a/%62`` or ``/a/x/../b`` names ``/a/b``), at most 8 segments deep (``path_tags``)."""
+    path = target.split("?", 1)[0] or "/"
+    with contextlib.suppress(ValueError):  # a path the port refuses was never stored
+        path = normalize_path(path)
+    return path_tags(path)[-1]
 
 
 def route_tag(route: str) -> str:

@@ -996,6 +996,27 @@ async def test_unsafe_methods_invalidate_the_target_and_same_origin_locations(
     assert (await proxy.get("/inv/e")).headers["X-Cache"] == "MISS"
 
 
+async def test_unsafe_invalidation_finds_paths_in_any_spelling_and_at_any_depth(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    # a Location spelled with escapes or dot segments names the entry stored under its
+    # normalized path; a target deeper than the 8 segments entries are tagged with too
+    fresh = ("Cache-Control", "max-age=600")
+    deep = "/inv/1/2/3/4/5/6/7/8/9"
+    for path in ("/inv/f", "/inv/g", deep):
+        serve(origin, fake_clock, path, fresh)
+        await proxy.get(path)
+        assert (await proxy.get(path)).headers["X-Cache"] == "HIT", path
+    serve(origin, fake_clock, "/inv/post2", ("Location", "/inv/%66"), status=201)
+    serve(origin, fake_clock, "/inv/post3", ("Location", "/inv/x/../g"), status=201)
+    serve(origin, fake_clock, deep, fresh)
+    assert (await proxy.request("POST", "/inv/post2", data=b"x")).status == 201
+    assert (await proxy.request("POST", "/inv/post3", data=b"x")).status == 201
+    assert (await proxy.request("DELETE", deep)).status == 200
+    for path in ("/inv/f", "/inv/g", deep):
+        assert (await proxy.get(path)).headers["X-Cache"] == "MISS", path
+
+
 async def test_an_error_response_invalidates_nothing(
     proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
 ):
