@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -208,7 +209,8 @@ class Progress:
 async def audit_redis(
     name: str, config: RedisBackend, sample: int | None, progress: Progress
 ) -> BackendAudit:
-    audit = BackendAudit(name, "redis")
+    # the address is named even when Redis cannot be reached; then the masters replace it
+    audit = BackendAudit(name, "redis", nodes=list(config.nodes) or [_address(config.url)])
     scan = RedisScan(
         name,
         config.url,
@@ -303,6 +305,12 @@ async def audit_policy(
     return audits
 
 
+def _address(url: str) -> str:
+    """``host:port`` (or the socket path) of a Redis URL, without its credentials."""
+    parts = urlsplit(url)
+    return parts.path if parts.scheme == "unix" else parts.netloc.rpartition("@")[2] or url
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -355,7 +363,13 @@ def render(result: dict[str, Any]) -> str:
         for kind, figures in backend["kinds"].items():
             if kind != "entry":
                 lines.append(_kind_line(kind, figures))
-    lines += ["", "findings:" if result["findings"] else "findings: none"]
+    unread = result["unreachable"]
+    if result["findings"]:
+        lines += ["", "findings:"]
+    elif unread:  # "none" would read as a clean store
+        lines += ["", f"findings: none in what was read; not scanned: {', '.join(unread)}"]
+    else:
+        lines += ["", "findings: none"]
     for found in result["findings"]:
         lines.append("  " + _finding_line(found))
     return "\n".join(lines) + "\n"

@@ -181,6 +181,9 @@ async def test_unreachable_store_and_bad_policy_exit_2(tmp_path: Path, origin: O
     assert done.returncode == 2
     assert "backend shared:" in done.stderr
     assert "backend pool:" in done.stderr
+    # the report names where it looked, and does not read as a clean store
+    assert f"backend shared (redis, 127.0.0.1:{dead}): 0 keys" in done.stdout
+    assert done.stdout.endswith("findings: none in what was read; not scanned: shared, pool\n")
     policy.write_text("version: 1\norigin: nope\nbackends: 3\n")
     assert (await asyncio.to_thread(audit, "--policy", str(policy))).returncode == 2
 
