@@ -149,7 +149,8 @@ def _check_ceilings(data: dict[str, Any], issues: _Issues) -> None:
             if ttl <= ceiling or (where, ceiling_loc) in reported:
                 continue
             reported.add((where, ceiling_loc))
-            fix = f"raise max_ttl or shorten {where[-1]}"
+            named = "statuses." if where[-2] == "statuses" else ""
+            fix = f"raise max_ttl or shorten {named}{where[-1]}"
             if where[: len(loc)] == loc:  # the block's own ttl: said at the ttl
                 issues.add(
                     where,

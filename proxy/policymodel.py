@@ -41,7 +41,14 @@ def parse_ceiling(value: object) -> float:
         return math.inf
     if isinstance(value, float) and value == math.inf:
         return value
-    return parse_duration(value)
+    try:
+        return parse_duration(value)
+    except ValueError:
+        if not isinstance(value, str):
+            raise
+        raise ValueError(
+            f"invalid duration {value!r}: use 250ms, 30s, 5m, 1h, 1d, seconds, or none (no ceiling)"
+        ) from None
 
 
 Ceiling = Annotated[

@@ -1425,7 +1425,7 @@ def test_max_ttl_set_in_defaults_is_inherited_and_none_lifts_it() -> None:
         (
             "routes:\n  - name: a\n    max_ttl: 1h\n    statuses: {200: 1h, 404: 2h}\n",
             [(6, "routes[0].statuses.404", "2h is longer than max_ttl 1h (routes[0].max_ttl): "
-              "raise max_ttl or shorten 404")],
+              "raise max_ttl or shorten statuses.404")],
         ),
     ],
 )  # fmt: skip
@@ -1433,6 +1433,15 @@ def test_an_explicit_max_ttl_below_a_ttl_is_an_error_naming_both(
     body: str, expected: list[tuple[int, str, str]]
 ) -> None:
     assert [(i.line, i.field, i.message) for i in issues(doc(body))] == expected
+
+
+def test_a_max_ttl_that_is_no_duration_names_none_too() -> None:
+    assert [(i.field, i.message) for i in issues(doc("defaults: {max_ttl: nonee}\n"))] == [
+        (
+            "defaults.max_ttl",
+            "invalid duration 'nonee': use 250ms, 30s, 5m, 1h, 1d, seconds, or none (no ceiling)",
+        )
+    ]
 
 
 def test_max_ttl_none_and_a_long_ttl_load() -> None:
