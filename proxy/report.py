@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from prometheus_client.metrics_core import Metric
 
-from proxy.policy import LoadedPolicy, RouteConfig
+from proxy.policy import LoadedPolicy, RouteConfig, TieredBackend
 from proxy.units import format_duration, format_size
 
 LOW_RATIO: Final = 0.10  # "caching here costs more than it saves" below this hit ratio...
@@ -132,7 +132,8 @@ def build_stats(families: Iterable[Metric], loaded: LoadedPolicy, now: float) ->
     routes = [_route_figures(samples, name, configs.get(name)) for name in names]
     started = _max(samples, "sidecache_start_time_seconds") or now
     backends = [
-        _backend_figures(samples, name, b.type) for name, b in loaded.policy.backends.items()
+        _backend_figures(samples, name, b.type, b.l2 if isinstance(b, TieredBackend) else name)
+        for name, b in loaded.policy.backends.items()
     ]
     stats: dict[str, Any] = {
         "uptime_seconds": round(max(now - started, 0.0), 1),
@@ -144,18 +145,23 @@ def build_stats(families: Iterable[Metric], loaded: LoadedPolicy, now: float) ->
     return stats
 
 
-def _backend_figures(samples: Samples, name: str, kind: str) -> dict[str, Any]:
+def _backend_figures(samples: Samples, name: str, kind: str, guarded: str) -> dict[str, Any]:
     """One backend: memory stores' own counts, or a shared store's server figures
-    (``sidecache_backend_*``, read from Redis ``INFO`` / Memcached ``stats``)."""
+    (``sidecache_backend_*``, read from Redis ``INFO`` / Memcached ``stats``). The breaker
+    and write refusals are ``guarded``'s: a tiered store's are its L2's (as in ``/readyz``);
+    a memory store has no breaker (``n/a``)."""
 
     def value(metric: str, **match: str) -> int:
         return int(_sum(samples, metric, backend=name, **match))
 
+    state = _max(samples, "sidecache_breaker_state", backend=guarded)
     out: dict[str, Any] = {
         "backend": name,
         "type": kind,
-        "breaker": BREAKER_NAMES.get(_max(samples, "sidecache_breaker_state", backend=name)),
-        "write_refusals": value("sidecache_store_errors_total", reason="oom"),
+        "breaker": "n/a" if kind == "memory" else BREAKER_NAMES.get(state),
+        "write_refusals": int(
+            _sum(samples, "sidecache_store_errors_total", backend=guarded, reason="oom")
+        ),
     }
     if kind == "memory":
         out["entries"] = value("sidecache_store_entries")

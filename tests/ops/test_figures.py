@@ -425,6 +425,12 @@ async def test_readyz_stats_and_report_name_stores_by_backend(
     assert backends["shared"]["memory_limit_bytes"] == 2 * 1024**2
     assert backends["shared"]["up"] is True
     assert backends["pool"]["entries"] >= 1
+    # /stats and the report say what /readyz says: no breaker on a memory store, a
+    # tiered store's is its L2's
+    assert {n: b["breaker"] for n, b in backends.items()} == {
+        n: s["breaker"] for n, s in stores.items()
+    }
+    assert backends["local"]["breaker"] == "n/a"
     items = next(r for r in stats["routes"] if r["route"] == "items")
     assert items["ttl_seconds"] == 60
     assert items["stored_ttl_mean_seconds"] == 180  # one 60 s entry, one of the origin's 300 s
