@@ -117,9 +117,11 @@ async def fill(session: aiohttp.ClientSession, proxy: ProxyProcess) -> None:
 
 async def warm(session: aiohttp.ClientSession, a: ProxyProcess, b: ProxyProcess) -> dict:
     """Every test URL stored by A and served by B from Redis: the bodies cached. Under
-    memory pressure Redis may evict one again while others are written: asked again."""
+    memory pressure Redis may evict one again while others are written: asked again (up
+    to 20 rounds: under allkeys-lfu a just-written entry is the likeliest to go, and 5
+    rounds failed once in a full-suite run on a busy machine)."""
     bodies: dict[str, bytes] = {}
-    for _ in range(5):
+    for _ in range(20):
         for path in ALL:
             cache, body = await get(session, b.url + path)
             if cache != "HIT":
