@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -59,6 +60,7 @@ def cross_check(data: dict[str, Any], located: Located) -> list[PolicyIssue]:
     issues = _Issues(located)
     _check_backends(data, issues)
     _check_routes(data, issues)
+    _check_references(data, issues)
     _check_ceilings(data, issues)
     return issues
 
@@ -107,6 +109,63 @@ def _check_routes(data: dict[str, Any], issues: _Issues) -> None:
         if name in seen:
             issues.add(("routes", i, "name"), f"duplicate route name (also routes[{seen[name]}])")
         seen.setdefault(name, i)
+
+
+def _check_references(data: dict[str, Any], issues: _Issues) -> None:
+    """``invalidates`` names routes or path prefixes, and a route's ``tags`` templates
+    use its own parameters: either mistake would otherwise purge or tag nothing, silently."""
+    routes = _routes(data)
+    names = [n for _, spec in routes if isinstance(n := spec.get("name"), str)]
+    names.append(DEFAULT_ROUTE)
+    blocks: list[tuple[Loc, dict[str, Any]]] = [(("defaults",), _mapping(data.get("defaults")))]
+    blocks += [(("routes", i), spec) for i, spec in routes]
+    for loc, spec in blocks:
+        targets = spec.get("invalidates")
+        for j, target in enumerate(targets if isinstance(targets, list) else []):
+            if isinstance(target, str) and not target.startswith("/") and target not in names:
+                issues.add(
+                    (*loc, "invalidates", j),
+                    f"no route named {target!r} (routes: {', '.join(names)}); "
+                    "a path prefix starts with /",
+                )
+        if loc[0] == "routes":
+            _check_tag_templates(spec, loc, issues)
+
+
+def _check_tag_templates(spec: dict[str, Any], loc: Loc, issues: _Issues) -> None:
+    params = _params(_mapping(spec.get("match")))
+    templates = spec.get("tags")
+    if params is None or not isinstance(templates, list):
+        return
+    has = ", ".join(params) or "none"
+    for j, template in enumerate(templates):
+        if not isinstance(template, str):
+            continue
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as exc:
+            issues.add((*loc, "tags", j), f"not a template: {exc}")
+            continue
+        for name in fields:
+            if re.split(r"[.\[!:]", name, maxsplit=1)[0] not in params or not name:
+                issues.add(
+                    (*loc, "tags", j),
+                    f"{{{name}}} is not a parameter of this route's match (it has {has})",
+                )
+                break
+
+
+def _params(match: dict[str, Any]) -> list[str] | None:
+    """The parameters a route's match captures (``None``: an invalid regex, said elsewhere)."""
+    path, regex = match.get("path"), match.get("regex")
+    if isinstance(path, str):
+        return re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::path)?\}", path)
+    if isinstance(regex, str):
+        try:
+            return list(re.compile(regex).groupindex)
+        except re.error:
+            return None
+    return []
 
 
 def _seconds(value: object) -> float | None:

@@ -1464,3 +1464,60 @@ def test_key_host_defaults_to_true_and_can_be_turned_off() -> None:
     assert route(loaded, "a").key.host is True
     assert route(loaded, "b").key.host is False
     assert route(loaded, "b").key.query == "ignore"
+
+
+# ---------------------------------------------------------------- invalidates and tags
+
+
+def test_invalidates_names_routes_or_path_prefixes() -> None:
+    found = issues(
+        doc(
+            """\
+            routes:
+              - name: products
+                match: {path: "/api/products/{id}"}
+              - name: orders
+                match: {prefix: /api/orders, methods: [POST]}
+                invalidates: [products, default, /api/lists, prodcuts, api/search]
+            """
+        )
+    )
+    assert [(i.line, i.field, i.message) for i in found] == [
+        (
+            8,
+            "routes[1].invalidates[3]",
+            "no route named 'prodcuts' (routes: products, orders, default); "
+            "a path prefix starts with /",
+        ),
+        (
+            8,
+            "routes[1].invalidates[4]",
+            "no route named 'api/search' (routes: products, orders, default); "
+            "a path prefix starts with /",
+        ),
+    ]
+
+
+def test_tag_templates_use_the_route_parameters() -> None:
+    found = issues(
+        doc(
+            """\
+            routes:
+              - name: products
+                match: {path: "/api/products/{id}/{rest:path}"}
+                tags: ["product:{id}", "file:{rest}", "sku:{sku}", "x:{id"]
+              - name: lists
+                match: {prefix: /api/lists}
+                tags: ["list:{name}", "lists"]
+              - name: users
+                match: {regex: "^/users/(?P<user>[^/]+)"}
+                tags: ["user:{user}", "{}"]
+            """
+        )
+    )
+    assert [(i.field, i.message) for i in found] == [
+        ("routes[0].tags[2]", "{sku} is not a parameter of this route's match (it has id, rest)"),
+        ("routes[0].tags[3]", "not a template: expected '}' before end of string"),
+        ("routes[1].tags[0]", "{name} is not a parameter of this route's match (it has none)"),
+        ("routes[2].tags[1]", "{} is not a parameter of this route's match (it has user)"),
+    ]
