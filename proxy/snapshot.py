@@ -401,7 +401,9 @@ class Snapshots:
                 written = await asyncio.to_thread(
                     write_file, self.path, records(taken), deadline, publish
                 )
-            except (OSError, SnapshotTimeout) as error:
+            except SnapshotOutdated:
+                raise
+            except Exception as error:  # never a crash: the proxy serves on without it
                 reason = error.strerror if isinstance(error, OSError) and error.strerror else error
                 event(
                     "snapshot",
