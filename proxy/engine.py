@@ -48,6 +48,7 @@ from proxy.exchange import Exchange, Headers, ProxyResponse, Ticket
 from proxy.freshness import (
     ERROR_STATUSES,
     HOP_BY_HOP,
+    SAFE_METHODS,
     StoreDecision,
     Usability,
     assess,
@@ -744,7 +745,7 @@ class Engine:
             self.meter.origin_failed(cfg.name, replies.failure_kind(exc))
             return replies.origin_failed(exc, route)
         self.meter.origin(cfg.name, response.status, time.perf_counter() - began)
-        if ex.method not in CACHEABLE_METHODS and 200 <= response.status < 400:
+        if ex.method not in SAFE_METHODS and 200 <= response.status < 400:
             await self._invalidate_after_unsafe(ex, route, response.headers)
         label = "BYPASS" if fwd in ("bypass", "method", "request") else "MISS"
         status = f"fwd={fwd}; fwd-status={response.status}"

@@ -19,7 +19,7 @@ from proxy.engine import CACHEABLE_METHODS
 from proxy.entry import EntryError, VaryMarker, decode
 from proxy.errors import StoreError
 from proxy.exchange import Exchange
-from proxy.freshness import VALIDATION_KEEP, passed_through, request_cache_control
+from proxy.freshness import SAFE_METHODS, VALIDATION_KEEP, passed_through, request_cache_control
 from proxy.keys import (
     _cookie,
     derive_key,
@@ -217,6 +217,8 @@ def _decide(
         return _with(out, BYPASSED, "PURGE is a purge of this URL (admin.purge_from only)")
     if not cfg.cache:
         return _with(out, BYPASSED, f"route {cfg.name} has cache: false")
+    if ex.method in SAFE_METHODS and ex.method not in CACHEABLE_METHODS:
+        return _with(out, BYPASSED, f"{ex.method} is not cacheable (only GET and HEAD)")
     if ex.method not in CACHEABLE_METHODS:
         targets = ["its own path", "Location / Content-Location", *cfg.invalidates]
         return _with(

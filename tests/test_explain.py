@@ -177,6 +177,8 @@ def test_unsafe_method_names_what_it_invalidates(loaded: LoadedPolicy) -> None:
     found = explain(loaded, "POST", "http://h/orders/9")
     assert found.route == "writes"
     assert "api" in found.reason
+    preflight = explain(loaded, "OPTIONS", "http://h/orders/9")
+    assert preflight.reason == "OPTIONS is not cacheable (only GET and HEAD)"  # purges nothing
 
 
 def test_method_and_host_near_misses(loaded: LoadedPolicy) -> None:

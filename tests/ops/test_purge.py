@@ -100,6 +100,17 @@ async def test_purge_by_tag_from_route_template(live_proxy: StartProxy, origin: 
     assert (await proxy.get("/api/products/8")).cache == "HIT"
 
 
+async def test_a_safe_method_invalidates_nothing(live_proxy: StartProxy, origin: Origin):
+    # a CORS preflight (OPTIONS) to a route with invalidates: purged those routes, in every
+    # worker and replica, on each preflight; RFC 9110 §9.2.1: OPTIONS and TRACE are safe
+    proxy = await live_proxy(POLICY.replace("methods: [POST]", "methods: [POST, OPTIONS, TRACE]"))
+    await warm(proxy, "/api/lists/a", "/api/products/7")
+    for method in ("OPTIONS", "TRACE"):
+        assert (await fetch(method, proxy.url + "/api/orders")).status == 200
+    assert (await proxy.get("/api/lists/a")).cache == "HIT"
+    assert (await proxy.get("/api/products/7")).cache == "HIT"
+
+
 async def test_purge_by_route(live_proxy: StartProxy, origin: Origin):
     proxy = await live_proxy(POLICY)
     await warm(proxy, "/api/lists/a", "/api/lists/b", "/api/products/1")
