@@ -973,21 +973,18 @@ class Engine:
         decoded[key] = entry
         self._decoded_bytes += size
 
-    def served_again(self, ticket: Ticket, raw: bytes, now: float, start: float) -> bool:
-        """Whether a server may answer ``ticket``'s request with the bytes of its earlier
-        answer made from ``raw``, accounted for here: only while the stored entry is
-        fresh by the one decision every path asks (``_usability``); ``False``: the
-        caller builds a new answer (``answer_ticket``), or goes through ``handle``."""
-        cached = self._decoded_entry(ticket.key, raw)
-        if not isinstance(cached, CachedResponse):
-            return False
-        request_cc = request_cache_control(ticket.route.config, ticket.ex.hmap)
-        if self._usability(cached, now, request_cc) is not Usability.FRESH:
-            return False
+    def served_again(self, ticket: Ticket, now: float, start: float) -> None:
+        """Account for a request a server answered with the bytes of an earlier answer
+        ``answer_ticket`` made, while that answer's ``until`` had not passed.
+
+        It decides nothing: the one freshness decision (``_usability``) was made when
+        the answer was built, and ``until`` (``replies.same_answer_until``) never
+        outlasts that freshness for the same stored bytes (a ticket's request carries
+        no directives that could end it earlier: honoured request directives never
+        take the ticket path)."""
         if self._recent:
             self._note_repeat(ticket.key, now)
         self.meter.request(ticket.route.name, "HIT", time.perf_counter() - start)
-        return True
 
     async def aclose(self) -> None:
         for task in list(self._background):

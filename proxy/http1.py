@@ -357,7 +357,9 @@ class HttpProtocol(asyncio.Protocol):
             and now < memo.until
             and (memo.date_until == _NEVER or time.time() < memo.date_until)
         )
-        if not (exact and engine.served_again(ticket, raw, now, start)):
+        if exact:
+            engine.served_again(ticket, now, start)
+        else:
             made = engine.answer_ticket(ticket, raw, now, start)
             if made is None:
                 return False

@@ -9,6 +9,7 @@ import asyncio
 import random
 import time
 from dataclasses import replace
+from email.utils import parsedate_to_datetime
 
 from proxy.clock import FakeClock
 from proxy.engine import DECODED_BYTES
@@ -125,6 +126,37 @@ async def test_a_replaced_entry_is_not_replayed(make_proxy: MakeProxy, origin: O
     _, headers, body = await conn.ask(GET)
     assert (headers["x-cache"], body) == ("HIT", b"replaced")
     assert first != body
+    assert origin.hits["/r/1"] == 1
+    conn.close()
+
+
+async def test_a_date_we_added_moves_with_the_wall_clock(make_proxy: MakeProxy, origin: Origin):
+    # A stored response without Date is answered with ours (RFC 9110 §6.6.1), written
+    # once a second: a replay must not repeat last second's Date, even while the engine
+    # clock (frozen here, mid-second) says Age and Cache-Status are unchanged.
+    clock = FakeClock(start=int(time.time()) + 0.5)
+    origin.clock = clock
+    proxy = await make_proxy(POLICY, clock=clock)
+    conn = await Conn.open(proxy)
+    for _ in range(3):  # a miss, a hit, a repeated hit: remembered
+        await conn.ask(GET)
+    assert proxy.http is not None
+    ticket = proxy.http.memo[GET].ticket
+    store = proxy.engine.stores[ticket.route.config.backend]
+    stored = decode(await store.get(ticket.key) or b"")
+    assert isinstance(stored, CachedResponse)
+    undated = tuple((k, v) for k, v in stored.headers if k.lower() != "date")
+    await store.set(ticket.key, encode(replace(stored, headers=undated)), 60)
+    dates = []
+    for _ in range(3):  # the new entry's answer, built once, then replayed
+        _, headers, _ = await conn.ask(GET)
+        assert headers["x-cache"] == "HIT"
+        dates.append(parsedate_to_datetime(headers["date"]).timestamp())
+    assert _memo_size(proxy) == 1
+    await asyncio.sleep(max(0.0, dates[-1] + 1 - time.time()))  # the next second, no more
+    _, headers, _ = await conn.ask(GET)
+    assert (headers["x-cache"], headers["age"]) == ("HIT", "0")
+    assert parsedate_to_datetime(headers["date"]).timestamp() > dates[-1]
     assert origin.hits["/r/1"] == 1
     conn.close()
 
