@@ -27,6 +27,7 @@ import httptools
 from proxy.engine import Engine
 from proxy.exchange import Exchange, ProxyResponse, Ticket
 from proxy.keys import normalize_path
+from proxy.memo import MEMO_HEAD_MAX, MEMO_INLINE, Memo, WireMemo
 from proxy.replies import is_clean, serialize_fields
 
 log = logging.getLogger("sidecache")
@@ -47,10 +48,6 @@ _REASONS: Final = {
 _STATUS_LINES: dict[int, bytes] = {}
 BODY_HIGH_WATER: Final = 1024 * 1024
 PIPELINE_DEPTH: Final = 32
-MEMO_SIZE: Final = 4096  # request heads remembered with their answer (the wire memo)
-MEMO_BYTES: Final = 32 * 1024**2  # ... and the answer bytes they may hold
-MEMO_HEAD_MAX: Final = 2048  # longer request heads are never remembered
-MEMO_INLINE: Final = 16384  # answers below this are kept as one bytes object
 # Slowloris: a request head (or a new connection's first one) must arrive in this time
 # (408); an idle keep-alive connection is closed after KEEPALIVE_TIMEOUT; a client that
 # reads nothing of a response for SEND_TIMEOUT loses its connection.
@@ -158,34 +155,6 @@ class _Pending:
         self.body = body
 
 
-class _Memo:
-    """A request head seen before, as bytes, with what it resolved to and the bytes of
-    its last answer: a repeated hit is a dict lookup, a store read and one write."""
-
-    __slots__ = (
-        "date_until",
-        "head",
-        "http11",
-        "keep_alive",
-        "parts",
-        "raw",
-        "size",
-        "ticket",
-        "until",
-    )
-
-    def __init__(self, head: bytes, ticket: Ticket, pending: _Pending) -> None:
-        self.head = head  # the request head's bytes: the memo's key
-        self.ticket = ticket
-        self.keep_alive = pending.keep_alive
-        self.http11 = pending.http11
-        self.raw: bytes | None = None  # the stored bytes the answer was made from
-        self.until = 0.0  # the answer is exact until then (engine clock)
-        self.date_until = _NEVER  # ... and until then (wall clock) when we dated it
-        self.parts: tuple[bytes, ...] = ()
-        self.size = 0  # the bytes it holds (its answer and the stored bytes), see MEMO_BYTES
-
-
 Handler = Callable[[Exchange], Awaitable[ProxyResponse]]
 
 
@@ -280,7 +249,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         memoable = not (self._in_message or self._pending or self._task is not None)
         if memoable:
-            memo = self.server.memo.get(data)
+            memo = self.server.memo.lookup(data)
             if memo is not None and self._replay(memo):
                 return
         self._began = 0
@@ -318,15 +287,16 @@ class HttpProtocol(asyncio.Protocol):
                 and len(data) <= MEMO_HEAD_MAX
             ):
                 ticket = self._answered_hit()
-                if ticket is not None and self.server.seen_before(data):
-                    self.server.remember(_Memo(data, ticket, last))
+                memos = self.server.memo
+                if ticket is not None and memos.seen_before(data):
+                    memos.remember(Memo(data, ticket, last.keep_alive, last.http11))
 
     def _answered_hit(self) -> Ticket | None:
         """The ticket of the last ``feed_data``'s request: a hit answered from memory, or
         one whose store is a shared one."""
         return self._answered
 
-    def _replay(self, memo: _Memo) -> bool:
+    def _replay(self, memo: Memo) -> bool:
         """Answer a request whose head is byte for byte one answered from memory before:
         the same ticket, and the same answer bytes while the entry, its Age and its
         Cache-Status are unchanged. ``False``: parse and answer it the usual way."""
@@ -343,7 +313,7 @@ class HttpProtocol(asyncio.Protocol):
         raw = ticket.get_now(ticket.key)
         return raw is not None and self._answer_memo(memo, raw, start)
 
-    def _answer_memo(self, memo: _Memo, raw: bytes, start: float) -> bool:
+    def _answer_memo(self, memo: Memo, raw: bytes, start: float) -> bool:
         """Write the remembered answer, rebuilt first if it is no longer exact; ``False``
         when ``raw`` cannot be answered without the engine's full path."""
         transport = self.transport
@@ -352,29 +322,24 @@ class HttpProtocol(asyncio.Protocol):
         engine = self.engine
         ticket = memo.ticket
         now = engine.clock.time()
-        exact = (
-            (raw is memo.raw or raw == memo.raw)
-            and now < memo.until
-            and (memo.date_until == _NEVER or time.time() < memo.date_until)
-        )
-        if exact:
+        if memo.exact(raw, now):
             engine.served_again(ticket, now, start)
         else:
             made = engine.answer_ticket(ticket, raw, now, start)
             if made is None:
                 return False
-            response, memo.until = made
+            response, until = made
             head, dated = self._head(response, _length(response, ticket.ex), memo.keep_alive)
             head += b"\r\n"
-            memo.date_until = _Date.second + 1 if dated else _NEVER
-            memo.raw = raw
+            parts: tuple[bytes, ...]
             if response.status in (204, 304) or ticket.ex.method == "HEAD":
-                memo.parts = (bytes(head),)
+                parts = (bytes(head),)
             elif len(response.body) < MEMO_INLINE:
-                memo.parts = (bytes(head + response.body),)
+                parts = (bytes(head + response.body),)
             else:
-                memo.parts = (bytes(head), response.body)
-            self.server.resize(memo, len(raw) + sum(len(part) for part in memo.parts))
+                parts = (bytes(head), response.body)
+            date_until = _Date.second + 1 if dated else _NEVER
+            self.server.memo.keep(memo, raw, until, date_until, parts)
         if len(memo.parts) == 1:
             transport.write(memo.parts[0])
         else:
@@ -570,7 +535,7 @@ class HttpProtocol(asyncio.Protocol):
             elif self._deadline == _NEVER:
                 self._arm(self.server.keepalive_timeout, self._idle_timed_out)
 
-    async def _serve(self, replay: tuple[_Memo, float] | None = None) -> None:
+    async def _serve(self, replay: tuple[Memo, float] | None = None) -> None:
         """Answer the queued requests in order; first, a ``_replay`` from a shared store
         (requests pipelined meanwhile queue behind it): when the stored answer changed
         shape (stale, a miss, Vary...), its request is answered the usual way."""
@@ -791,47 +756,7 @@ class HttpServer:
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # request head bytes -> what they resolved to and their last answer (hits only)
-        self.memo: dict[bytes, _Memo] = {}
-        self.memo_bytes = 0
-        self._seen: set[int] = set()  # hashes of request heads seen lately (seen_before)
-
-    def seen_before(self, head: bytes) -> bool:
-        """Whether a request head was seen lately: only a head that repeats is worth
-        remembering (real traffic, with a request id per request, never repeats one)."""
-        seen = self._seen
-        digest = hash(head)
-        if digest in seen:
-            return True
-        if len(seen) >= 4 * MEMO_SIZE:
-            seen.clear()
-        seen.add(digest)
-        return False
-
-    def remember(self, memo: _Memo) -> None:
-        self.forget(memo.head)
-        while len(self.memo) >= MEMO_SIZE:
-            self.forget(next(iter(self.memo)))
-        self.memo[memo.head] = memo
-        self.memo_bytes += memo.size
-
-    def forget(self, head: bytes) -> None:
-        old = self.memo.pop(head, None)
-        if old is not None:
-            self.memo_bytes -= old.size
-
-    def resize(self, memo: _Memo, size: int) -> None:
-        """A remembered answer was (re)built: entries evicted from a store stay alive
-        here, so what the memo holds is bounded (oldest out first; an answer larger than
-        a quarter of the bound is not remembered)."""
-        if self.memo.get(memo.head) is not memo:  # forgotten meanwhile
-            memo.size = size
-            return
-        self.memo_bytes += size - memo.size
-        memo.size = size
-        if size > MEMO_BYTES // 4:
-            self.forget(memo.head)
-        while self.memo_bytes > MEMO_BYTES:
-            self.forget(next(iter(self.memo)))
+        self.memo = WireMemo()
 
     def __call__(self) -> HttpProtocol:
         return HttpProtocol(self)

@@ -14,7 +14,7 @@ from email.utils import parsedate_to_datetime
 from proxy.clock import FakeClock
 from proxy.engine import DECODED_BYTES
 from proxy.entry import CachedResponse, decode, encode
-from proxy.http1 import MEMO_BYTES
+from proxy.memo import MEMO_BYTES
 from proxy.policy import parse_policy
 from tests.conftest import MakeProxy, Origin, Reply, RunningProxy, policy_text
 
@@ -102,7 +102,7 @@ async def test_a_purged_entry_is_not_replayed(make_proxy: MakeProxy, origin: Ori
         await conn.ask(GET)
     assert _memo_size(proxy) == 1
     assert proxy.http is not None
-    ticket = proxy.http.memo[GET].ticket
+    ticket = proxy.http.memo.entries[GET].ticket
     store = proxy.engine.stores[ticket.route.config.backend]
     assert await store.delete([ticket.key]) == 1
     _, headers, _ = await conn.ask(GET)
@@ -118,7 +118,7 @@ async def test_a_replaced_entry_is_not_replayed(make_proxy: MakeProxy, origin: O
         _, headers, first = await conn.ask(GET)
         assert headers["x-cache"] in ("MISS", "HIT")
     assert proxy.http is not None
-    ticket = proxy.http.memo[GET].ticket
+    ticket = proxy.http.memo.entries[GET].ticket
     store = proxy.engine.stores[ticket.route.config.backend]
     stored = decode(await store.get(ticket.key) or b"")
     assert isinstance(stored, CachedResponse)
@@ -141,7 +141,7 @@ async def test_a_date_we_added_moves_with_the_wall_clock(make_proxy: MakeProxy, 
     for _ in range(3):  # a miss, a hit, a repeated hit: remembered
         await conn.ask(GET)
     assert proxy.http is not None
-    ticket = proxy.http.memo[GET].ticket
+    ticket = proxy.http.memo.entries[GET].ticket
     store = proxy.engine.stores[ticket.route.config.backend]
     stored = decode(await store.get(ticket.key) or b"")
     assert isinstance(stored, CachedResponse)
@@ -239,7 +239,7 @@ async def test_what_the_hit_path_keeps_outside_the_store_is_bounded(
             assert (headers["x-cache"], body) == (label, bodies[i])
     conn.close()
     assert proxy.http is not None
-    memo = proxy.http.memo.values()
+    memo = proxy.http.memo.entries.values()
     held = sum(len(m.raw or b"") + sum(len(p) for p in m.parts) for m in memo)
     assert 10 < len(memo) < 400
     assert held <= MEMO_BYTES

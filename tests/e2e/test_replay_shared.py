@@ -68,7 +68,7 @@ async def test_replays_follow_the_shared_entry(
     assert (headers["x-cache"], headers["age"], body) == ("HIT", "0", second)
     assert origin.hits["/s/1"] == 2
     # a deleted entry is a miss, answered the usual way
-    ticket = proxy.http.memo[GET].ticket
+    ticket = proxy.http.memo.entries[GET].ticket
     await ticket.store.delete([ticket.key])
     _, headers, third = await conn.ask(GET)
     assert headers["x-cache"] == "MISS"
