@@ -11,9 +11,13 @@ import time
 from dataclasses import replace
 from email.utils import parsedate_to_datetime
 
+import orjson
+import pytest
+
 from proxy.clock import FakeClock
 from proxy.engine import DECODED_BYTES
 from proxy.entry import CachedResponse, decode, encode
+from proxy.logs import AccessLog
 from proxy.memo import MEMO_BYTES
 from proxy.policy import parse_policy
 from tests.conftest import MakeProxy, Origin, Reply, RunningProxy, policy_text
@@ -175,6 +179,40 @@ async def test_a_new_policy_is_applied_to_remembered_requests(
         assert headers["x-cache"] == "BYPASS"
     assert origin.hits["/r/1"] == 3
     conn.close()
+
+
+async def test_with_an_access_log_every_request_has_its_line(
+    make_proxy: MakeProxy, origin: Origin, capfd: pytest.CaptureFixture[str]
+):
+    proxy = await make_proxy(POLICY)
+    proxy.engine.access_log = AccessLog.from_setting(True)  # as a reload turning it on does
+    conn = await Conn.open(proxy)
+    for _ in range(6):  # remembered on its repeat: a replay would write no line
+        assert (await conn.ask(GET))[0] == 200
+    conn.close()
+    lines = [orjson.loads(line) for line in capfd.readouterr().out.splitlines()]
+    access = [line["cache"] for line in lines if line.get("event") == "access"]
+    assert access == ["MISS"] + ["HIT"] * 5
+    assert _memo_size(proxy) == 1
+
+
+async def test_a_draining_server_closes_after_a_remembered_request(
+    make_proxy: MakeProxy, origin: Origin
+):
+    proxy = await make_proxy(POLICY)
+    assert proxy.http is not None
+    conn = await Conn.open(proxy)
+    for _ in range(4):  # remembered, then replayed
+        _, headers, _ = await conn.ask(GET)
+        assert "connection" not in headers
+    assert _memo_size(proxy) == 1
+    stopping = asyncio.ensure_future(proxy.http.stop(5.0))
+    await asyncio.sleep(0)  # the stop has begun: draining
+    _, headers, _ = await conn.ask(GET)
+    assert (headers["x-cache"], headers["connection"]) == ("HIT", "close")
+    assert await conn.closed()
+    conn.close()
+    await stopping
 
 
 async def test_head_304_and_connection_close_keep_their_framing(
