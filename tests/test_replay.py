@@ -261,6 +261,28 @@ async def test_a_pipelined_burst_is_answered_in_order(make_proxy: MakeProxy, ori
     conn.close()
 
 
+async def test_a_remembered_request_behind_one_in_flight_waits_its_turn(
+    make_proxy: MakeProxy, origin: Origin
+):
+    origin.reply("/slow", delay=0.5, body=b"slow")
+    proxy = await make_proxy(POLICY)
+    conn = await Conn.open(proxy)
+    for _ in range(4):  # remembered, then replayed
+        await conn.ask(GET)
+    assert _memo_size(proxy) == 1
+    conn.writer.write(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    for _ in range(100):  # until the origin has it: the first request is in flight
+        if origin.hits["/slow"]:
+            break
+        await asyncio.sleep(0.02)
+    conn.writer.write(GET)  # alone in its own read, byte for byte the remembered head
+    _, _, body = await conn.ask(b"")  # nothing more to send: read the next answer
+    assert body == b"slow"
+    _, headers, body = await conn.ask(b"")
+    assert (headers["x-cache"], b'"path": "/r/1"' in body) == ("HIT", True)
+    conn.close()
+
+
 async def test_what_the_hit_path_keeps_outside_the_store_is_bounded(
     make_proxy: MakeProxy, origin: Origin
 ):
