@@ -761,7 +761,7 @@ class Engine:
         paths = invalidation_targets(ex.method, 200, headers, ex.target, hosts)
         tags = [target_tag(p) for p in paths]
         for target in route.config.invalidates:
-            tags.append(f"p:{target.rstrip('/')}" if target.startswith("/") else route_tag(target))
+            tags.append(target_tag(target) if target.startswith("/") else route_tag(target))
         if self.purge_hook is not None:
             await self.purge_hook(tags)
             return

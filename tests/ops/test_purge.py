@@ -211,3 +211,18 @@ async def test_stores_that_cannot_count_answer_queued(
     assert answer.json()["stores"] == {"pool": -1}
     assert (await proxy.get("/api/products/1")).cache == "MISS"
     assert (await proxy.get("/api/products/2")).cache == "HIT"
+
+
+async def test_an_invalidates_prefix_deeper_than_the_index_still_purges(
+    live_proxy: StartProxy, origin: Origin
+):
+    # entries are tagged by their first 8 path segments; a 9-segment invalidates: prefix
+    # was turned into a tag nothing carries, and the POST purged nothing
+    deep = "/d/1/2/3/4/5/6/7/8"
+    proxy = await live_proxy(
+        POLICY.replace("invalidates: [lists, /api/products/7]", f"invalidates: [{deep}]")
+    )
+    await warm(proxy, f"{deep}/x", "/d/other")
+    assert (await fetch("POST", proxy.url + "/api/orders", data=b"{}")).status == 200
+    assert (await proxy.get(f"{deep}/x")).cache == "MISS"
+    assert (await proxy.get("/d/other")).cache == "HIT"
