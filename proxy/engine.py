@@ -14,7 +14,6 @@ import contextvars
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -34,6 +33,7 @@ from proxy.cachecontrol import (
 )
 from proxy.clock import Clock, SystemClock
 from proxy.coalesce import Coalescer
+from proxy.decoded import DecodedEntries
 from proxy.entry import (
     CachedResponse,
     EntryError,
@@ -98,10 +98,6 @@ _CONDITIONALS: Final = (
     "range",
 )
 VIA: Final = f"1.1 sidecache/{__version__}"
-DECODED_CACHE: Final = 65536  # stored responses kept decoded, with their prepared views
-# ... and the bytes they may hold (stored bytes and decoded body, each counted): entries
-# evicted from a store stay alive here, outside the store's own bound
-DECODED_BYTES: Final = 32 * 1024**2
 RECENT_KEYS: Final = 4096  # bound of the repeat-request sample
 
 
@@ -142,11 +138,7 @@ class Engine:
         # to tell whether repeat requests come within the TTL (for the report's advice).
         self._recent: dict[str, tuple[float, float, str]] = {}
         self.coalescer: Coalescer[Fill] = Coalescer(self.clock)
-        # Stored responses decoded once per entry version: key -> (the stored bytes, the
-        # response with its prepared views), valid while the store holds those very bytes
-        # (identity, or equality for a shared store's copy). Least recently used first.
-        self._decoded: OrderedDict[str, tuple[bytes, CachedResponse]] = OrderedDict()
-        self._decoded_bytes = 0
+        self.decoded = DecodedEntries()  # stored responses decoded once per version
         self._refreshing: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self.apply(loaded)
@@ -276,13 +268,13 @@ class Engine:
         raw = await store.get(key)
         if raw is None:
             return None
-        value = self._decoded_entry(key, raw)
+        value = self.decoded.get(key, raw)
         if value is None:
             return None  # corrupt or foreign: a miss, overwritten by the next fill
         if isinstance(value, VaryMarker):
             vkey = variant_key(key, variant_of(value.fields, ex.hmap))
             found = await store.get(vkey)
-            variant = self._decoded_entry(vkey, found) if found is not None else None
+            variant = self.decoded.get(vkey, found) if found is not None else None
             selected = variant if isinstance(variant, CachedResponse) else None
             if selected is None or not replies.selects(selected, ex):
                 _VARY_MISS.set(True)
@@ -924,7 +916,7 @@ class Engine:
         (``clock.time()``) the very same answer, Age and Cache-Status included, holds
         while the store keeps ``raw``; else ``None``."""
         key = ticket.key
-        cached = self._decoded_entry(key, raw)
+        cached = self.decoded.get(key, raw)
         if not isinstance(cached, CachedResponse) or cached.variant:
             return None
         ex = ticket.ex
@@ -938,40 +930,6 @@ class Engine:
         response = self._from_cache(ex, ticket.route, cached, now, "HIT", "hit")
         self._observe(ex, ticket.route.name, response, start)
         return response, replies.same_answer_until(cached, now)
-
-    def _decoded_entry(self, key: str, raw: bytes) -> CachedResponse | VaryMarker | None:
-        """What ``raw``, stored under ``key``, holds (``None``: corrupt or foreign),
-        decoded once per stored version: a response is kept decoded, with the views
-        ``_from_cache`` prepares on it, while the store holds the same bytes."""
-        decoded = self._decoded
-        held = decoded.get(key)
-        if held is not None and (held[0] is raw or held[0] == raw):
-            decoded.move_to_end(key)
-            return held[1]
-        try:
-            value = decode(raw)
-        except EntryError:
-            return None
-        if isinstance(value, CachedResponse):
-            self._keep_decoded(key, (raw, value))
-        return value
-
-    def _keep_decoded(self, key: str, entry: tuple[bytes, CachedResponse]) -> None:
-        """Keep a decoded entry within DECODED_CACHE and DECODED_BYTES (least recently
-        used out first; one larger than a quarter of the budget is not kept)."""
-        decoded = self._decoded
-        old = decoded.pop(key, None)
-        if old is not None:
-            self._decoded_bytes -= 2 * len(old[0])
-        size = 2 * len(entry[0])
-        if size > DECODED_BYTES // 4:
-            return
-        while decoded and (
-            len(decoded) >= DECODED_CACHE or self._decoded_bytes + size > DECODED_BYTES
-        ):
-            self._decoded_bytes -= 2 * len(decoded.popitem(last=False)[1][0])
-        decoded[key] = entry
-        self._decoded_bytes += size
 
     def served_again(self, ticket: Ticket, now: float, start: float) -> None:
         """Account for a request a server answered with the bytes of an earlier answer

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from proxy.clock import FakeClock
-from proxy.engine import DECODED_BYTES
+from proxy.decoded import DECODED_BYTES
 from proxy.entry import CachedResponse, decode, encode
 from proxy.logs import AccessLog
 from proxy.memo import MEMO_BYTES
@@ -303,6 +303,6 @@ async def test_what_the_hit_path_keeps_outside_the_store_is_bounded(
     held = sum(len(m.raw or b"") + sum(len(p) for p in m.parts) for m in memo)
     assert 10 < len(memo) < 400
     assert held <= MEMO_BYTES
-    decoded = proxy.engine._decoded.values()
+    decoded = proxy.engine.decoded.values()
     assert 10 < len(decoded) < 400
     assert sum(len(raw) + len(entry.body) for raw, entry in decoded) <= DECODED_BYTES
