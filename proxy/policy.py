@@ -18,6 +18,14 @@ from typing import Any, Final
 from pydantic import BaseModel, ValidationError
 
 from proxy.errors import PolicyError, PolicyIssue
+from proxy.policybackends import (
+    Backend,
+    Breaker,
+    MemcachedBackend,
+    MemoryBackend,
+    RedisBackend,
+    TieredBackend,
+)
 from proxy.policycheck import cross_check, format_warning, route_warnings
 from proxy.policymodel import (
     DEFAULT_MAX_TTL,
@@ -25,8 +33,6 @@ from proxy.policymodel import (
     DEFAULT_STRIP_HEADERS,
     DEFAULT_TAG_HEADERS,
     Admin,
-    Backend,
-    Breaker,
     Coalesce,
     Compression,
     EarlyRefresh,
@@ -34,16 +40,12 @@ from proxy.policymodel import (
     KeySpec,
     LoadedPolicy,
     Match,
-    MemcachedBackend,
-    MemoryBackend,
     Policy,
     QueryExclude,
-    RedisBackend,
     RouteConfig,
     RouteSettings,
     RouteSpec,
     Server,
-    TieredBackend,
     Timeout,
     describe,
     json_schema,

@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     WithJsonSchema,
     field_validator,
@@ -26,13 +25,8 @@ from pydantic import (
 )
 
 from proxy.errors import PolicyIssue
-from proxy.units import format_duration, format_size, parse_duration, parse_size
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}]}),
-]
+from proxy.policybackends import Backend, Duration, MemoryBackend, Model, Size
+from proxy.units import format_duration, format_size, parse_duration
 
 
 def parse_ceiling(value: object) -> float:
@@ -59,11 +53,6 @@ Ceiling = Annotated[
     ),
 ]
 DEFAULT_MAX_TTL: Final = 86400.0
-Size = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}]}),
-]
 
 DEFAULT_TAG_HEADERS: Final = ("Surrogate-Key", "Cache-Tag")
 # Headers that change what many origins answer but that a client must not steer
@@ -87,100 +76,32 @@ NAME: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _TOKEN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ---------------------------------------------------------------- backends
-
-
-class Breaker(_Model):
-    failures: int = Field(5, ge=1, description="consecutive failures that open the breaker")
-    cooldown: Duration = Field(5.0, gt=0, description="time open before a probe")
-
-
-class MemoryBackend(_Model):
-    type: Literal["memory"]
-    max_size: Size = Field(256 * 1024**2, gt=0, description="bound on keys+values+overhead")
-
-
-class RedisBackend(_Model):
-    type: Literal["redis"]
-    url: str = "redis://127.0.0.1:6379/0"
-    cluster: bool = False
-    nodes: list[str] = Field(default_factory=list, description="host:port of cluster nodes")
-    pool_size: int = Field(64, ge=1)
-    connect_timeout: Duration = Field(0.5, gt=0)
-    timeout: Duration = Field(0.05, gt=0, description="deadline of one store operation")
-    key_prefix: str = ""
-    breaker: Breaker = Breaker()
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return value
-
-
-class MemcachedBackend(_Model):
-    type: Literal["memcached"]
-    servers: list[str] = Field(min_length=1, description='["host:port", ...]')
-    pool_size: int = Field(8, ge=1)
-    connect_timeout: Duration = Field(0.5, gt=0)
-    timeout: Duration = Field(0.05, gt=0, description="deadline of one store operation")
-    item_size_max: Size = Field(1024**2, ge=1024)
-    key_prefix: str = ""
-    breaker: Breaker = Breaker()
-
-    @field_validator("servers")
-    @classmethod
-    def _check_servers(cls, value: list[str]) -> list[str]:
-        for server in value:
-            host, _, port = server.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"{server!r} is not host:port")
-        return value
-
-
-class TieredBackend(_Model):
-    type: Literal["tiered"]
-    l1: str = Field(description="name of a memory backend")
-    l2: str = Field(description="name of a redis or memcached backend")
-    l1_ttl: Duration = Field(5.0, gt=0, description="longest time an entry lives in L1")
-
-
-Backend = Annotated[
-    MemoryBackend | RedisBackend | MemcachedBackend | TieredBackend,
-    Field(discriminator="type"),
-]
-
 # ---------------------------------------------------------------- route settings
 
 
-class Compression(_Model):
+class Compression(Model):
     algorithm: Literal["gzip", "none"] = "gzip"
     min_size: Size = 1024
     level: int = Field(6, ge=1, le=9)
 
 
-class Coalesce(_Model):
+class Coalesce(Model):
     enabled: bool = True
     timeout: Duration = Field(5.0, gt=0, description="longest a follower waits")
     max_waiters: int = Field(1024, ge=1, description="followers per key; more go to origin")
     hit_for_miss: Duration = Field(10.0, ge=0, description="remember uncacheable keys")
 
 
-class Timeout(_Model):
+class Timeout(Model):
     connect: Duration = Field(2.0, gt=0)
     total: Duration = Field(30.0, gt=0)
 
 
-class QueryExclude(_Model):
+class QueryExclude(Model):
     exclude: list[str]
 
 
-class KeySpec(_Model):
+class KeySpec(Model):
     host: bool = Field(
         True, description="key on the Host (lowercased, default port dropped); false: ignore it"
     )
@@ -189,7 +110,7 @@ class KeySpec(_Model):
     cookies: list[str] = Field(default_factory=list)
 
 
-class EarlyRefresh(_Model):
+class EarlyRefresh(Model):
     beta: float = Field(1.0, gt=0, description="XFetch beta; larger refreshes earlier")
 
 
@@ -201,7 +122,7 @@ def _early_refresh(value: object) -> object:
     return value
 
 
-class RouteSettings(_Model):
+class RouteSettings(Model):
     """Every per-route setting; ``None`` means inherit (from ``defaults``, then built-ins)."""
 
     backend: str | None = None
@@ -252,7 +173,7 @@ class RouteSettings(_Model):
         return value
 
 
-class Match(_Model):
+class Match(Model):
     path: str | None = Field(None, description="template such as /api/products/{id}")
     prefix: str | None = None
     regex: str | None = None
@@ -316,7 +237,7 @@ class RouteSpec(RouteSettings):
 # ---------------------------------------------------------------- top level
 
 
-class Admin(_Model):
+class Admin(Model):
     token: str | None = Field(None, description="Bearer token for the admin API")
     purge_from: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=lambda: [  # type: ignore[arg-type]
@@ -332,19 +253,19 @@ class Admin(_Model):
         return value or None
 
 
-class Invalidation(_Model):
+class Invalidation(Model):
     channel: str = "sidecache:invalidate"
     redis: str = Field(description="name of a redis backend carrying the channel")
 
 
-class Snapshot(_Model):
+class Snapshot(Model):
     """Warm restart: the memory stores written to ``path`` on SIGTERM and every ``interval``."""
 
     path: str = Field(min_length=1, description="snapshot file (with --workers N: path.wI)")
     interval: Duration = Field(300.0, gt=0, description="how often it is written while running")
 
 
-class Server(_Model):
+class Server(Model):
     max_body_size: Size = Field(10 * 1024**2, ge=0, description="request bodies (413 above)")
     max_header_size: Size = Field(16 * 1024, ge=1024, description="request headers (431)")
     max_connections: int = Field(10_000, ge=1)
@@ -365,7 +286,7 @@ def _check_origin(value: str) -> str:
     return value.rstrip("/")
 
 
-class Policy(_Model):
+class Policy(Model):
     """The whole policy file."""
 
     version: Literal[1]
