@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from tests.e2e.purgecheck import HOST
 from tests.stores.conftest import (  # noqa: F401  (fixtures, re-exported)
     memcached_addr,
     memcached_server,
@@ -9,3 +15,10 @@ from tests.stores.conftest import (  # noqa: F401  (fixtures, re-exported)
     redis_server,
     redis_url,
 )
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that names purgecheck.HOST, the one Host of two proxy replicas."""
+    async with aiohttp.ClientSession(headers={"Host": HOST}) as session:
+        yield session

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -20,9 +19,14 @@ import pytest
 from mirakuru import TCPExecutor
 
 from tests.conftest import Origin, ProxyProcess, SpawnProxy, free_port, policy_text
+from tests.e2e.purgecheck import (
+    HOST,
+    get,
+    purge_until_done,
+    served_purged,
+)
 from tests.stores.conftest import MEMCACHED, memcached_expiries
 
-HOST = "api.internal"  # one Host for both proxies: replicas behind one service name
 PRODUCTS = [f"/api/products/{i}" for i in range(12)]
 DOCS = [f"/docs/{i}" for i in range(6)]
 ALL = PRODUCTS + DOCS
@@ -95,30 +99,6 @@ def lose_by_restart(server: Memcached) -> None:
     server.executor.start()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers={"Host": HOST}) as session:
-        yield session
-
-
-async def get(session: aiohttp.ClientSession, url: str) -> tuple[str, bytes]:
-    async with session.get(url) as response:
-        assert response.status == 200
-        return response.headers.get("X-Cache", ""), await response.read()
-
-
-async def purge(session: aiohttp.ClientSession, proxy: ProxyProcess, body: Any) -> None:
-    """POST /purge until it answers 200 (503 while a restarted server is reconnected)."""
-    deadline = time.monotonic() + 10
-    while True:
-        async with session.post(proxy.admin_url + "/purge", json=body) as response:
-            if response.status == 200:
-                return
-            assert response.status == 503, await response.text()
-        assert time.monotonic() < deadline, "the purge never succeeded"
-        await asyncio.sleep(0.2)
-
-
 async def warm(session: aiohttp.ClientSession, a: ProxyProcess, b: ProxyProcess) -> dict:
     """Every URL stored by A and served by B from the shared store: the bodies cached."""
     bodies = {}
@@ -127,19 +107,6 @@ async def warm(session: aiohttp.ClientSession, a: ProxyProcess, b: ProxyProcess)
     for path in ALL:
         assert await get(session, b.url + path) == ("HIT", bodies[path])
     return bodies
-
-
-async def served_purged(
-    session: aiohttp.ClientSession, proxies: list[ProxyProcess], paths: list[str], before: dict
-) -> list[str]:
-    """Every answer from cache that still carries a purged entry's body (B reads first)."""
-    wrong = []
-    for proxy in proxies:
-        for path in paths:
-            cache, body = await get(session, proxy.url + path)
-            if cache in ("HIT", "STALE") and body == before[path]:
-                wrong.append(f"{proxy.port}{path}")
-    return wrong
 
 
 @pytest.mark.parametrize("lose", [lose_by_delete, lose_by_eviction, lose_by_restart])
@@ -171,7 +138,7 @@ async def test_lost_counters_cause_misses_never_a_purged_hit(
     a, b = spawn_proxy(policy), spawn_proxy(policy)
     before = await warm(session, a, b)
     await asyncio.to_thread(lose, memcached)
-    await purge(session, a, PURGE)
+    await purge_until_done(session, a, PURGE)
     assert await served_purged(session, [b, a], PURGED, before) == []
     # what was not purged may miss once (its counters are gone), then is cached again
     for path in ALL:
@@ -181,7 +148,7 @@ async def test_lost_counters_cause_misses_never_a_purged_hit(
     # and once more with the counters the proxies have just re-created lost again
     before = await warm(session, a, b)
     await asyncio.to_thread(lose, memcached)
-    await purge(session, b, {"routes": ["products"]})
+    await purge_until_done(session, b, {"routes": ["products"]})
     assert await served_purged(session, [a, b], PRODUCTS, before) == []
     held = await asyncio.to_thread(memcached.expiries)
     assert [key for key, exp in held.items() if exp == -1] == []

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,15 @@ from mirakuru import TCPExecutor
 from redis import Redis
 
 from tests.conftest import Origin, ProxyProcess, SpawnProxy, free_port, policy_text
+from tests.e2e.purgecheck import (
+    HOST,
+    get,
+    purge,
+    purge_until_done,
+    served_purged,
+)
 from tests.stores.conftest import redis_executor
 
-HOST = "api.internal"  # one Host for both proxies: replicas behind one service name
 PRODUCTS = [f"/api/products/{i}" for i in range(12)]
 DOCS = [f"/docs/{i}" for i in range(6)]
 LISTS = [f"/lists/{i}?page=2" for i in range(6)]
@@ -98,32 +103,6 @@ def restart(server: Server) -> None:
     server.executor.start()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers={"Host": HOST}) as session:
-        yield session
-
-
-async def get(session: aiohttp.ClientSession, url: str) -> tuple[str, bytes]:
-    async with session.get(url) as response:
-        assert response.status == 200
-        return response.headers.get("X-Cache", ""), await response.read()
-
-
-async def purge(session: aiohttp.ClientSession, proxy: ProxyProcess, body: Any) -> int:
-    async with session.post(proxy.admin_url + "/purge", json=body) as response:
-        return response.status
-
-
-async def purge_until_done(session: aiohttp.ClientSession, proxy: ProxyProcess) -> None:
-    """POST /purge until it answers 200 (503 while a restarted Redis is reconnected)."""
-    deadline = time.monotonic() + 15
-    while (status := await purge(session, proxy, PURGE)) != 200:
-        assert status == 503
-        assert time.monotonic() < deadline, "the purge never succeeded"
-        await asyncio.sleep(0.2)
-
-
 async def fill(session: aiohttp.ClientSession, proxy: ProxyProcess) -> None:
     for start in range(0, len(FILL), 20):
         await asyncio.gather(*(get(session, proxy.url + p) for p in FILL[start : start + 20]))
@@ -147,19 +126,6 @@ async def warm(session: aiohttp.ClientSession, a: ProxyProcess, b: ProxyProcess)
             return bodies
     missing = [path for path, answer in zip(ALL, served, strict=True) if answer[0] != "HIT"]
     raise AssertionError(f"the test URLs never were all cached at once: {missing} were not")
-
-
-async def served_purged(
-    session: aiohttp.ClientSession, proxies: list[ProxyProcess], before: dict
-) -> list[str]:
-    """Every answer from cache that still carries a purged entry's body."""
-    wrong = []
-    for proxy in proxies:
-        for path in PURGED:
-            cache, body = await get(session, proxy.url + path)
-            if cache in ("HIT", "STALE") and body == before[path]:
-                wrong.append(f"{proxy.port}{path}")
-    return wrong
 
 
 def policy(origin: Origin, server: Server) -> str:
@@ -225,7 +191,7 @@ async def test_purges_hold_under_each_eviction_policy(
     server = make_server(eviction)
     a, b, before = await filled_past_capacity(origin, spawn_proxy, session, server, eviction)
     assert await purge(session, a, PURGE) == 200
-    assert await served_purged(session, [b, a], before) == []
+    assert await served_purged(session, [b, a], PURGED, before) == []
     # what was not purged is still served from cache
     kept = [p for p in ALL if p not in PURGED]
     answers = [await get(session, b.url + path) for path in kept]
@@ -250,9 +216,9 @@ async def test_purges_hold_after_index_data_is_lost(
         await asyncio.to_thread(server.executor.start)
     else:
         await asyncio.to_thread(lose, server)
-    await purge_until_done(session, a)
-    assert await served_purged(session, [b, a], before) == []
+    await purge_until_done(session, a, PURGE)
+    assert await served_purged(session, [b, a], PURGED, before) == []
     # the proxies cache again, and the next purge holds as well
     before = await warm(session, a, b)
-    await purge_until_done(session, b)
-    assert await served_purged(session, [a, b], before) == []
+    await purge_until_done(session, b, PURGE)
+    assert await served_purged(session, [a, b], PURGED, before) == []
