@@ -47,25 +47,18 @@ from proxy.errors import OriginError, StoreError
 from proxy.exchange import Exchange, Headers, ProxyResponse, Ticket
 from proxy.freshness import (
     ERROR_STATUSES,
-    HOP_BY_HOP,
     SAFE_METHODS,
     StoreDecision,
     Usability,
     assess,
     decide_storage,
-    first_header,
-    freshen_headers,
-    head_updates,
-    header_values,
     initial_age,
     invalidation_targets,
     is_not_modified,
     passed_through,
     request_cache_control,
     reusable_with_credentials,
-    selects_for_update,
     stale_if_error_window,
-    storable_headers,
     transform_forbidden,
     within_stale_window,
 )
@@ -83,6 +76,15 @@ from proxy.metrics import Meter
 from proxy.origin import OriginClient, OriginResponse
 from proxy.policy import LoadedPolicy
 from proxy.routing import Route, Router
+from proxy.storedfields import (
+    HOP_BY_HOP,
+    first_header,
+    freshen_headers,
+    head_updates,
+    header_values,
+    selects_for_update,
+    storable_headers,
+)
 from proxy.stores.base import Store
 
 log = logging.getLogger("sidecache")

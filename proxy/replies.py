@@ -26,13 +26,12 @@ from proxy.errors import OriginError, OriginTimeout
 from proxy.exchange import Exchange, Headers, ProxyResponse
 from proxy.freshness import (
     StoreDecision,
-    header_values,
     initial_age,
     reusable_with_credentials,
-    storable_headers,
 )
 from proxy.keys import variant_of
 from proxy.routing import Route
+from proxy.storedfields import header_values, storable_headers
 
 log = logging.getLogger("sidecache")
 
