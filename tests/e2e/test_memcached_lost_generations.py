@@ -16,16 +16,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from mirakuru import TCPExecutor
 
-from tests.conftest import Origin, ProxyProcess, SpawnProxy, free_port, policy_text
+from tests.conftest import Origin, ProxyProcess, SpawnProxy, policy_text
 from tests.e2e.purgecheck import (
     HOST,
     get,
     purge_until_done,
     served_purged,
 )
-from tests.stores.conftest import MEMCACHED, memcached_expiries
+from tests.stores.conftest import memcached_expiries, own_memcached
 
 PRODUCTS = [f"/api/products/{i}" for i in range(12)]
 DOCS = [f"/docs/{i}" for i in range(6)]
@@ -42,10 +41,8 @@ class Memcached:
     """A memcached of this test's own, restartable on its port."""
 
     def __init__(self, megabytes: int) -> None:
-        self.port = free_port()
-        command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(self.port)]
-        command += ["-m", str(megabytes)]
-        self.executor = TCPExecutor(command, host="127.0.0.1", port=self.port, timeout=10)
+        self.executor = own_memcached("-m", str(megabytes))
+        self.port: int = self.executor.port
 
     def expiries(self) -> dict[bytes, int]:
         return memcached_expiries(self.port)

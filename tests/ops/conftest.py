@@ -9,7 +9,6 @@ process: its real HTTP/1.1 server and admin app on loopback ports. Replica and
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -24,10 +23,12 @@ from redis import Redis
 from proxy.policy import load_policy
 from proxy.server import Worker, bind
 from tests.conftest import Origin, free_port, policy_text
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
-
+from tests.stores.conftest import (  # noqa: F401  (full_memcached: a fixture, re-exported)
+    full_memcached,
+    own_memcached,
+    redis_executor,
+    running,
+)
 
 # ---------------------------------------------------------------- redis
 
@@ -58,30 +59,15 @@ class RedisServer:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    port = free_port()
-    data = tmp_path / "redis"
-    data.mkdir()
-    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no", "--dir", str(data)]
-    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=15)
-    executor.start()
-    try:
-        yield RedisServer(executor, port)
-    finally:
-        executor.stop()
+    with running(redis_executor(free_port(), tmp_path / "redis")) as executor:
+        yield RedisServer(executor, executor.port)
 
 
 @pytest.fixture
 def memcached_addr() -> Iterator[str]:
     """A memcached of this test's own, as ``host:port``."""
-    port = free_port()
-    command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-m", "16"]
-    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
-    executor.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        executor.stop()
+    with running(own_memcached("-m", "16")) as executor:
+        yield f"127.0.0.1:{executor.port}"
 
 
 # ---------------------------------------------------------------- HTTP helpers

@@ -22,15 +22,18 @@ from proxy.figures import Figures
 from proxy.report import render
 from tests.conftest import Origin, SpawnProxy, free_port, policy_text
 from tests.ops.conftest import (
-    MEMCACHED,
-    REDIS_SERVER,
     LiveProxy,
     StartProxy,
     eventually,
     fetch,
     metric,
 )
-from tests.stores.conftest import redis_cluster  # noqa: F401 (the session cluster fixture)
+from tests.stores.conftest import (
+    own_memcached,
+    redis_cluster,  # noqa: F401 (the session cluster fixture)
+    redis_executor,
+    running,
+)
 
 ROUTES = """
         routes:
@@ -41,11 +44,7 @@ ROUTES = """
 
 def start_redis(tmp_path: Path, *extra: str) -> tuple[TCPExecutor, int]:
     port = free_port()
-    data = tmp_path / f"redis-{port}"
-    data.mkdir()
-    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no", "--dir", str(data), *extra]
-    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=15)
+    executor = redis_executor(port, tmp_path / f"redis-{port}", *extra)
     executor.start()
     return executor, port
 
@@ -65,14 +64,8 @@ def small_redis(tmp_path: Path) -> Iterator[int]:
 @pytest.fixture
 def small_memcached() -> Iterator[int]:
     """A memcached with 4 MiB of memory, filled past it in the test."""
-    port = free_port()
-    command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-m", "4"]
-    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
-    executor.start()
-    try:
-        yield port
-    finally:
-        executor.stop()
+    with running(own_memcached("-m", "4")) as executor:
+        yield executor.port
 
 
 def memcached_stats(port: int, fill: int = 0) -> dict[str, int]:

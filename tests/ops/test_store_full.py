@@ -6,49 +6,26 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mirakuru import TCPExecutor
 
 from tests.conftest import Origin, free_port
+from tests.stores.conftest import redis_executor, running
 
 from .conftest import StartProxy, eventually, fetch
 
-MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 BODY = random.Random(14).randbytes(50_000)  # incompressible; 2 MiB hold about 38
-
-
-@pytest.fixture
-def full_memcached() -> Iterator[str]:
-    """A 2 MiB memcached that refuses writes once full (``-M``) instead of evicting."""
-    port = free_port()
-    command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-m", "2", "-M"]
-    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
-    executor.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        executor.stop()
 
 
 @pytest.fixture
 def full_redis(tmp_path: Path) -> Iterator[str]:
     """A 2 MiB Redis that refuses writes once full (``noeviction``): ``OOM command not
     allowed``."""
-    port = free_port()
-    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no", "--dir", str(tmp_path)]
-    command += ["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]
-    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=15)
-    executor.start()
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        executor.stop()
+    options = ("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
+    with running(redis_executor(free_port(), tmp_path, *options)) as executor:
+        yield f"redis://127.0.0.1:{executor.port}/0"
 
 
 async def test_a_full_redis_is_counted_logged_and_keeps_serving(

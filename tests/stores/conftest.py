@@ -40,6 +40,23 @@ def memcached_executor(port: int | None = None, item_size: str = "1m") -> TCPExe
     return TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
 
 
+def own_memcached(*options: str) -> TCPExecutor:
+    """A memcached of a test's own on a free port, with ``options`` (``-m 2 -M``...)."""
+    port = free_port()
+    command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), *options]
+    return TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
+
+
+@contextlib.contextmanager
+def running(executor: TCPExecutor) -> Iterator[TCPExecutor]:
+    """``executor`` started, and stopped when the block ends."""
+    executor.start()
+    try:
+        yield executor
+    finally:
+        executor.stop()
+
+
 def redis_executor(port: int, datadir: Path, *extra: str) -> TCPExecutor:
     datadir.mkdir(parents=True, exist_ok=True)
     command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
@@ -245,12 +262,8 @@ def cluster_nodes(redis_cluster: list[str]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def memcached_server() -> Iterator[TCPExecutor]:
-    executor = memcached_executor()
-    executor.start()
-    try:
+    with running(memcached_executor()) as executor:
         yield executor
-    finally:
-        executor.stop()
 
 
 @pytest.fixture
@@ -260,21 +273,17 @@ def memcached_addr(memcached_server: TCPExecutor) -> str:
     return f"127.0.0.1:{memcached_server.port}"
 
 
+@pytest.fixture
+def full_memcached() -> Iterator[str]:
+    """A 2 MiB memcached that refuses writes once full (``-M``) instead of evicting: it
+    answers ``SERVER_ERROR out of memory``."""
+    with running(own_memcached("-m", "2", "-M")) as executor:
+        yield f"127.0.0.1:{executor.port}"
+
+
 def memcached_keys(port: int) -> set[bytes]:
     """Every key a test-sized memcached holds (``lru_crawler metadump``; keys URL-encoded)."""
-    keys: set[bytes] = set()
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"lru_crawler metadump all\r\n")
-        data = b""
-        while not data.endswith(b"END\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    for line in data.splitlines():
-        if line.startswith(b"key="):
-            keys.add(unquote_to_bytes(line.split()[0].removeprefix(b"key=")))
-    return keys
+    return set(memcached_expiries(port))
 
 
 def memcached_expiries(port: int) -> dict[bytes, int]:

@@ -8,33 +8,18 @@ filled with 50 KB values until it refuses them.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-from mirakuru import TCPExecutor
 
 from proxy.clock import FakeClock
 from proxy.errors import StoreFull
 from proxy.stores.guard import REFUSAL_LOG_EVERY, GuardedStore
 from proxy.stores.memcached import MemcachedStore
-from tests.conftest import free_port
 
-from .conftest import MEMCACHED
+from .conftest import own_memcached
 
 VALUE = b"x" * 50_000
-
-
-@pytest.fixture
-def full_memcached() -> Iterator[str]:
-    """A 2 MiB memcached that answers ``SERVER_ERROR out of memory`` once full."""
-    port = free_port()
-    command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-m", "2", "-M"]
-    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
-    executor.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        executor.stop()
 
 
 @pytest.fixture
@@ -101,9 +86,8 @@ async def test_refusals_are_logged_once_per_interval_with_the_count_not_logged(
 async def test_an_item_over_the_servers_limit_is_a_refusal_not_a_breaker_failure() -> None:
     # item_size_max 1 MiB (the default) over a memcached started with -I 512k: a 700 KB
     # value is one item to the store, and the server refuses it every time
-    port = free_port()
-    command = [MEMCACHED, "-u", "nobody", "-l", "127.0.0.1", "-p", str(port), "-I", "512k"]
-    executor = TCPExecutor(command, host="127.0.0.1", port=port, timeout=10)
+    executor = own_memcached("-I", "512k")
+    port = executor.port
     executor.start()
     guard = GuardedStore(MemcachedStore("mc", [f"127.0.0.1:{port}"]), 1.0, breaker_failures=2)
     try:
