@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from proxy.audit import describe_memcached, describe_redis, route_of
 from tests.conftest import ROOT, Origin, free_port, policy_text
@@ -64,11 +65,17 @@ def _findings(result: dict[str, Any]) -> set[tuple[str, str, str | None]]:
     return {(f["backend"], f["finding"], f["route"]) for f in result["findings"]}
 
 
-async def _fill(
-    live_proxy: StartProxy, redis: RedisServer, memcached: str, tmp_path: Path, origin: Origin
+@pytest.fixture
+async def filled(
+    live_proxy: StartProxy,
+    redis_server: RedisServer,
+    memcached_addr: str,
+    tmp_path: Path,
+    origin: Origin,
 ) -> Path:
-    """A proxy writes entries of every route; the audit's policy lacks the legacy ones."""
-    body = ROUTES.format(redis=redis.url, memcached=memcached)
+    """A proxy writes entries of every route; the audit's policy, returned, lacks the
+    legacy ones."""
+    body = ROUTES.format(redis=redis_server.url, memcached=memcached_addr)
     proxy = await live_proxy(body + LEGACY)
     for path in ("/api/products/1", "/api/products/2", "/items/a", "/legacy/x", "/old/y"):
         answer = await proxy.get(path)
@@ -112,13 +119,9 @@ async def test_a_clean_store_passes_and_counts_per_route(
 
 
 async def test_keys_without_ttl_and_orphans_are_findings(
-    live_proxy: StartProxy,
-    redis_server: RedisServer,
-    memcached_addr: str,
-    tmp_path: Path,
-    origin: Origin,
+    filled: Path, redis_server: RedisServer, memcached_addr: str
 ) -> None:
-    current = await _fill(live_proxy, redis_server, memcached_addr, tmp_path, origin)
+    current = filled
     with redis_server.client() as client:
         client.set("sc:products:handmade", b"x")  # no TTL
         client.set("someone-else", b"y")  # another program's key: reported, not a finding
@@ -152,15 +155,8 @@ async def test_keys_without_ttl_and_orphans_are_findings(
     assert "legacy (not in policy)" in text.stdout
 
 
-async def test_sample_bounds_the_keys_inspected(
-    live_proxy: StartProxy,
-    redis_server: RedisServer,
-    memcached_addr: str,
-    tmp_path: Path,
-    origin: Origin,
-) -> None:
-    current = await _fill(live_proxy, redis_server, memcached_addr, tmp_path, origin)
-    _, result, _ = await run_json(current, "--sample", "1")
+async def test_sample_bounds_the_keys_inspected(filled: Path) -> None:
+    _, result, _ = await run_json(filled, "--sample", "1")
     for name in ("shared", "pool"):
         assert result["backends"][name]["scanned"] == 1
         assert result["backends"][name]["sampled"] is True
