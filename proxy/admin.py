@@ -27,10 +27,11 @@ from proxy.engine import Engine
 from proxy.explain import RequestError, explain, inspect
 from proxy.fanout import WorkerBus
 from proxy.figures import FiguresPoller
-from proxy.invalidation import Invalidator, PurgeRequest, peer_allowed, unknown_routes
+from proxy.invalidation import Invalidator, peer_allowed, unknown_routes
 from proxy.logs import AccessLog, event
 from proxy.metrics import CONTENT_TYPE
 from proxy.policy import LoadedPolicy, TieredBackend
+from proxy.purgerequest import PurgeRequest
 from proxy.reload import Loader, Reloader, swap_policy
 from proxy.report import build_stats
 from proxy.stores.base import Store
