@@ -14,9 +14,10 @@ import pytest
 from tests.conftest import Origin, free_port
 from tests.stores.conftest import redis_executor, running
 
-from .conftest import StartProxy, eventually, fetch
+from .conftest import Answer, LiveProxy, StartProxy, eventually, fetch
 
 BODY = random.Random(14).randbytes(50_000)  # incompressible; 2 MiB hold about 38
+PATHS = [f"/big/{i}" for i in range(80)]
 
 
 @pytest.fixture
@@ -26,6 +27,22 @@ def full_redis(tmp_path: Path) -> Iterator[str]:
     options = ("--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
     with running(redis_executor(free_port(), tmp_path, *options)) as executor:
         yield f"redis://127.0.0.1:{executor.port}/0"
+
+
+async def overfill(proxy: LiveProxy, origin: Origin, backend: str, refusals: int) -> list[Answer]:
+    """Every one of PATHS read once through ``proxy`` (80 x 50 KB, past 2 MiB), then until
+    ``backend`` has counted ``refusals`` OOM write refusals: the answers."""
+    answers = []
+    for path in PATHS:
+        origin.reply(path, body=BODY)
+        answers.append(await proxy.get(path))
+
+    async def refused() -> bool:
+        oom = await proxy.metric("sidecache_store_errors_total", backend=backend, reason="oom")
+        return oom >= refusals
+
+    await eventually(refused, 10, "oom refusals counted")
+    return answers
 
 
 async def test_a_full_redis_is_counted_logged_and_keeps_serving(
@@ -42,17 +59,8 @@ async def test_a_full_redis_is_counted_logged_and_keeps_serving(
         defaults: {{backend: shared, ttl: 60s}}
         """
     )
-    paths = [f"/big/{i}" for i in range(80)]
-    for path in paths:
-        origin.reply(path, body=BODY)
-        answer = await proxy.get(path)
+    for answer in await overfill(proxy, origin, "shared", 20):
         assert (answer.status, answer.body) == (200, BODY)
-
-    async def refused() -> bool:
-        oom = await proxy.metric("sidecache_store_errors_total", backend="shared", reason="oom")
-        return oom >= 20
-
-    await eventually(refused, 10, "oom refusals counted")
     assert await proxy.metric("sidecache_breaker_state", backend="shared") == 0
     full = [r for r in caplog.records if getattr(r, "event", None) == "store_full"]
     assert len(full) == 1  # rate-limited: one line per backend per 10 s
@@ -81,21 +89,12 @@ async def test_a_full_memcached_is_counted_logged_and_keeps_serving(
         defaults: {{backend: pool, ttl: 60s}}
         """
     )
-    paths = [f"/big/{i}" for i in range(80)]
-    for path in paths:
-        origin.reply(path, body=BODY)
-        answer = await proxy.get(path)
+    for answer in await overfill(proxy, origin, "pool", 40):
         assert (answer.status, answer.cache, answer.body) == (200, "MISS", BODY)
-
-    async def refused() -> bool:
-        oom = await proxy.metric("sidecache_store_errors_total", backend="pool", reason="oom")
-        return oom >= 40
-
-    await eventually(refused, 10, "oom refusals counted")
     assert await proxy.metric("sidecache_store_errors_total", reason="errors") == 0
     assert await proxy.metric("sidecache_breaker_state", backend="pool") == 0
     # what was stored before it filled up is still served
-    assert (await proxy.get(paths[0])).cache == "HIT"
+    assert (await proxy.get(PATHS[0])).cache == "HIT"
     full = [r for r in caplog.records if getattr(r, "event", None) == "store_full"]
     assert len(full) == 1  # rate-limited: one line per backend per 10 s
     assert full[0].levelno == logging.WARNING
