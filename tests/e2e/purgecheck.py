@@ -12,6 +12,8 @@ import aiohttp
 from tests.conftest import ProxyProcess
 
 HOST = "api.internal"  # one Host for both proxies: replicas behind one service name
+PRODUCTS = [f"/api/products/{i}" for i in range(12)]  # route products, tagged product:{i}
+DOCS = [f"/docs/{i}" for i in range(6)]  # route docs, by prefix
 
 
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[str, bytes]:

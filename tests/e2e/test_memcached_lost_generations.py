@@ -19,15 +19,15 @@ import pytest
 
 from tests.conftest import Origin, ProxyProcess, SpawnProxy, policy_text
 from tests.e2e.purgecheck import (
+    DOCS,
     HOST,
+    PRODUCTS,
     get,
     purge_until_done,
     served_purged,
 )
 from tests.stores.conftest import memcached_expiries, own_memcached
 
-PRODUCTS = [f"/api/products/{i}" for i in range(12)]
-DOCS = [f"/docs/{i}" for i in range(6)]
 ALL = PRODUCTS + DOCS
 PURGE = {
     "tags": ["product:0", "product:1", "product:2"],

@@ -23,7 +23,9 @@ from redis import Redis
 
 from tests.conftest import Origin, ProxyProcess, SpawnProxy, free_port, policy_text
 from tests.e2e.purgecheck import (
+    DOCS,
     HOST,
+    PRODUCTS,
     get,
     purge,
     purge_until_done,
@@ -31,8 +33,6 @@ from tests.e2e.purgecheck import (
 )
 from tests.stores.conftest import redis_executor
 
-PRODUCTS = [f"/api/products/{i}" for i in range(12)]
-DOCS = [f"/docs/{i}" for i in range(6)]
 LISTS = [f"/lists/{i}?page=2" for i in range(6)]
 ALL = PRODUCTS + DOCS + LISTS
 # At 2 MB with compressible fill bodies (stored gzipped: almost nothing), what filled Redis
