@@ -137,6 +137,20 @@ def redis_tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         executor.stop()
 
 
+def start_cluster_node(used: set[int], root: Path, i: int, node_timeout: str) -> TCPExecutor:
+    """Cluster node ``i``, started on a free port and bus port not in ``used`` (both added
+    to it), its files in ``root/node{i}``; not yet part of a cluster."""
+    port = free_port(exclude=used)
+    used.add(port)
+    bus = free_port(exclude=used)
+    used.add(bus)
+    extra = ("--cluster-enabled", "yes", "--cluster-port", str(bus))
+    extra += ("--cluster-config-file", f"nodes-{i}.conf", "--cluster-node-timeout", node_timeout)
+    executor = redis_executor(port, root / f"node{i}", *extra)
+    executor.start()
+    return executor
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """A real 3-node Redis Cluster (no replicas); yields ``host:port`` of every node."""
@@ -146,16 +160,9 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str
     root = tmp_path_factory.mktemp("cluster")
     try:
         for i in range(3):
-            port, bus = free_port(exclude=used), 0
-            used.add(port)
-            bus = free_port(exclude=used)
-            used.add(bus)
-            extra = ("--cluster-enabled", "yes", "--cluster-port", str(bus))
-            extra += ("--cluster-config-file", f"nodes-{i}.conf", "--cluster-node-timeout", "2000")
-            executor = redis_executor(port, root / f"node{i}", *extra)
-            executor.start()
+            executor = start_cluster_node(used, root, i, "2000")
             executors.append(executor)
-            nodes.append(f"127.0.0.1:{port}")
+            nodes.append(f"127.0.0.1:{executor.port}")
         subprocess.run(
             [REDIS_CLI, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
             check=True,
@@ -189,15 +196,8 @@ def replicated_cluster(tmp_path: Path) -> Iterator[ReplicatedCluster]:
     cluster = ReplicatedCluster({}, {})
     try:
         for i in range(6):
-            port = free_port(exclude=used)
-            used.add(port)
-            bus = free_port(exclude=used)
-            used.add(bus)
-            extra = ("--cluster-enabled", "yes", "--cluster-port", str(bus))
-            extra += ("--cluster-config-file", f"nodes-{i}.conf", "--cluster-node-timeout", "1000")
-            executor = redis_executor(port, tmp_path / f"node{i}", *extra)
-            executor.start()
-            cluster.executors[f"127.0.0.1:{port}"] = executor
+            executor = start_cluster_node(used, tmp_path, i, "1000")
+            cluster.executors[f"127.0.0.1:{executor.port}"] = executor
         create = [REDIS_CLI, "--cluster", "create", *cluster.nodes, "--cluster-replicas", "1"]
         subprocess.run(
             [*create, "--cluster-yes"],
