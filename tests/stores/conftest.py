@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
+import aiomcache
 import pytest
 from mirakuru import TCPExecutor
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from tests.conftest import free_port
 
@@ -73,6 +75,14 @@ def redis_url(redis_server: RedisExecutor) -> str:
     with Redis(host=redis_server.host, port=redis_server.port) as client:
         client.flushall()
     return f"redis://{redis_server.host}:{redis_server.port}/0"
+
+
+@pytest.fixture
+async def redis_raw(redis_url: str) -> AsyncIterator[AsyncRedis]:
+    """A plain client on the session Redis, to look under a store."""
+    client = AsyncRedis.from_url(redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture
@@ -279,6 +289,15 @@ def full_memcached() -> Iterator[str]:
     answers ``SERVER_ERROR out of memory``."""
     with running(own_memcached("-m", "2", "-M")) as executor:
         yield f"127.0.0.1:{executor.port}"
+
+
+@pytest.fixture
+async def memcached_raw(memcached_addr: str) -> AsyncIterator[aiomcache.Client]:
+    """A plain client on the session memcached, to look under a store."""
+    host, port = memcached_addr.split(":")
+    client = aiomcache.Client(host, int(port))
+    yield client
+    await client.close()
 
 
 def memcached_keys(port: int) -> set[bytes]:

@@ -27,16 +27,8 @@ async def store(memcached_addr: str) -> AsyncIterator[MemcachedStore]:
     await store.aclose()
 
 
-@pytest.fixture
-async def raw(memcached_addr: str) -> AsyncIterator[aiomcache.Client]:
-    host, port = memcached_addr.split(":")
-    client = aiomcache.Client(host, int(port))
-    yield client
-    await client.close()
-
-
-async def stored_keys(raw: aiomcache.Client) -> set[bytes]:
-    return await asyncio.to_thread(memcached_keys, raw._pool._port)
+async def stored_keys(memcached_raw: aiomcache.Client) -> set[bytes]:
+    return await asyncio.to_thread(memcached_keys, memcached_raw._pool._port)
 
 
 def test_satisfies_the_protocol(memcached_addr: str) -> None:
@@ -56,7 +48,9 @@ async def test_binary_values_are_intact(store: MemcachedStore) -> None:
     assert await store.get("sc:{r}:empty") == b""
 
 
-async def test_ttl_is_honoured_by_the_server(store: MemcachedStore, raw: aiomcache.Client) -> None:
+async def test_ttl_is_honoured_by_the_server(
+    store: MemcachedStore, memcached_raw: aiomcache.Client
+) -> None:
     await store.set("sc:{r}:short", b"v", 1)
     await store.set("sc:{r}:long", b"v", 30)
     assert await store.get("sc:{r}:short") == b"v"
@@ -64,17 +58,17 @@ async def test_ttl_is_honoured_by_the_server(store: MemcachedStore, raw: aiomcac
     await asyncio.sleep(2.1)
     assert await store.get("sc:{r}:short") is None
     assert await store.get("sc:{r}:long") == b"v"
-    assert await raw.get(b"t1:sc:{r}:short") is None
+    assert await memcached_raw.get(b"t1:sc:{r}:short") is None
 
 
 async def test_long_spaced_and_unicode_keys_are_hashed(
-    store: MemcachedStore, raw: aiomcache.Client
+    store: MemcachedStore, memcached_raw: aiomcache.Client
 ) -> None:
     keys = ["k" * 600, "with space", "tab\there", "naïve/ключ", "new\nline"]
     for i, key in enumerate(keys):
         await store.set(key, f"v{i}".encode(), 30)
     assert await store.get_many(keys) == [f"v{i}".encode() for i in range(len(keys))]
-    stored = await stored_keys(raw)
+    stored = await stored_keys(memcached_raw)
     assert all(len(k) <= 250 and b" " not in k for k in stored)
     assert len({k for k in stored if k.startswith(b"t1:~h:")}) == 4  # all but the unicode one
 
@@ -94,38 +88,38 @@ async def test_delete_counts(store: MemcachedStore) -> None:
 
 
 async def test_three_mib_value_is_chunked_and_byte_identical(
-    store: MemcachedStore, raw: aiomcache.Client
+    store: MemcachedStore, memcached_raw: aiomcache.Client
 ) -> None:
     body = os.urandom(3 * MIB)
     await store.set("sc:{big}:1", body, 30)
     assert await store.get("sc:{big}:1") == body
-    chunks = {k for k in await stored_keys(raw) if k.startswith(b"t1:~c:")}
+    chunks = {k for k in await stored_keys(memcached_raw) if k.startswith(b"t1:~c:")}
     assert len(chunks) == 4  # 3 MiB in items under 1 MiB each
 
 
 async def test_a_deleted_chunk_is_a_clean_miss(
-    store: MemcachedStore, raw: aiomcache.Client
+    store: MemcachedStore, memcached_raw: aiomcache.Client
 ) -> None:
     body = os.urandom(3 * MIB)
     await store.set("sc:{big}:1", body, 30)
-    chunk = sorted(k for k in await stored_keys(raw) if k.startswith(b"t1:~c:"))[1]
-    assert await raw.delete(chunk)
+    chunk = sorted(k for k in await stored_keys(memcached_raw) if k.startswith(b"t1:~c:"))[1]
+    assert await memcached_raw.delete(chunk)
     assert await store.get("sc:{big}:1") is None
     assert await store.get_many(["sc:{big}:1"]) == [None]
 
 
 async def test_an_overwritten_chunk_is_a_clean_miss(
-    store: MemcachedStore, raw: aiomcache.Client
+    store: MemcachedStore, memcached_raw: aiomcache.Client
 ) -> None:
     body = os.urandom(2 * MIB + 17)
     await store.set("sc:{big}:1", body, 30)
-    chunk = sorted(k for k in await stored_keys(raw) if k.startswith(b"t1:~c:"))[0]
-    original = await raw.get(chunk)
+    chunk = sorted(k for k in await stored_keys(memcached_raw) if k.startswith(b"t1:~c:"))[0]
+    original = await memcached_raw.get(chunk)
     assert original is not None
     # same length, one byte different: only the digest can tell
-    await raw.set(chunk, original[:-1] + bytes([original[-1] ^ 1]))
+    await memcached_raw.set(chunk, original[:-1] + bytes([original[-1] ^ 1]))
     assert await store.get("sc:{big}:1") is None
-    await raw.set(chunk, original[: len(original) // 2])  # truncated
+    await memcached_raw.set(chunk, original[: len(original) // 2])  # truncated
     assert await store.get("sc:{big}:1") is None
 
 
@@ -136,8 +130,10 @@ async def test_rewriting_a_big_value_never_mixes_writes(store: MemcachedStore) -
     assert await store.get("sc:{big}:1") == second
 
 
-async def test_foreign_values_are_misses(store: MemcachedStore, raw: aiomcache.Client) -> None:
-    await raw.set(b"t1:foreign", b"\xc1 not msgpack")
+async def test_foreign_values_are_misses(
+    store: MemcachedStore, memcached_raw: aiomcache.Client
+) -> None:
+    await memcached_raw.set(b"t1:foreign", b"\xc1 not msgpack")
     shapes = [
         [7, [], b"x"],  # unknown kind
         [0, 5, b"x"],  # generations not a list
@@ -148,7 +144,7 @@ async def test_foreign_values_are_misses(store: MemcachedStore, raw: aiomcache.C
         "just a string",
     ]
     for i, shape in enumerate(shapes):
-        await raw.set(f"t1:shape{i}".encode(), msgpack.packb(shape))
+        await memcached_raw.set(f"t1:shape{i}".encode(), msgpack.packb(shape))
     keys = ["foreign"] + [f"shape{i}" for i in range(len(shapes))]
     assert await store.get_many(keys) == [None] * len(keys)
 
@@ -182,10 +178,10 @@ async def test_tags_on_chunked_values(store: MemcachedStore) -> None:
 
 
 async def test_evicted_generation_counter_invalidates(
-    store: MemcachedStore, raw: aiomcache.Client
+    store: MemcachedStore, memcached_raw: aiomcache.Client
 ) -> None:
     await store.set("sc:{p}:1", b"v", 30, tags=["t"])
-    assert await raw.delete(b"t1:~g:t")  # as if LRU evicted it
+    assert await memcached_raw.delete(b"t1:~g:t")  # as if LRU evicted it
     assert await store.get("sc:{p}:1") is None
     await store.set("sc:{p}:1", b"v2", 30, tags=["t"])
     assert await store.get("sc:{p}:1") == b"v2"

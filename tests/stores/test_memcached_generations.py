@@ -28,14 +28,6 @@ async def store(memcached_addr: str) -> AsyncIterator[MemcachedStore]:
     await store.aclose()
 
 
-@pytest.fixture
-async def raw(memcached_addr: str) -> AsyncIterator[aiomcache.Client]:
-    host, port = memcached_addr.split(":")
-    client = aiomcache.Client(host, int(port))
-    yield client
-    await client.close()
-
-
 async def expiries(addr: str) -> dict[bytes, int]:
     return await asyncio.to_thread(memcached_expiries, int(addr.rsplit(":", 1)[1]))
 
@@ -73,22 +65,22 @@ async def test_a_counter_outlives_the_longest_entry_it_guards(
 
 
 async def test_a_counter_that_never_expired_is_given_an_exptime_and_keeps_its_value(
-    store: MemcachedStore, raw: aiomcache.Client, memcached_addr: str
+    store: MemcachedStore, memcached_raw: aiomcache.Client, memcached_addr: str
 ) -> None:
     # as the store wrote them before counters expired (exptime 0)
-    await raw.set(b"~g:legacy", b"41", 0)
+    await memcached_raw.set(b"~g:legacy", b"41", 0)
     assert (await expiries(memcached_addr))[b"~g:legacy"] == -1
     await store.set("/a", b"a", 300, tags=["legacy"])
     held = await expiries(memcached_addr)
     assert held[b"~g:legacy"] >= held[b"/a"] + 1
-    assert await raw.get(b"~g:legacy") == b"41"  # same generation: entries stay valid
+    assert await memcached_raw.get(b"~g:legacy") == b"41"  # same generation: entries stay valid
     assert await store.get("/a") == b"a"
     await store.purge_tags(["legacy"])
     assert await store.get("/a") is None
 
 
 async def test_an_extension_never_undoes_a_purge_in_between(
-    store: MemcachedStore, raw: aiomcache.Client
+    store: MemcachedStore, memcached_raw: aiomcache.Client
 ) -> None:
     # the adapter: a counter read, bumped by a purge, then extended with what was read
     await store.set("/a", b"a", 30, tags=["t"])
@@ -96,9 +88,9 @@ async def test_an_extension_never_undoes_a_purge_in_between(
     node = next(iter(pool.nodes.values()))
     read = (await pool.counters(node, [b"~g:t"]))[b"~g:t"]
     assert isinstance(read, Counter)
-    assert await raw.incr(b"~g:t") == int(read.value) + 1  # the purge
+    assert await memcached_raw.incr(b"~g:t") == int(read.value) + 1  # the purge
     assert await pool.extend(node, b"~g:t", read, 3 * DAY) is False
-    assert await raw.get(b"~g:t") == b"%d" % (int(read.value) + 1)
+    assert await memcached_raw.get(b"~g:t") == b"%d" % (int(read.value) + 1)
     assert await store.get("/a") is None
     # a counter read afresh is extended
     fresh = (await pool.counters(node, [b"~g:t"]))[b"~g:t"]

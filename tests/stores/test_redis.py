@@ -25,13 +25,6 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
     await store.aclose()
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def test_satisfies_the_protocol(redis_url: str) -> None:
     assert isinstance(RedisStore("r", redis_url), Store)
 
@@ -55,15 +48,17 @@ async def test_binary_values_are_intact(store: RedisStore) -> None:
     assert await store.get("sc:{r}:bin") == BINARY
 
 
-async def test_ttl_is_set_on_the_server_in_the_same_write(store: RedisStore, raw: Redis) -> None:
+async def test_ttl_is_set_on_the_server_in_the_same_write(
+    store: RedisStore, redis_raw: Redis
+) -> None:
     await store.set("sc:{r}:ttl", b"v", 12.5, tags=["t"])
     await store.set("sc:{r}:ttl2", b"v", 3)
-    assert 12_000 < await raw.pttl("t1:sc:{r}:ttl") <= 12_500
-    assert 2_000 < await raw.pttl("t1:sc:{r}:ttl2") <= 3_000
+    assert 12_000 < await redis_raw.pttl("t1:sc:{r}:ttl") <= 12_500
+    assert 2_000 < await redis_raw.pttl("t1:sc:{r}:ttl2") <= 3_000
     # the tag's generation expires too, no sooner than the longest entry it guards
-    assert 12_000 < await raw.pttl(f"t1:~g:{tag_digest('t')}") <= 12_500
+    assert 12_000 < await redis_raw.pttl(f"t1:~g:{tag_digest('t')}") <= 12_500
     await store.set("sc:{r}:ttl3", b"v", 5, tags=["t"])
-    assert 11_000 < await raw.pttl(f"t1:~g:{tag_digest('t')}") <= 12_500
+    assert 11_000 < await redis_raw.pttl(f"t1:~g:{tag_digest('t')}") <= 12_500
 
 
 async def test_entries_expire_on_the_server(store: RedisStore) -> None:
@@ -75,11 +70,11 @@ async def test_entries_expire_on_the_server(store: RedisStore) -> None:
     assert await store.get("sc:{r}:short") is None
 
 
-async def test_key_prefix_and_layout_on_one_node(store: RedisStore, raw: Redis) -> None:
+async def test_key_prefix_and_layout_on_one_node(store: RedisStore, redis_raw: Redis) -> None:
     await store.set("sc:products:ab", b"v", 30, tags=["x"])
     await store.set("plain key", b"v", 30, tags=["x"])
     await store.lock("sc:products:ab", 5)
-    keys = {k.decode() for k in await raw.keys("*")}
+    keys = {k.decode() for k in await redis_raw.keys("*")}
     assert {k: describe(k, "t1:") for k in keys} == {
         "t1:sc:products:ab": ("entry", "products"),
         "t1:plain key": ("foreign", None),  # not an engine key
@@ -138,11 +133,11 @@ async def test_rewrite_after_purge_is_indexed_again(store: RedisStore) -> None:
     assert await store.get("sc:{r}:1") is None
 
 
-async def test_lock_is_exclusive_and_fenced(store: RedisStore, raw: Redis) -> None:
+async def test_lock_is_exclusive_and_fenced(store: RedisStore, redis_raw: Redis) -> None:
     token = await store.lock("sc:{r}:1", 5)
     assert token is not None
     assert await store.lock("sc:{r}:1", 5) is None
-    assert 4_000 < await raw.pttl("t1:~l:sc:{r}:1") <= 5_000
+    assert 4_000 < await redis_raw.pttl("t1:~l:sc:{r}:1") <= 5_000
     assert await store.unlock("sc:{r}:1", "not-the-token") is False
     assert await store.lock("sc:{r}:1", 5) is None
     assert await store.unlock("sc:{r}:1", token) is True
@@ -216,9 +211,9 @@ async def test_unreachable_server_raises_store_unavailable() -> None:
         await store.aclose()
 
 
-async def test_keys_not_ours_read_as_misses(store: RedisStore, raw: Redis) -> None:
-    await raw.sadd("t1:sc:{r}:wrongtype", "x")
-    await raw.set("t1:sc:{r}:foreign", b"written by someone else")
+async def test_keys_not_ours_read_as_misses(store: RedisStore, redis_raw: Redis) -> None:
+    await redis_raw.sadd("t1:sc:{r}:wrongtype", "x")
+    await redis_raw.set("t1:sc:{r}:foreign", b"written by someone else")
     assert await store.get("sc:{r}:wrongtype") is None
     assert await store.get("sc:{r}:foreign") is None
     assert await store.get_many(["sc:{r}:wrongtype", "sc:{r}:foreign"]) == [None, None]
@@ -227,15 +222,15 @@ async def test_keys_not_ours_read_as_misses(store: RedisStore, raw: Redis) -> No
 async def test_a_full_redis_refuses_writes_as_store_full(make_redis: MakeRedis) -> None:
     server = make_redis("--maxmemory-policy", "noeviction")
     url = f"redis://127.0.0.1:{server.port}/0"
-    raw = Redis.from_url(url)
+    redis_raw = Redis.from_url(url)
     store = RedisStore("full", url)
     try:
         await store.set("sc:r:kept", b"v", 60, tags=["t"])
         for i in range(4):
-            await raw.set(f"filler:{i}", b"x" * 1024**2)
-        await raw.config_set("maxmemory", "2mb")  # well past it: every write is refused
+            await redis_raw.set(f"filler:{i}", b"x" * 1024**2)
+        await redis_raw.config_set("maxmemory", "2mb")  # well past it: every write is refused
         with pytest.raises(OutOfMemoryError):
-            await raw.set("filler", b"x")
+            await redis_raw.set("filler", b"x")
         for write in (
             lambda: store.set("sc:r:new", b"v", 60),
             lambda: store.set("sc:r:tagged", b"v", 60, tags=["t", "u"]),
@@ -252,7 +247,7 @@ async def test_a_full_redis_refuses_writes_as_store_full(make_redis: MakeRedis) 
         assert await store.get_many(["sc:r:kept", "sc:r:new"]) == [None, None]
     finally:
         await store.aclose()
-        await raw.aclose()
+        await redis_raw.aclose()
 
 
 def test_prefix_with_braces_is_refused() -> None:

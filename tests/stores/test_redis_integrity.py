@@ -37,27 +37,20 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
     await store.aclose()
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-async def census(raw: Redis) -> tuple[Counter[str], Counter[str], list[bytes]]:
+async def census(redis_raw: Redis) -> tuple[Counter[str], Counter[str], list[bytes]]:
     """Keys and ``MEMORY USAGE`` bytes by kind, and the keys without a TTL."""
     keys, sizes, no_ttl = Counter[str](), Counter[str](), []
-    async for key in raw.scan_iter(count=1000):
+    async for key in redis_raw.scan_iter(count=1000):
         kind, _ = describe(key.decode())
         keys[kind] += 1
-        sizes[kind] += await raw.memory_usage(key, samples=0) or 0
-        if await raw.pttl(key) == -1:
+        sizes[kind] += await redis_raw.memory_usage(key, samples=0) or 0
+        if await redis_raw.pttl(key) == -1:
             no_ttl.append(key)
     return keys, sizes, no_ttl
 
 
 async def test_churn_leaves_every_key_expiring_and_the_index_small(
-    store: RedisStore, raw: Redis
+    store: RedisStore, redis_raw: Redis
 ) -> None:
     value = os.urandom(1024)
     for write in range(WRITES):
@@ -69,27 +62,27 @@ async def test_churn_leaves_every_key_expiring_and_the_index_small(
                     for i in range(first, first + 200)
                 )
             )
-    keys, sizes, no_ttl = await census(raw)
+    keys, sizes, no_ttl = await census(redis_raw)
     assert no_ttl == []
     assert keys == {"entry": ENTRIES, "generation": ENTRIES + 2}  # one per distinct tag
     assert sizes["generation"] <= 0.10 * sizes["entry"]
     # a generation lives as long as the longest entry it guards
-    assert await raw.pttl(f"~g:{tag_digest('r:products')}") > 800_000
+    assert await redis_raw.pttl(f"~g:{tag_digest('r:products')}") > 800_000
     assert await store.get_many([f"sc:products:{i:032x}" for i in range(5)]) == [value] * 5
 
 
-async def test_lost_generations_make_misses_never_hits(store: RedisStore, raw: Redis) -> None:
+async def test_lost_generations_make_misses_never_hits(store: RedisStore, redis_raw: Redis) -> None:
     keys = [f"sc:products:{i:032x}" for i in range(50)]
     for i, key in enumerate(keys):
         await store.set(key, b"v", 60, tags_of(i))
         await store.set(key + ":plain", b"v", 60)  # untagged: nothing to lose
     # deleted by hand (or evicted, or lost in a restart): the even entries' own path tags
-    await raw.delete(*(f"~g:{tag_digest(f'p:/products/{i}')}" for i in range(0, 50, 2)))
+    await redis_raw.delete(*(f"~g:{tag_digest(f'p:/products/{i}')}" for i in range(0, 50, 2)))
     values = await store.get_many(keys)
     assert values == [None if i % 2 == 0 else b"v" for i in range(50)]
     # and those misses were dropped on the way: the memory is given back
-    assert [await raw.exists(key) for key in keys] == [i % 2 for i in range(50)]
-    await raw.delete(f"~g:{tag_digest('r:products')}")  # one every entry names
+    assert [await redis_raw.exists(key) for key in keys] == [i % 2 for i in range(50)]
+    await redis_raw.delete(f"~g:{tag_digest('r:products')}")  # one every entry names
     assert await store.get_many(keys) == [None] * len(keys)
     assert await store.get_many([key + ":plain" for key in keys]) == [b"v"] * len(keys)
 

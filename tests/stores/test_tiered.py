@@ -34,13 +34,6 @@ async def tiered(redis_url: str, clock: FakeClock) -> AsyncIterator[TieredStore]
     await store.aclose()
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def test_satisfies_the_protocol(tiered: TieredStore) -> None:
     assert isinstance(tiered, Store)
     assert tiered.shared is True
@@ -56,11 +49,11 @@ async def test_miss_then_hit_from_both_layers(tiered: TieredStore) -> None:
 
 
 async def test_l1_ttl_is_the_shorter_of_entry_and_l1(
-    tiered: TieredStore, clock: FakeClock, raw: Redis
+    tiered: TieredStore, clock: FakeClock, redis_raw: Redis
 ) -> None:
     await tiered.set("sc:{r}:long", b"v", 60)
     await tiered.set("sc:{r}:short", b"v", 2)
-    assert 59_000 < await raw.pttl("sc:{r}:long") <= 60_000  # L2 keeps the entry's TTL
+    assert 59_000 < await redis_raw.pttl("sc:{r}:long") <= 60_000  # L2 keeps the entry's TTL
     clock.advance(2.5)
     assert await tiered.l1.get("sc:{r}:short") is None
     assert await tiered.l1.get("sc:{r}:long") == b"v"
