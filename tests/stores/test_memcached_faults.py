@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 import aiomcache
 import pytest
@@ -24,20 +23,12 @@ async def relay(memcached_addr: str, make_relay: MakeRelay) -> Relay:
     return await make_relay(memcached_addr)
 
 
-@pytest.fixture
-async def direct(memcached_addr: str) -> AsyncIterator[aiomcache.Client]:
-    host, port = memcached_addr.split(":")
-    client = aiomcache.Client(host, int(port))
-    yield client
-    await client.close()
-
-
 async def test_control_a_cancelled_aiomcache_call_poisons_its_connection(
-    relay: Relay, direct: aiomcache.Client
+    relay: Relay, memcached_raw: aiomcache.Client
 ) -> None:
     """The hazard itself, with aiomcache alone: this is what the store must prevent."""
-    await direct.set(b"a", b"value-of-a")
-    await direct.set(b"b", b"value-of-b")
+    await memcached_raw.set(b"a", b"value-of-a")
+    await memcached_raw.set(b"b", b"value-of-b")
     client = aiomcache.Client("127.0.0.1", relay.port, pool_size=1)
     try:
         assert await client.get(b"a") == b"value-of-a"
@@ -54,7 +45,7 @@ async def test_control_a_cancelled_aiomcache_call_poisons_its_connection(
 
 
 async def test_a_timed_out_get_never_returns_another_keys_value(
-    relay: Relay, direct: aiomcache.Client
+    relay: Relay, memcached_raw: aiomcache.Client
 ) -> None:
     # pool_size=1: every call shares the one connection a cancelled call would poison
     inner = MemcachedStore("m", [f"127.0.0.1:{relay.port}"], pool_size=1, timeout=TIMEOUT)
