@@ -35,12 +35,6 @@ from proxy.storedfields import (
     header_values,
 )
 
-# re-exported: the tests import the stored-field rules from here with the rest of RFC 9111
-from proxy.storedfields import freshen_headers as freshen_headers
-from proxy.storedfields import head_updates as head_updates
-from proxy.storedfields import selects_for_update as selects_for_update
-from proxy.storedfields import storable_headers as storable_headers
-
 # RFC 9110 §15.1: heuristically cacheable status codes. 206 is left out: this cache
 # passes Range requests through and never stores partial content.
 HEURISTIC_STATUSES: Final = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})

@@ -14,9 +14,7 @@ from proxy.freshness import (
     Usability,
     assess,
     decide_storage,
-    freshen_headers,
     freshness_lifetime,
-    head_updates,
     initial_age,
     invalidation_targets,
     is_not_modified,
@@ -24,13 +22,17 @@ from proxy.freshness import (
     request_cache_control,
     response_cache_control,
     reusable_with_credentials,
-    selects_for_update,
     stale_if_error_window,
-    storable_headers,
     transform_forbidden,
     within_stale_window,
 )
 from proxy.policy import Match, RouteConfig
+from proxy.storedfields import (
+    freshen_headers,
+    head_updates,
+    selects_for_update,
+    storable_headers,
+)
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0

@@ -31,14 +31,13 @@ from proxy.entry import EntryError, decode
 from proxy.freshness import (
     assess,
     decide_storage,
-    freshen_headers,
     initial_age,
     invalidation_targets,
     request_cache_control,
-    storable_headers,
 )
 from proxy.keys import derive_key, normalize_path, normalize_query
 from proxy.policy import KeySpec, Match, QueryExclude, RouteConfig
+from proxy.storedfields import freshen_headers, storable_headers
 from proxy.units import parse_duration, parse_size
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
