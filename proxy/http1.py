@@ -18,7 +18,6 @@ import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from email.utils import formatdate
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -29,23 +28,10 @@ from proxy.exchange import Exchange, ProxyResponse, Ticket
 from proxy.keys import normalize_path
 from proxy.memo import MEMO_HEAD_MAX, MEMO_INLINE, Memo, WireMemo
 from proxy.replies import is_clean, serialize_fields
+from proxy.wire import Date, status_line
 
 log = logging.getLogger("sidecache")
 
-_REASONS: Final = {
-    100: "Continue", 200: "OK", 201: "Created", 202: "Accepted",
-    203: "Non-Authoritative Information",
-    204: "No Content", 206: "Partial Content", 300: "Multiple Choices", 301: "Moved Permanently",
-    302: "Found", 303: "See Other", 304: "Not Modified", 307: "Temporary Redirect",
-    308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
-    410: "Gone", 412: "Precondition Failed", 413: "Content Too Large", 414: "URI Too Long",
-    415: "Unsupported Media Type", 429: "Too Many Requests",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
-    504: "Gateway Timeout",
-}  # fmt: skip
-_STATUS_LINES: dict[int, bytes] = {}
 BODY_HIGH_WATER: Final = 1024 * 1024
 PIPELINE_DEPTH: Final = 32
 # Slowloris: a request head (or a new connection's first one) must arrive in this time
@@ -59,29 +45,6 @@ LINGER: Final = 2.0  # after refusing a request, how long its remaining input is
 _NEVER: Final = float("inf")
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: reg-name, IPv4 or IP-literal, and an optional port
 _HOST: Final = re.compile(r"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
-
-
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        reason = _REASONS.get(status, "Unknown")
-        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode()
-    return line
-
-
-class _Date:
-    """The Date header, formatted once a second."""
-
-    value = b""
-    second = -1
-
-    @classmethod
-    def get(cls) -> bytes:
-        now = int(time.time())
-        if now != cls.second:
-            cls.second = now
-            cls.value = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-        return cls.value
 
 
 class HttpError(Exception):
@@ -338,7 +301,7 @@ class HttpProtocol(asyncio.Protocol):
                 parts = (bytes(head + response.body),)
             else:
                 parts = (bytes(head), response.body)
-            date_until = _Date.second + 1 if dated else _NEVER
+            date_until = Date.second + 1 if dated else _NEVER
             self.server.memo.keep(memo, raw, until, date_until, parts)
         if len(memo.parts) == 1:
             transport.write(memo.parts[0])
@@ -583,7 +546,7 @@ class HttpProtocol(asyncio.Protocol):
     ) -> tuple[bytearray, bool]:
         """The status line and header fields (no final CRLF), and whether the Date in
         it is ours (the current second) rather than the response's."""
-        out = bytearray(_status_line(response.status))
+        out = bytearray(status_line(response.status))
         has_date = False
         if response.block:
             out += response.block
@@ -597,7 +560,7 @@ class HttpProtocol(asyncio.Protocol):
         out += fields
         has_date = has_date or dated
         if not has_date:
-            out += _Date.get()
+            out += Date.get()
         if length is not None:
             out += b"Content-Length: %d\r\n" % length
         if not keep_alive:
@@ -674,8 +637,8 @@ class HttpProtocol(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             body = (message + "\n").encode()
             transport.write(
-                _status_line(status)
-                + _Date.get()
+                status_line(status)
+                + Date.get()
                 + b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
                 + b"X-Cache: BYPASS\r\nConnection: close\r\n"
                 + b"Content-Length: %d\r\n\r\n" % len(body)
