@@ -471,7 +471,9 @@ class Engine:
         request_time = self.clock.time()
         began = time.perf_counter()
         try:
-            response = await self.origin.request("GET", ex.target, headers, None, cfg.timeout)
+            response = await self.origin.request(
+                "GET", ex.target, headers, None, cfg.timeout, interim=ex.interim
+            )
         except OriginError as exc:
             self.meter.origin_failed(cfg.name, replies.failure_kind(exc))
             if stale is not None and self._within_sie(stale, self.clock.time(), request_cc):
@@ -578,7 +580,9 @@ class Engine:
         headers = self._forward_headers(ex, route, strip_conditionals=False)
         request_time = self.clock.time()
         try:
-            response = await self.origin.request("HEAD", ex.target, headers, None, cfg.timeout)
+            response = await self.origin.request(
+                "HEAD", ex.target, headers, None, cfg.timeout, interim=ex.interim
+            )
         except OriginError as exc:
             return replies.with_fwd(replies.origin_failed(exc, route), fwd)
         response_time = self.clock.time()
@@ -733,7 +737,7 @@ class Engine:
         began = time.perf_counter()
         try:
             response = await self.origin.request(
-                ex.method, ex.target, headers, ex.body, cfg.timeout
+                ex.method, ex.target, headers, ex.body, cfg.timeout, interim=ex.interim
             )
         except OriginError as exc:
             self.meter.origin_failed(cfg.name, replies.failure_kind(exc))

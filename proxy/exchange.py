@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from proxy.routing import Route, Router
 from proxy.stores.base import Store
 
 Headers = tuple[tuple[str, str], ...]
+
+
+class Relay(Protocol):
+    """A server that can pass an origin's interim (1xx) answers on to its client."""
+
+    def send_interim(
+        self, ex: Exchange, status: int, fields: Sequence[tuple[bytes, bytes]]
+    ) -> None: ...
 
 
 class Exchange:
@@ -22,10 +31,22 @@ class Exchange:
     ``hmap`` maps lowercased names to their combined values: what decisions read.
     ``headers`` are the fields as sent, for forwarding; a server that parsed them from
     the wire passes the byte pairs (``raw``), decoded only when a path asks for them
-    (a miss or a pass-through, never a hit).
+    (a miss or a pass-through, never a hit). ``relay``, when the server set one, takes
+    the origin's interim answers to this request (``interim``).
     """
 
-    __slots__ = ("_headers", "_raw", "body", "client", "hmap", "host", "method", "path", "query")
+    __slots__ = (
+        "_headers",
+        "_raw",
+        "body",
+        "client",
+        "hmap",
+        "host",
+        "method",
+        "path",
+        "query",
+        "relay",
+    )
     scheme = "http"
 
     def __init__(
@@ -50,6 +71,7 @@ class Exchange:
         self.host = host
         self.client = client
         self.body = body
+        self.relay: Relay | None = None
 
     @staticmethod
     def build(
@@ -73,6 +95,12 @@ class Exchange:
         if self._headers is None:
             self._headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw)
         return self._headers
+
+    def interim(self, status: int, fields: Sequence[tuple[bytes, bytes]]) -> None:
+        """An interim (1xx) answer of the origin to this request: to the client, when
+        its server relays them (RFC 9110 §15.2), else dropped."""
+        if self.relay is not None:
+            self.relay.send_interim(self, status, fields)
 
     @property
     def target(self) -> str:

@@ -17,7 +17,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -28,7 +28,8 @@ from proxy.exchange import Exchange, ProxyResponse, Ticket
 from proxy.keys import normalize_path
 from proxy.memo import MEMO_HEAD_MAX, MEMO_INLINE, Memo, WireMemo
 from proxy.replies import is_clean, serialize_fields
-from proxy.wire import Date, status_line
+from proxy.storedfields import HOP_BY_HOP
+from proxy.wire import Date, interim_head, status_line
 
 log = logging.getLogger("sidecache")
 
@@ -146,6 +147,7 @@ class HttpProtocol(asyncio.Protocol):
         self._answered: Ticket | None = None  # the synchronous hit answered in it
         self._last: _Pending | None = None  # the last request parsed
         self._late_error: tuple[int, str] | None = None  # sent once earlier answers are out
+        self._answering: Exchange | None = None  # whose origin 1xx answers go out now
         # One deadline at a time (the head's, or the idle connection's), checked by the
         # server's sweeper: a timer handle per request would cost the hit path.
         self._deadline = _NEVER
@@ -515,11 +517,16 @@ class HttpProtocol(asyncio.Protocol):
                 if not self._write_ready.is_set():
                     await self._write_ready.wait()  # never buffer answers nobody reads
                 pending = self._pending[0]
+                if pending.http11:  # RFC 9110 §15.2: no 1xx to an HTTP/1.0 client
+                    pending.exchange.relay = self
+                self._answering = pending.exchange
                 try:
                     response = await self.engine.handle(pending.exchange)
                 except HttpError as exc:
                     self._fail(exc.status, str(exc))
                     return
+                finally:
+                    self._answering = None
                 if self._pending:  # emptied if the connection closed meanwhile
                     self._pending.popleft()
                 if response.stream is None:
@@ -540,6 +547,16 @@ class HttpProtocol(asyncio.Protocol):
             self._task = None
         if not self._closing:
             self._run_ready()
+
+    def send_interim(
+        self, ex: Exchange, status: int, fields: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        """Relay an origin's interim answer to ``ex`` while ``ex`` is the request being
+        answered, before its final answer; later (a background refresh), it is dropped."""
+        transport = self.transport
+        if ex is not self._answering or transport is None or transport.is_closing():
+            return
+        transport.write(interim_head(status, fields, HOP_BY_HOP))
 
     def _head(
         self, response: ProxyResponse, length: int | None, keep_alive: bool

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from proxy.errors import OriginTimeout, OriginUnreachable
 from proxy.policy import Timeout
 from proxy.upstream import Pool, Stream
+from proxy.wire import Interim
 
 _TLS: ssl.SSLContext | None = None
 
@@ -118,11 +119,15 @@ class OriginClient:
         headers: Sequence[tuple[str, str]],
         body: bytes | AsyncIterable[bytes] | None,
         timeout: Timeout,
+        *,
+        interim: Interim | None = None,
     ) -> OriginResponse:
-        """Send one request (``target`` is path plus query, already encoded)."""
+        """Send one request (``target`` is path plus query, already encoded); the
+        origin's interim (1xx) answers to it go to ``interim`` as they arrive."""
+        path = self.base_path + target
         try:
             stream = await self._pool.request(
-                method, self.base_path + target, headers, body, timeout.connect, timeout.total
+                method, path, headers, body, timeout.connect, timeout.total, interim
             )
         except TimeoutError as exc:
             raise OriginTimeout(str(exc) or "origin timed out") from exc

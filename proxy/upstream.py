@@ -16,6 +16,8 @@ from typing import Final
 
 import httptools
 
+from proxy.wire import Interim
+
 HIGH_WATER: Final = 256 * 1024  # body bytes buffered before the origin socket is paused
 LOW_WATER: Final = 64 * 1024  # ... and resumed
 MAX_HEAD: Final = 256 * 1024  # bytes of one response head
@@ -90,10 +92,13 @@ class Stream:
         "done",
         "head",
         "headers",
+        "interim",
         "status",
     )
 
-    def __init__(self, conn: Connection, read_timeout: float) -> None:
+    def __init__(
+        self, conn: Connection, read_timeout: float, interim: Interim | None = None
+    ) -> None:
         self._conn: Connection | None = conn  # while the body is still on the wire
         # resolved with None when the head arrived, or with the error that ended the exchange
         self.head: asyncio.Future[BaseException | None] = conn.loop.create_future()
@@ -105,6 +110,7 @@ class Stream:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._read_timeout = read_timeout
+        self.interim = interim  # where the 1xx answers before the final one go
 
     # ---------------------------------------------------------------- the connection's side
 
@@ -282,7 +288,11 @@ class Connection(asyncio.Protocol):
         status = parser.get_status_code()
         raw, self._raw, self._head_size = self._raw, [], 0
         if 100 <= status < 200 and status != 101:
-            self._interim = True  # RFC 9110 §15.2: informational; the answer follows
+            # RFC 9110 §15.2: informational (103 Early Hints, 100 Continue...), relayed
+            # to whoever asked; the final answer follows on this connection
+            self._interim = True
+            if stream.interim is not None:
+                stream.interim(status, raw)
             return
         self._keep_alive = parser.should_keep_alive()
         self._framing(raw, status)
@@ -342,11 +352,12 @@ class Connection(asyncio.Protocol):
         deadline: float,
         total: float,
         is_head: bool,
+        interim: Interim | None = None,
     ) -> Stream:
         """Write one request; the returned stream's ``head`` resolves when the answer's
         head arrives, or with the error that ended the exchange (``total`` past)."""
         assert self.transport is not None
-        stream = self._stream = Stream(self, total)
+        stream = self._stream = Stream(self, total, interim)
         self._is_head = is_head
         self._keep_alive = self._junk = self._complete = self._interim = False
         self._close_delimited = False
@@ -484,15 +495,18 @@ class Pool:
         body: Body,
         connect_timeout: float,
         total: float,
+        interim: Interim | None = None,
     ) -> Stream:
-        """Send one request; answer once the response head arrived."""
+        """Send one request; answer once the response head arrived. Interim answers
+        (1xx) that come before it are handed to ``interim``."""
         head, length, chunked = encode_head(method, target, headers, body)
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + total
         conn = self._take(loop) or await self._acquire(loop, min(connect_timeout, total))
-        stream = conn.send(head, body, length, chunked, deadline, total, method == "HEAD")
+        is_head = method == "HEAD"
+        stream = conn.send(head, body, length, chunked, deadline, total, is_head, interim)
         try:
             error = await stream.head
         except BaseException:  # cancelled: the request may be half sent, never reuse it

@@ -8,7 +8,7 @@ Pure functions and constants: no sockets, no asyncio, nothing of the engine.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from email.utils import formatdate
 from typing import Final
 
@@ -54,3 +54,16 @@ class Date:
             cls.second = now
             cls.value = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
         return cls.value
+
+
+def interim_head(
+    status: int, fields: Sequence[tuple[bytes, bytes]], drop: Collection[str]
+) -> bytes:
+    """An interim answer's head as relayed to a client (RFC 9110 §15.2), without the
+    fields named in ``drop`` (hop-by-hop: they address only the hop they came over)."""
+    out = bytearray(status_line(status))
+    for name, value in fields:
+        if name.decode("latin-1").lower() not in drop:
+            out += b"%b: %b\r\n" % (name, value)
+    out += b"\r\n"
+    return bytes(out)

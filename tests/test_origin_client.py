@@ -15,6 +15,7 @@ from proxy.errors import OriginTimeout, OriginUnreachable
 from proxy.origin import OriginClient, OriginResponse
 from proxy.policy import Timeout
 from tests.conftest import Origin
+from tests.raworigin import Handler, RawOrigin, Start, answer, raw_origins  # noqa: F401  (fixture)
 
 FAST = Timeout(connect=1.0, total=2.0)
 
@@ -27,82 +28,6 @@ def get(
 ) -> Awaitable[OriginResponse]:
     """A plain GET through ``client``, as the engine sends one."""
     return client.request("GET", path, HOST, None, timeout)
-
-
-Handler = Callable[["RawOrigin", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawOrigin:
-    """A TCP server running ``handler(server, reader, writer)`` per connection; it counts
-    the connections and keeps every request (head, body) read through ``read_request``."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.bodies: list[bytes] = []
-        self.url = ""
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=ssl_context)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.append(writer)
-        try:
-            await self.handler(self, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
-        """One request head and its body (Content-Length or chunked)."""
-        head = await reader.readuntil(b"\r\n\r\n")
-        self.requests.append(head)
-        lowered = head.lower()
-        body = b""
-        if b"transfer-encoding: chunked" in lowered:
-            while True:
-                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-                chunk = await reader.readexactly(size + 2)
-                if size == 0:
-                    break
-                body += chunk[:-2]
-        elif b"content-length:" in lowered:
-            length = int(lowered.split(b"content-length:")[1].split(b"\r\n")[0])
-            body = await reader.readexactly(length)
-        self.bodies.append(body)
-        return head
-
-    async def close(self) -> None:
-        for writer in self._writers:
-            writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
-Start = Callable[[Handler], Awaitable[RawOrigin]]
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[Start]:
-    started: list[RawOrigin] = []
-
-    async def start(handler: Handler) -> RawOrigin:
-        server = RawOrigin(handler)
-        await server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        await server.close()
 
 
 @pytest.fixture
@@ -121,12 +46,6 @@ async def clients() -> AsyncIterator[Callable[..., OriginClient]]:
 
 async def body_of(response: OriginResponse) -> bytes:
     return b"".join([chunk async for chunk in response.iter_rest()])
-
-
-def answer(body: bytes, *extra: bytes, status: bytes = b"200 OK") -> bytes:
-    fields = b"".join(line + b"\r\n" for line in extra)
-    head = b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n" % len(body) + fields
-    return head + b"\r\n" + body
 
 
 def keep_alive(*replies: bytes) -> Handler:
@@ -223,18 +142,31 @@ async def test_head_and_304_have_no_body_and_keep_the_connection(raw, clients):
     assert server.requests[0].startswith(b"HEAD / HTTP/1.1\r\n")
 
 
-async def test_informational_answers_are_skipped(raw, clients):
+async def test_informational_answers_go_to_the_interim_callback_in_order(raw, clients):
     server = await start_keep_alive(
         raw,
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
         + answer(b"final", b"X-Final: 1"),
+        b"HTTP/1.1 103 Early Hints\r\nLink: </t.css>\r\n\r\n" + answer(b"second"),
     )
     client = clients(server.url)
-    response = await get(client)
+    seen: list[tuple[int, list[tuple[bytes, bytes]]]] = []
+    response = await client.request(
+        "GET",
+        "/",
+        HOST,
+        None,
+        FAST,
+        interim=lambda status, fields: seen.append((status, [*fields])),
+    )
+    assert seen == [(100, []), (103, [(b"Link", b"</s.css>")])]
     assert response.status == 200
     assert ("X-Final", "1") in response.headers
     assert all(name != "Link" for name, _ in response.headers)
     assert await body_of(response) == b"final"
+    second = await get(client)  # no callback: the 103 is dropped, the answer unchanged
+    assert (second.status, await body_of(second)) == (200, b"second")
+    assert server.connections == 1
 
 
 async def test_header_fields_pass_as_sent(raw, clients):

@@ -98,7 +98,7 @@ def parse(data: bytes, *, head_requests: int = 0) -> list[Answer]:
                 if size == 0:
                     break
             answer.body = body
-        elif len(answers) < head_requests or answer.status in (204, 304):
+        elif len(answers) < head_requests or answer.status in (204, 304) or answer.status < 200:
             pass
         elif length is not None:
             answer.body = rest[: int(length)]
