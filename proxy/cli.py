@@ -31,8 +31,8 @@ from proxy.explain import render as render_explanation
 from proxy.fanout import WorkerBus
 from proxy.invalidation import new_replica_id
 from proxy.logs import write_line
-from proxy.metrics import MULTIPROC_ENV, enable_multiprocess, forget_process
 from proxy.policy import LoadedPolicy, describe, format_warning, load_policy, parse_policy
+from proxy.prometheus_adapter import MULTIPROC_ENV, enable_multiprocess, forget_process
 from proxy.report import render
 from proxy.server import bind, parse_address, serve
 

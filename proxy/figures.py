@@ -35,8 +35,8 @@ from proxy.figures_read import (
     read_limits,
 )
 from proxy.logs import event
-from proxy.metrics import MULTIPROC_ENV, is_multiprocess
 from proxy.policy import Backend, RedisBackend
+from proxy.prometheus_adapter import multiprocess_dir
 
 log = logging.getLogger("sidecache")
 FIGURES_EVERY: Final = 15.0  # seconds between two readings of every backend
@@ -148,8 +148,8 @@ class FiguresPoller:
 
     @staticmethod
     def _share_path() -> str | None:
-        directory = os.environ.get(MULTIPROC_ENV)
-        return os.path.join(directory, SHARE_FILE) if is_multiprocess() and directory else None
+        directory = multiprocess_dir()
+        return os.path.join(directory, SHARE_FILE) if directory else None
 
     def _share(self) -> None:
         path = self._share_path()

@@ -4,18 +4,18 @@ Names follow ``sidecache_<noun>_<unit>``; labels are bounded (route and backend 
 cache results, status classes), never paths or keys. Per-request figures are tallied
 in plain integers (well under a microsecond) and moved into prometheus by ``flush``:
 on every scrape and once a second. No awaits here. With ``--workers N`` the supervisor calls
-``enable_multiprocess`` before forking: values then live in per-process mmap files
-and a scrape of any worker sums them (prometheus-client's multiprocess mode).
+``enable_multiprocess`` (prometheus_adapter.py) before forking: values then live in
+per-process mmap files and a scrape of any worker sums them.
 """
 
 from __future__ import annotations
 
-import glob
-import os
+import builtins
 import time
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,12 +25,11 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
-    values,
 )
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+from proxy.prometheus_adapter import add_observations, is_multiprocess, merged_registry
+
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS: Final = (
     0.0005,
@@ -53,205 +52,265 @@ GAP_BUCKETS: Final = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400
 BREAKER_STATES: Final = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
-def enable_multiprocess(path: str) -> None:
-    """Keep metric values in mmap files under ``path`` (call before any ``Meter`` exists).
-
-    prometheus-client picks its value class when it is imported, which the CLI has
-    done long before it knows about ``--workers``; switching the class here is what its
-    environment variable would have done at import time.
-    """
-    os.makedirs(path, exist_ok=True)
-    for stale in glob.glob(os.path.join(path, "*.db")):
-        os.remove(stale)  # files of an earlier run would be summed in
-    os.environ[MULTIPROC_ENV] = path
-    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-
-
-def is_multiprocess() -> bool:
-    return bool(getattr(values.ValueClass, "_multiprocess", False))
-
-
-def forget_process(pid: int) -> None:
-    """A worker died: drop its live gauges (its counters still count)."""
-    if is_multiprocess():
-        mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
 def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status <= 599 else "other"
 
 
+# How a gauge's per-worker values add up in multiprocess mode (prometheus-client's names).
+Mode = Literal["all", "livesum", "max", "livemax", "livemin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One metric family: the ``Meter`` attribute that holds it, and how it is made."""
+
+    attr: str
+    kind: type[Counter] | type[Gauge] | type[Histogram]
+    name: str
+    doc: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()  # histograms
+    mode: Mode = "all"  # gauges
+
+    def make(self, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
+        if self.kind is Histogram:
+            return Histogram(
+                self.name, self.doc, self.labels, buckets=self.buckets, registry=registry
+            )
+        if self.kind is Gauge:
+            return Gauge(
+                self.name, self.doc, self.labels, multiprocess_mode=self.mode, registry=registry
+            )
+        return Counter(self.name, self.doc, self.labels, registry=registry)
+
+
+ROUTE: Final = ("route",)
+BACKEND: Final = ("backend",)
+SERIES: Final = (
+    Series(
+        "requests",
+        Counter,
+        "sidecache_requests",
+        "requests by route and cache result (the X-Cache label)",
+        ("route", "cache"),
+    ),
+    Series(
+        "request_seconds",
+        Histogram,
+        "sidecache_request_duration_seconds",
+        "time until the response starts (bodies stream after)",
+        ("route", "cache"),
+        buckets=LATENCY_BUCKETS,
+    ),
+    Series(
+        "origin_seconds",
+        Histogram,
+        "sidecache_origin_duration_seconds",
+        "origin fetches for the cache, until response headers",
+        ROUTE,
+        buckets=LATENCY_BUCKETS,
+    ),
+    Series(
+        "origin_responses",
+        Counter,
+        "sidecache_origin_responses",
+        "origin answers by status class (timeout, unreachable: no answer)",
+        ("route", "status"),
+    ),
+    Series("stored", Counter, "sidecache_stored_objects", "responses written to a store", ROUTE),
+    Series(
+        "stored_bytes",
+        Counter,
+        "sidecache_stored_bytes",
+        "bytes of responses written to a store",
+        ROUTE,
+    ),
+    Series(
+        "largest",
+        Gauge,
+        "sidecache_object_max_bytes",
+        "largest response stored",
+        ROUTE,
+        mode="max",
+    ),
+    Series(
+        "uncached",
+        Counter,
+        "sidecache_uncached_responses",
+        "cacheable requests whose response was not stored, by reason",
+        ("route", "reason"),
+    ),
+    Series(
+        "coalesced",
+        Counter,
+        "sidecache_coalesced_requests",
+        "followers answered by another request's origin fetch",
+        ROUTE,
+    ),
+    Series(
+        "stale",
+        Counter,
+        "sidecache_stale_served",
+        "stale answers: revalidate (SWR), error (SIE), client (max-stale)",
+        ("route", "reason"),
+    ),
+    Series(
+        "rerequests",
+        Counter,
+        "sidecache_rerequests",
+        "repeat requests for a key this worker stored: within its TTL or after it",
+        ("route", "window"),
+    ),
+    Series(
+        "stored_lifetime",
+        Histogram,
+        "sidecache_stored_lifetime_seconds",
+        "freshness lifetime stored responses got (the origin's or the route's TTL)",
+        ROUTE,
+        buckets=GAP_BUCKETS,
+    ),
+    Series(
+        "rerequest_gap",
+        Histogram,
+        "sidecache_rerequest_gap_seconds",
+        "time from store to a repeat request that found the entry expired",
+        ROUTE,
+        buckets=GAP_BUCKETS,
+    ),
+    Series(
+        "store_ops",
+        Counter,
+        "sidecache_store_operations",
+        "operations on shared stores",
+        ("backend", "op"),
+    ),
+    Series(
+        "store_errors",
+        Counter,
+        "sidecache_store_errors",
+        "failed store operations by reason: errors, timeouts, rejected (breaker open), "
+        "oom (the backend refused a write for lack of memory)",
+        ("backend", "op", "reason"),
+    ),
+    Series(
+        "store_seconds",
+        Histogram,
+        "sidecache_store_duration_seconds",
+        "store lookups and writes on the request path (shared stores)",
+        ("backend", "op"),
+        buckets=STORE_BUCKETS,
+    ),
+    Series(
+        "breaker",
+        Gauge,
+        "sidecache_breaker_state",
+        "circuit breaker: 0 closed, 1 half-open, 2 open (worst worker)",
+        BACKEND,
+        mode="livemax",
+    ),
+    Series("breaker_opens", Counter, "sidecache_breaker_opens", "times a breaker opened", BACKEND),
+    Series(
+        "entries",
+        Gauge,
+        "sidecache_store_entries",
+        "entries in process-local memory stores (all workers)",
+        BACKEND,
+        mode="livesum",
+    ),
+    Series(
+        "bytes",
+        Gauge,
+        "sidecache_store_bytes",
+        "bytes held by process-local memory stores (all workers)",
+        BACKEND,
+        mode="livesum",
+    ),
+    Series("evictions", Counter, "sidecache_store_evictions", "entries evicted for room", BACKEND),
+    Series("purges", Counter, "sidecache_purges", "purge requests handled, by source", ("source",)),
+    Series(
+        "purged",
+        Counter,
+        "sidecache_purged_entries",
+        "entries removed by purges (stores that cannot count add nothing)",
+        ("source",),
+    ),
+    Series(
+        "messages",
+        Counter,
+        "sidecache_invalidation_messages",
+        "purge messages between workers and replicas",
+        ("transport", "direction"),
+    ),
+    Series(
+        "message_errors",
+        Counter,
+        "sidecache_invalidation_errors",
+        "purge messages that could not be sent or read",
+        ("transport",),
+    ),
+    Series(
+        "subscribed",
+        Gauge,
+        "sidecache_invalidation_subscribers",
+        "workers subscribed to the invalidation channel",
+        mode="livesum",
+    ),
+    Series(
+        "reloads",
+        Counter,
+        "sidecache_policy_reloads",
+        "policy reloads by result (one per worker)",
+        ("result",),
+    ),
+    Series(
+        "started",
+        Gauge,
+        "sidecache_start_time_seconds",
+        "when the oldest live worker started",
+        mode="livemin",
+    ),
+)
+
+
 class Meter:
-    """The proxy's metrics in one registry (one ``Meter`` per worker process)."""
+    """The proxy's metrics in one registry (one ``Meter`` per worker process); each
+    attribute below is made from its row of ``SERIES``."""
+
+    requests: Counter
+    request_seconds: Histogram
+    origin_seconds: Histogram
+    origin_responses: Counter
+    stored: Counter
+    stored_bytes: Counter
+    largest: Gauge
+    uncached: Counter
+    coalesced: Counter
+    stale: Counter
+    rerequests: Counter
+    stored_lifetime: Histogram
+    rerequest_gap: Histogram
+    store_ops: Counter
+    store_errors: Counter
+    store_seconds: Histogram
+    breaker: Gauge
+    breaker_opens: Counter
+    entries: Gauge
+    bytes: Gauge
+    evictions: Counter
+    purges: Counter
+    purged: Counter
+    messages: Counter
+    message_errors: Counter
+    subscribed: Gauge
+    reloads: Counter
+    started: Gauge
 
     def __init__(self) -> None:
         # no *_created series: noise, and absent in multiprocess mode anyway
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            "sidecache_requests",
-            "requests by route and cache result (the X-Cache label)",
-            ["route", "cache"],
-            registry=r,
-        )
-        self.request_seconds = Histogram(
-            "sidecache_request_duration_seconds",
-            "time until the response starts (bodies stream after)",
-            ["route", "cache"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.origin_seconds = Histogram(
-            "sidecache_origin_duration_seconds",
-            "origin fetches for the cache, until response headers",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.origin_responses = Counter(
-            "sidecache_origin_responses",
-            "origin answers by status class (timeout, unreachable: no answer)",
-            ["route", "status"],
-            registry=r,
-        )
-        self.stored = Counter(
-            "sidecache_stored_objects", "responses written to a store", ["route"], registry=r
-        )
-        self.stored_bytes = Counter(
-            "sidecache_stored_bytes", "bytes of responses written to a store", ["route"], registry=r
-        )
-        self.largest = Gauge(
-            "sidecache_object_max_bytes",
-            "largest response stored",
-            ["route"],
-            multiprocess_mode="max",
-            registry=r,
-        )
-        self.uncached = Counter(
-            "sidecache_uncached_responses",
-            "cacheable requests whose response was not stored, by reason",
-            ["route", "reason"],
-            registry=r,
-        )
-        self.coalesced = Counter(
-            "sidecache_coalesced_requests",
-            "followers answered by another request's origin fetch",
-            ["route"],
-            registry=r,
-        )
-        self.stale = Counter(
-            "sidecache_stale_served",
-            "stale answers: revalidate (SWR), error (SIE), client (max-stale)",
-            ["route", "reason"],
-            registry=r,
-        )
-        self.rerequests = Counter(
-            "sidecache_rerequests",
-            "repeat requests for a key this worker stored: within its TTL or after it",
-            ["route", "window"],
-            registry=r,
-        )
-        self.stored_lifetime = Histogram(
-            "sidecache_stored_lifetime_seconds",
-            "freshness lifetime stored responses got (the origin's or the route's TTL)",
-            ["route"],
-            buckets=GAP_BUCKETS,
-            registry=r,
-        )
-        self.rerequest_gap = Histogram(
-            "sidecache_rerequest_gap_seconds",
-            "time from store to a repeat request that found the entry expired",
-            ["route"],
-            buckets=GAP_BUCKETS,
-            registry=r,
-        )
-        self.store_ops = Counter(
-            "sidecache_store_operations",
-            "operations on shared stores",
-            ["backend", "op"],
-            registry=r,
-        )
-        self.store_errors = Counter(
-            "sidecache_store_errors",
-            "failed store operations by reason: errors, timeouts, rejected (breaker open), "
-            "oom (the backend refused a write for lack of memory)",
-            ["backend", "op", "reason"],
-            registry=r,
-        )
-        self.store_seconds = Histogram(
-            "sidecache_store_duration_seconds",
-            "store lookups and writes on the request path (shared stores)",
-            ["backend", "op"],
-            buckets=STORE_BUCKETS,
-            registry=r,
-        )
-        self.breaker = Gauge(
-            "sidecache_breaker_state",
-            "circuit breaker: 0 closed, 1 half-open, 2 open (worst worker)",
-            ["backend"],
-            multiprocess_mode="livemax",
-            registry=r,
-        )
-        self.breaker_opens = Counter(
-            "sidecache_breaker_opens", "times a breaker opened", ["backend"], registry=r
-        )
-        self.entries = Gauge(
-            "sidecache_store_entries",
-            "entries in process-local memory stores (all workers)",
-            ["backend"],
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.bytes = Gauge(
-            "sidecache_store_bytes",
-            "bytes held by process-local memory stores (all workers)",
-            ["backend"],
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.evictions = Counter(
-            "sidecache_store_evictions", "entries evicted for room", ["backend"], registry=r
-        )
-        self.purges = Counter(
-            "sidecache_purges", "purge requests handled, by source", ["source"], registry=r
-        )
-        self.purged = Counter(
-            "sidecache_purged_entries",
-            "entries removed by purges (stores that cannot count add nothing)",
-            ["source"],
-            registry=r,
-        )
-        self.messages = Counter(
-            "sidecache_invalidation_messages",
-            "purge messages between workers and replicas",
-            ["transport", "direction"],
-            registry=r,
-        )
-        self.message_errors = Counter(
-            "sidecache_invalidation_errors",
-            "purge messages that could not be sent or read",
-            ["transport"],
-            registry=r,
-        )
-        self.subscribed = Gauge(
-            "sidecache_invalidation_subscribers",
-            "workers subscribed to the invalidation channel",
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.reloads = Counter(
-            "sidecache_policy_reloads",
-            "policy reloads by result (one per worker)",
-            ["result"],
-            registry=r,
-        )
-        self.started = Gauge(
-            "sidecache_start_time_seconds",
-            "when the oldest live worker started",
-            multiprocess_mode="livemin",
-            registry=r,
-        )
+        for series in SERIES:
+            setattr(self, series.attr, series.make(self.registry))
         self.started.set(time.time())
         self._tallies: dict[tuple[str, str], _Tally] = {}
         self._origin_series: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
@@ -275,13 +334,9 @@ class Meter:
             if not tally.count:
                 continue
             self.requests.labels(route, cache).inc(tally.count)
-            histogram = self.request_seconds.labels(route, cache)
-            # prometheus-client has no public "add n observations": its per-bucket values
-            # (not cumulative, +Inf last) and sum are what ``observe`` increments.
-            histogram._sum.inc(tally.seconds)
-            for index, count in enumerate(tally.buckets):
-                if count:
-                    histogram._buckets[index].inc(count)
+            add_observations(
+                self.request_seconds.labels(route, cache), tally.seconds, tally.buckets
+            )
             tally.reset()
 
     def origin(self, route: str, status: int, seconds: float) -> None:
@@ -348,13 +403,9 @@ class Meter:
 
     def scrape_registry(self) -> CollectorRegistry:
         """This worker's registry, or every worker's files summed in multiprocess mode."""
-        if not is_multiprocess():
-            return self.registry
-        merged = CollectorRegistry()
-        MultiProcessCollector(merged, os.environ[MULTIPROC_ENV])  # type: ignore[no-untyped-call]
-        return merged
+        return merged_registry() if is_multiprocess() else self.registry
 
-    def exposition(self) -> bytes:
+    def exposition(self) -> builtins.bytes:  # the attribute ``bytes`` shadows the type
         self.flush()
         return generate_latest(self.scrape_registry())
 
