@@ -24,7 +24,7 @@ from collections.abc import (
 from dataclasses import dataclass, replace
 from typing import Final
 
-from proxy import __version__, replies
+from proxy import __version__, ranges, replies
 from proxy.cachecontrol import (
     CacheControl,
     accepts_gzip,
@@ -187,7 +187,7 @@ class Engine:
         ):
             return await self._pass(ex, route, "bypass", "body")  # fat GET: never keyed
         if (untouched := passed_through(ex.hmap)) is not None:
-            return await self._pass(ex, route, "bypass", untouched)  # Range, preconditions
+            return await self._pass(ex, route, "bypass", untouched)  # If-Match and the like
         request_cc = request_cache_control(cfg, ex.hmap)
         identity = replies.identity(ex.hmap, cfg.key.cookies) if cfg.cache_authorized else ""
         key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap, identity)
@@ -247,6 +247,9 @@ class Engine:
                 return self._from_cache(ex, route, entry, now, "STALE", _STALE_HIT)
         if request_cc.has("only-if-cached"):  # RFC 9111 §5.2.1.7
             return replies.plain(504, "not cached", route, "detail=only-if-cached")
+        if "range" in ex.hmap and self.coalescer.is_uncacheable(key):
+            # hit-for-miss: nothing will be stored to cut the range from; the origin's
+            return await self._pass(ex, route, "bypass", "range")
         if ex.method == "HEAD":
             stored_key = found[1] if found is not None else key
             return await self._head(ex, route, params, key, store, stale, stored_key, fwd)
@@ -854,6 +857,10 @@ class Engine:
         ):
             kept = [(k, v) for k, v in (*stored, *headers) if k.lower() in _KEPT_304]
             return ProxyResponse(304, kept, cache=label)
+        if "range" in ex.hmap:  # RFC 9110 §14: a part of the body as served
+            part = ranges.requested(ex.method, ex.hmap, entry.status, len(body), stored)
+            if part is not None:
+                return replies.ranged(part, body, headers, label, block, dated)
         if ex.method == "HEAD":
             return ProxyResponse(
                 entry.status,
@@ -895,7 +902,7 @@ class Engine:
         if cfg.client_cache_control == "honor" or cfg.cache_authorized or cfg.early_refresh:
             return None
         if passed_through(ex.hmap) is not None or "authorization" in ex.hmap:
-            return None  # Range and preconditions are the origin's; §3.5 needs a look
+            return None  # preconditions are the origin's; §3.5 needs a look
         store = self.stores[cfg.backend]
         get_now: Callable[[str], bytes | None] | None = getattr(store, "get_now", None)
         if get_now is None and not store.shared:

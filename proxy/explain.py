@@ -303,6 +303,11 @@ def _conditions(ex: Exchange, cfg: RouteConfig) -> list[str]:
             "Authorization without the route's cache_authorized: stored or served from cache "
             "only when the origin's answer says public, s-maxage or must-revalidate"
         )
+    if "range" in ex.hmap:
+        notes.append(
+            "Range: one bytes range is answered 206 from the stored whole response (a miss "
+            "fetches it whole, without Range); several ranges get the whole 200"
+        )
     notes.append(f"answers over {format_size(cfg.max_object_size)} stream through unstored")
     if cfg.statuses:
         notes.append("only statuses " + ", ".join(map(str, cfg.statuses)))

@@ -36,7 +36,7 @@ from proxy.storedfields import (
 )
 
 # RFC 9110 §15.1: heuristically cacheable status codes. 206 is left out: this cache
-# passes Range requests through and never stores partial content.
+# never stores partial content (it fetches whole responses and cuts ranges from them).
 HEURISTIC_STATUSES: Final = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 # RFC 9110 §15: the codes whose caching requirements this cache implements, for
 # must-understand (§5.2.2.3). Any other final status may still be stored when the
@@ -95,12 +95,10 @@ def _pragma_no_cache(values: list[str]) -> bool:
 
 
 def passed_through(request: Mapping[str, str]) -> str | None:
-    """Requests this cache forwards untouched, as a Cache-Status detail: ``Range``
-    (RFC 9110 §14.2; no partial content is stored or cut from a stored body) and the
+    """Requests this cache forwards untouched, as a Cache-Status detail: those with the
     preconditions meant for the origin, ``If-Match`` and ``If-Unmodified-Since``
-    (RFC 9110 §13.1.1, §13.1.4; RFC 9111 §4.3.2 leaves them to the origin)."""
-    if "range" in request:
-        return "range"
+    (RFC 9110 §13.1.1, §13.1.4; RFC 9111 §4.3.2 leaves them to the origin). ``Range``
+    is not among them: ranges are cut from the stored whole response (``proxy.ranges``)."""
     if "if-match" in request or "if-unmodified-since" in request:
         return "precondition"
     return None

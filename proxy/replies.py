@@ -30,6 +30,7 @@ from proxy.freshness import (
     reusable_with_credentials,
 )
 from proxy.keys import variant_of
+from proxy.ranges import Ranged, Unsatisfiable
 from proxy.routing import Route
 from proxy.storedfields import header_values, storable_headers
 
@@ -37,6 +38,7 @@ log = logging.getLogger("sidecache")
 
 _COMPRESSIBLE: Final = ("text/", "json", "xml", "javascript", "ecmascript", "svg", "csv", "yaml")
 _FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection"})
+_RANGE_FIELDS: Final = frozenset({"accept-ranges", "content-range"})
 
 
 def hostname(host: str) -> str:
@@ -243,6 +245,9 @@ def stored_view(entry: CachedResponse, gzip: bool) -> tuple[Headers, bytes, bool
     view = entry.views.get(gzip)
     if view is None:
         plain = [(k, v) for k, v in entry.headers if k.lower() != "content-length"]
+        if entry.status == 200:  # RFC 9110 §14.3: its ranges are cut from the stored body
+            plain = [(k, v) for k, v in plain if k.lower() not in _RANGE_FIELDS]
+            plain.append(("Accept-Ranges", "bytes"))
         fields = tuple(as_gzip(plain) if gzip else plain)
         block, dated = serialize_fields(fields)
         if block is None:
@@ -250,6 +255,26 @@ def stored_view(entry: CachedResponse, gzip: bool) -> tuple[Headers, bytes, bool
             block, dated = serialize_fields(fields)
         view = entry.views[gzip] = (fields, block or b"", dated)
     return view
+
+
+def ranged(
+    part: Ranged,
+    body: bytes,
+    headers: list[tuple[str, str]],
+    label: str,
+    block: bytes,
+    dated: bool,
+) -> ProxyResponse:
+    """A stored 200 cut to the one range asked for: 206 with the fields a 200 carries
+    and Content-Range (RFC 9110 §15.3.7), or 416 naming the length (§15.5.17) without
+    the stored fields (their freshness would let a cache downstream keep the 416)."""
+    headers.append(("Content-Range", part.content_range))
+    if isinstance(part, Unsatisfiable):
+        kept = [(k, v) for k, v in headers if k != "Age"]
+        kept.append(("Accept-Ranges", "bytes"))
+        return ProxyResponse(416, kept, cache=label)
+    cut = body[part.first : part.last + 1]
+    return ProxyResponse(206, headers, cut, cache=label, block=block, dated=dated)
 
 
 def validators(entry: CachedResponse) -> list[tuple[str, str]]:

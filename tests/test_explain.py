@@ -159,7 +159,6 @@ def test_regex_route_is_a_pass_through_when_first(loaded: LoadedPolicy) -> None:
         ("PUT", [], "PUT is not cacheable"),
         ("GET", ["Content-Length: 5"], "fat GET"),
         ("GET", ["Transfer-Encoding: chunked"], "fat GET"),
-        ("GET", ["Range: bytes=0-9"], "range"),
         ("GET", ['If-Match: "x"'], "precondition"),
         ("PURGE", [], "PURGE is a purge"),
     ],
@@ -196,6 +195,15 @@ def test_authorization_without_opt_in_is_conditional(loaded: LoadedPolicy) -> No
     found = explain(loaded, "GET", "http://h/api/x", ["Authorization: Bearer t"])
     assert found.decision == STORED
     assert any("cache_authorized" in c for c in found.conditions)
+
+
+def test_a_range_request_is_looked_up_and_says_it_is_cut_from_the_stored_response(
+    loaded: LoadedPolicy,
+) -> None:
+    found = explain(loaded, "GET", "http://h/api/products/7", ["Range: bytes=0-9"])
+    assert found.decision == STORED
+    assert found.store_key == explain(loaded, "GET", "http://h/api/products/7").store_key
+    assert any(c.startswith("Range: one bytes range is answered 206") for c in found.conditions)
 
 
 def test_authorized_route_keys_per_identity(loaded: LoadedPolicy) -> None:

@@ -588,7 +588,7 @@ def test_invalidation_targets(method: str, status: int, headers: Headers, paths:
 @pytest.mark.parametrize(
     ("request_fields", "detail"),
     [
-        ({"range": "bytes=0-1"}, "range"),
+        ({"range": "bytes=0-1"}, None),  # cut from the stored response (proxy.ranges)
         ({"if-match": '"a"'}, "precondition"),
         ({"if-unmodified-since": date(0)}, "precondition"),
         ({"if-none-match": '"a"'}, None),  # the cache answers this one (§4.3.2)

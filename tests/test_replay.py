@@ -215,6 +215,26 @@ async def test_a_draining_server_closes_after_a_remembered_request(
     await stopping
 
 
+async def test_range_and_whole_answers_are_remembered_apart(make_proxy: MakeProxy, origin: Origin):
+    """A Range request's head is not the plain one's: each is replayed as its own answer
+    (206 with its part, 200 with the whole, 416), never the other's."""
+    origin.reply("/r/1", Reply(body=b"0123456789"))
+    proxy = await make_proxy(POLICY)
+    conn = await Conn.open(proxy)
+    part = b"GET /r/1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nRange: bytes=2-4\r\n\r\n"
+    past = b"GET /r/1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\nRange: bytes=10-\r\n\r\n"
+    for i in range(4):
+        status, headers, body = await conn.ask(GET)
+        assert (status, body, headers["x-cache"]) == (200, b"0123456789", "HIT" if i else "MISS")
+        status, headers, body = await conn.ask(part)
+        assert (status, body, headers["content-range"]) == (206, b"234", "bytes 2-4/10")
+        status, headers, body = await conn.ask(past)
+        assert (status, body, headers["content-range"]) == (416, b"", "bytes */10")
+    assert _memo_size(proxy) == 3  # all three heads replayed from the memo
+    assert origin.hits["/r/1"] == 1
+    conn.close()
+
+
 async def test_head_304_and_connection_close_keep_their_framing(
     make_proxy: MakeProxy, origin: Origin
 ):

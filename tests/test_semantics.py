@@ -1027,7 +1027,7 @@ async def test_an_error_response_invalidates_nothing(
     assert (await proxy.get("/inv/kept")).headers["X-Cache"] == "HIT"
 
 
-# ---------------------------------------------------------------- HEAD (§4.3.5) and Range
+# ---------------------------------------------------------------- HEAD (§4.3.5) and Range (§14)
 
 
 async def test_head_is_answered_from_a_stored_get(
@@ -1077,17 +1077,59 @@ async def test_a_mismatching_head_answer_drops_the_stored_get(
     assert origin.requests[-1].headers.get("If-None-Match") is None
 
 
-async def test_range_requests_pass_through_uncached(
+async def test_range_requests_are_cut_from_the_stored_response(
     proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
 ):
     serve(origin, fake_clock, "/range", ("Cache-Control", "max-age=60"))
     ranged = await proxy.get("/range", headers={"Range": "bytes=0-1"})
-    assert ranged.headers["X-Cache"] == "BYPASS"
-    assert status_of(ranged)["detail"] == "range"
-    assert sent(origin, "Range") == "bytes=0-1"
-    assert (await proxy.get("/range")).headers["X-Cache"] == "MISS"  # nothing was stored
-    await proxy.get("/range", headers={"Range": "bytes=0-1"})
-    assert hits(origin, "/range") == 3
+    assert (ranged.status, ranged.headers["X-Cache"]) == (206, "MISS")
+    assert await ranged.read() == b"he"
+    assert sent(origin, "Range") is None  # fetched whole, and stored
+    hit = await proxy.get("/range", headers={"Range": "bytes=1-"})
+    assert (hit.status, hit.headers["X-Cache"], await hit.read()) == (206, "HIT", b"ello")
+    assert hit.headers["Content-Range"] == "bytes 1-4/5"
+    assert hits(origin, "/range") == 1
+
+
+async def test_a_matching_if_none_match_wins_over_range(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    """RFC 9110 §13.2.2: If-None-Match is evaluated before Range."""
+    serve(origin, fake_clock, "/range/etag", ("Cache-Control", "max-age=60"), ("ETag", '"e"'))
+    await proxy.get("/range/etag")
+    answer = await proxy.get("/range/etag", headers={"Range": "bytes=0-1", "If-None-Match": '"e"'})
+    assert (answer.status, answer.headers["X-Cache"]) == (304, "HIT")
+
+
+async def test_a_range_of_a_revalidated_entry_is_cut_from_the_freshened_response(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(
+        origin,
+        fake_clock,
+        "/range/revalidated",
+        ("Cache-Control", "max-age=2"),
+        ("ETag", '"r"'),
+        not_modified=[("Cache-Control", "max-age=60"), ("ETag", '"r"')],
+    )
+    await proxy.get("/range/revalidated")
+    fake_clock.advance(3)
+    ranged = await proxy.get("/range/revalidated", headers={"Range": "bytes=-3", "If-Range": '"r"'})
+    assert (ranged.status, await ranged.read()) == (206, b"llo")
+    assert status_of(ranged)["fwd-status"] == "304"
+    assert sent(origin, "If-None-Match") == '"r"'  # the proxy's validation, not the client's
+    assert sent(origin, "Range") is None
+    assert sent(origin, "If-Range") is None
+
+
+async def test_stale_while_revalidate_answers_a_range_stale(
+    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
+):
+    serve(origin, fake_clock, "/stale/range", ("Cache-Control", "max-age=1"))
+    await proxy.get("/stale/range")
+    fake_clock.advance(5)
+    stale = await proxy.get("/stale/range", headers={"Range": "bytes=0-0"})
+    assert (stale.status, stale.headers["X-Cache"], await stale.read()) == (206, "STALE", b"h")
 
 
 # ---------------------------------------------------------------- RFC 9211 Cache-Status
