@@ -3,18 +3,24 @@
 What a store keeps under a key is either a response or a Vary marker (the list of
 request headers that select a variant stored under a second key). Decoding is
 strict: anything that is not a well-formed envelope of this version raises
-``EntryError``, which the engine treats as a miss and overwrites.
+``EntryError``, which the engine treats as a miss and overwrites. A store answers an
+entry a soft purge marked stale framed as ``SOFT`` + the purge's time + the envelope
+(``soften``); ``decode`` reads the frame back as the entry stale from that time on.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import msgpack
 
 VERSION: Final = 1
+# A softened value: this byte (msgpack's bin32, never the first byte of an envelope, an
+# array), the soft purge's unix time as 17 ASCII characters ("%017.6f"), the envelope.
+SOFT: Final = b"\xc6"
+SOFT_HEAD: Final = 18
 _KIND_RESPONSE: Final = 0
 _KIND_VARY: Final = 1
 
@@ -60,6 +66,14 @@ class CachedResponse:
     def age(self, now: float) -> float:
         """current_age (RFC 9111 §4.2.3): corrected initial age plus resident time."""
         return self.initial_age + max(0.0, now - self.response_time)
+
+    def stale_since(self, at: float) -> CachedResponse:
+        """This response as a soft purge at ``at`` (unix time) leaves it: its freshness
+        lifetime cut to its age then, so it is stale from that moment on (RFC 9111
+        §4.2.1 with the purge as the end of freshness) while its stale windows, counted
+        from there, still apply. A response already stale then is unchanged."""
+        lifetime = min(self.lifetime, self.age(at))
+        return self if lifetime == self.lifetime else replace(self, lifetime=lifetime)
 
     def plain_body(self) -> bytes:
         """The body as the origin sent it (decompressing our storage encoding once).
@@ -135,8 +149,32 @@ def encode_marker(marker: VaryMarker) -> bytes:
     )
 
 
+def soften(value: bytes, at: float) -> bytes:
+    """``value`` framed as marked stale by a soft purge at ``at`` (unix time); a value
+    framed already keeps its earlier mark (the entry has been stale since then)."""
+    if value[:1] == SOFT:
+        return value
+    return b"%s%017.6f%s" % (SOFT, at, value)
+
+
+def soft_time(raw: bytes) -> float | None:
+    """The time of the soft purge ``raw`` is framed with, ``None`` when it is not."""
+    if raw[:1] != SOFT:
+        return None
+    try:
+        return float(raw[1:SOFT_HEAD])
+    except ValueError:
+        raise EntryError("bad soft purge frame") from None
+
+
 def decode(raw: bytes) -> CachedResponse | VaryMarker:
-    """Unpack an envelope, validating every field; raise ``EntryError`` otherwise."""
+    """Unpack an envelope, validating every field; raise ``EntryError`` otherwise. A
+    softened value decodes to the response stale since its soft purge (a Vary marker
+    stays as it is: its variants carry their own marks)."""
+    at = soft_time(raw)
+    if at is not None:
+        value = decode(raw[SOFT_HEAD:])
+        return value.stale_since(at) if isinstance(value, CachedResponse) else value
     try:
         data = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:

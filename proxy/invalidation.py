@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from proxy.engine import Engine
+from proxy.entry import EntryError, VaryMarker, decode
 from proxy.errors import StoreError
 from proxy.exchange import Exchange, ProxyResponse
 from proxy.fanout import Subscriber, WorkerBus
@@ -167,9 +168,11 @@ def layers(stores: dict[str, Store], targets: dict[str, Target]) -> list[tuple[L
 
 @dataclass(slots=True)
 class PurgeResult:
-    """What a purge did here: counted removals, stores that cannot count, failures."""
+    """What a purge did here: counted removals (or, for a soft purge, entries marked
+    stale), stores that cannot count, failures."""
 
     removed: int = 0
+    softened: int = 0
     stores: dict[str, int] = field(default_factory=dict)  # -1: cannot count
     errors: dict[str, str] = field(default_factory=dict)
     workers: int | None = None  # other workers of this replica told
@@ -182,6 +185,7 @@ class PurgeResult:
     def as_json(self) -> dict[str, Any]:
         return {
             "removed": self.removed,
+            "softened": self.softened,
             "queued": self.queued,
             "stores": self.stores,
             "workers": self.workers,
@@ -252,9 +256,10 @@ class Invalidator:
         result = await self.apply(request, local_only=False)
         result.workers, result.replicas = await self.fan_out(request, result)
         self.engine.meter.purge(source, result.removed)
+        done = f"{result.softened} softened" if request.soft else f"{result.removed} removed"
         event(
             "purge",
-            f"purge from {source}: {result.removed} removed",
+            f"{'soft ' if request.soft else ''}purge from {source}: {done}",
             source=source,
             request=orjson.loads(request.to_json()),
             **result.as_json(),
@@ -272,15 +277,25 @@ class Invalidator:
                 continue
             try:
                 if layer.copies:
+                    # L1's copies of L2 entries go, softly or not: read again, they come
+                    # back from L2 as it now has them (marked, after a soft purge)
                     await store.purge_tags([L2_FILL_TAG])
-                removed = await store.delete(sorted(target.keys)) if target.keys else 0
-                found = await store.purge_tags(sorted(target.tags)) if target.tags else 0
+                if request.soft:
+                    keys = await _with_variants(store, target.keys)
+                    done = await store.soften(sorted(keys)) if keys else 0
+                    found = await store.soften_tags(sorted(target.tags)) if target.tags else 0
+                else:
+                    done = await store.delete(sorted(target.keys)) if target.keys else 0
+                    found = await store.purge_tags(sorted(target.tags)) if target.tags else 0
             except StoreError as exc:
                 result.errors[store.name] = str(exc)
                 continue
-            removed += max(found, 0)
-            result.stores[store.name] = removed if found >= 0 else -1
-            result.removed += removed
+            done += max(found, 0)
+            result.stores[store.name] = done if found >= 0 else -1
+            if request.soft:
+                result.softened += done
+            else:
+                result.removed += done
         return result
 
     async def fan_out(
@@ -319,13 +334,19 @@ class Invalidator:
 
     async def purge_method(self, ex: Exchange) -> ProxyResponse:
         """``PURGE <target>`` on the proxy port: the URL as this client would request it,
-        from an address in ``admin.purge_from`` only (403 otherwise)."""
+        from an address in ``admin.purge_from`` only (403 otherwise); a soft purge with
+        ``Sidecache-Soft: 1``."""
         allowed = self.engine.loaded.policy.admin.purge_from
         if not peer_allowed(ex.client, allowed):
             body = {"error": f"PURGE is not allowed from {ex.client or 'this address'}"}
             return _json_response(403, body)
         url = f"{ex.scheme}://{ex.host}{ex.target}" if ex.host else ex.target
-        result = await self.purge(PurgeRequest(urls=(url,)), source="proxy")
+        soft = ex.hmap.get("sidecache-soft", "0").strip()
+        if soft not in ("0", "1"):
+            body = {"error": f"Sidecache-Soft: expected 1 (a soft purge) or 0, got {soft!r}"}
+            return _json_response(400, body)
+        wanted = PurgeRequest(urls=(url,), soft=soft == "1")
+        result = await self.purge(wanted, source="proxy")
         return _json_response(503 if result.errors else 200, result.as_json())
 
     async def _after_unsafe(self, tags: Sequence[str]) -> None:
@@ -352,6 +373,22 @@ class Invalidator:
         self.engine.meter.purge(transport, result.removed)
         if result.errors:
             log.warning("purge message on %s failed in part: %s", transport, result.errors)
+
+
+async def _with_variants(store: Store, keys: Iterable[str]) -> set[str]:
+    """``keys`` and, where one holds a Vary marker (RFC 9111 §4.1), the keys of the
+    variants it lists: a soft purge marks the responses, which the variants are (a purge
+    removes the marker, which hides them)."""
+    found = set(keys)
+    for key in sorted(found):
+        raw = await store.get(key)
+        try:
+            value = decode(raw) if raw is not None else None
+        except EntryError:
+            continue
+        if isinstance(value, VaryMarker):
+            found.update(value.variants)
+    return found
 
 
 def new_replica_id() -> str:

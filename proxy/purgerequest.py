@@ -24,6 +24,7 @@ class PurgeRequest:
 
     ``store_tags`` is internal (unsafe-method invalidation hands over the engine's own
     index tags); ``source`` names the replica that already purged the shared stores.
+    ``soft`` makes it a soft purge: what it names is marked stale, not removed.
     """
 
     urls: tuple[str, ...] = ()
@@ -32,6 +33,7 @@ class PurgeRequest:
     routes: tuple[str, ...] = ()
     store_tags: tuple[str, ...] = ()
     source: str | None = None
+    soft: bool = False
 
     @staticmethod
     def parse(data: object, *, internal: bool = True) -> PurgeRequest:
@@ -41,13 +43,17 @@ class PurgeRequest:
             raise ValueError(
                 f'expected a JSON object like {{"urls": ["/path"]}}, got {_kind(data)}'
             )
-        allowed = (*FIELDS, "store_tags", "source") if internal else FIELDS
+        allowed = (*FIELDS, "soft", "store_tags", "source") if internal else (*FIELDS, "soft")
         unknown = sorted(name for name in data if name not in allowed)
         if unknown:
             raise ValueError(
                 f"unknown field{'s' if len(unknown) > 1 else ''} "
                 f"{', '.join(repr(u) for u in unknown)}: a purge takes {', '.join(FIELDS)}"
+                " (and soft: true for a soft purge)"
             )
+        soft = data.get("soft", False)
+        if not isinstance(soft, bool):
+            raise ValueError(f"soft: expected true or false, got {_kind(soft)}")
         lists: dict[str, tuple[str, ...]] = {}
         for name in (*FIELDS, "store_tags"):
             value = data.get(name, [])
@@ -77,7 +83,7 @@ class PurgeRequest:
         source = data.get("source")
         if source is not None and not isinstance(source, str):
             raise ValueError(f"source: expected a string, got {_kind(source)}")
-        return PurgeRequest(**lists, source=source)
+        return PurgeRequest(**lists, source=source, soft=soft)
 
     @staticmethod
     def decode(body: bytes) -> PurgeRequest:
@@ -100,6 +106,8 @@ class PurgeRequest:
         doc = {n: v for n, v in doc.items() if v}
         if self.source is not None:
             doc["source"] = self.source
+        if self.soft:
+            doc["soft"] = True
         return orjson.dumps(doc)
 
     def chunks(self, limit: int = MAX_DATAGRAM) -> list[bytes]:
@@ -124,6 +132,7 @@ class PurgeRequest:
             cut(self.routes),
             cut(self.store_tags),
             self.source,
+            self.soft,
         )
 
 

@@ -48,6 +48,11 @@ class Store(Protocol):
       when ``tags`` are given, indexes the key under each tag so ``purge_tags`` finds it.
     - ``delete`` and ``purge_tags`` answer how many entries were removed, or ``-1`` when
       the backend cannot count (the purge is then only queued or approximate).
+    - ``soften`` and ``soften_tags`` are the soft purge: the entries stay, but from now
+      on every read answers them framed as stale since now (``proxy.entry.soften``),
+      until they are written again; they answer how many they marked, or ``-1``. A
+      store that loses what marks them (eviction, restart) answers them as misses,
+      never as unmarked: a soft purge may degrade to a purge, never to nothing.
     - ``lock`` takes a lease for ``ttl`` seconds and answers its token, or ``None`` when
       somebody else holds it; ``unlock`` releases only a lease whose token matches.
     - ``shared`` is true when other processes see the same entries (Redis, Memcached).
@@ -66,6 +71,10 @@ class Store(Protocol):
     async def delete(self, keys: Sequence[str]) -> int: ...
 
     async def purge_tags(self, tags: Sequence[str]) -> int: ...
+
+    async def soften(self, keys: Sequence[str]) -> int: ...
+
+    async def soften_tags(self, tags: Sequence[str]) -> int: ...
 
     async def lock(self, key: str, ttl: float) -> str | None: ...
 

@@ -48,6 +48,8 @@ OPERATIONS: Final = (
     "set",
     "delete",
     "purge_tags",
+    "soften",
+    "soften_tags",
     "lock",
     "unlock",
     "ping",
@@ -339,6 +341,12 @@ class GuardedStore:
 
     async def purge_tags(self, tags: Sequence[str]) -> int:
         return await self._call("purge_tags", lambda: self.inner.purge_tags(tags))
+
+    async def soften(self, keys: Sequence[str]) -> int:
+        return await self._call("soften", lambda: self.inner.soften(keys))
+
+    async def soften_tags(self, tags: Sequence[str]) -> int:
+        return await self._call("soften_tags", lambda: self.inner.soften_tags(tags))
 
     async def lock(self, key: str, ttl: float) -> str | None:
         return await self._call("lock", lambda: self.inner.lock(key, ttl))

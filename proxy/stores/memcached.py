@@ -4,7 +4,8 @@ It owns key hashing (memcached's 250-byte, no-whitespace keys), chunking of valu
 ``item_size_max`` behind a verified manifest, tags as generation counters, and leases
 (released by compare-and-delete). Each server keeps the generation counters of the
 entries it holds, so losing one server never invalidates another's entries; a purge that
-misses a server is recorded on it and replayed (``_replay``) before it serves again.
+misses a server is recorded on it and replayed before it serves again. The counters, soft
+purges' links and replays are ``TagCounters`` (``memcached_tags.py``).
 
 The servers are a ``ServerPool`` (``memcached_pool.py``): the ring, per-server health (a
 server that fails is skipped for ``node_retry`` seconds, so its keys miss while the other
@@ -26,33 +27,27 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Literal
+from collections.abc import Sequence
+from typing import Any, Final
 
-import aiomcache
 import msgpack
 
 from proxy.clock import Clock, SystemClock
+from proxy.entry import soften
 from proxy.errors import StoreError, StoreUnavailable
 from proxy.stores.base import StoreHealth, StoreStats
 from proxy.stores.memcached_pool import Counter, Found, Node, NodeDown, ServerPool
+from proxy.stores.memcached_tags import MONTH, TagCounters, as_int, storing
 
 log = logging.getLogger(__name__)
 # memcached's key rule, as aiomcache checks it: no whitespace or control characters
 _KEY_OK: Final = re.compile("[^\\s\x00-\x1f\x7f-\x9f]{1,250}")
 _MAX_KEY: Final = 250
 _CHUNK_HEADROOM: Final = 2048  # item header + key + flags within item_size_max
-_MONTH: Final = 30 * 86400  # memcached reads larger exptimes as unix timestamps
 _INLINE, _MANIFEST = 0, 1
 # keys whose tags a process remembers to fetch their counters with the entry (hints only:
 # ~40 bytes + the tag strings each; a forgotten key costs one more round trip on a hit)
 _PLANS: Final = 32768
-# A generation counter outlives every entry it vouches for (one that went early costs
-# needless misses, never a stale hit): a write finds its counters living at least the
-# entry's TTL + 1 s more, or extends them (CAS-checked) to twice that, and at least
-# GEN_SLACK s more, so a steady tag's counter is extended about once per TTL.
-GEN_SLACK: Final = 60
-GEN_TRIES: Final = 3  # reads of a counter others keep changing, before the write is skipped
 # a key's tags as its envelope names them, and their generation counters' keys
 _Plan = tuple[tuple[str, ...], tuple[bytes, ...]]
 
@@ -91,8 +86,9 @@ class MemcachedStore:
             node_retry=node_retry,
             queue_wait=queue_wait,
             clock=self._clock,
-            replay=self._replay,
+            replay=lambda node: self._tags.replay(node),
         )
+        self._tags = TagCounters(self._servers, self._mkey, self._exptime)
         self._plans: dict[bytes, _Plan] = {}
 
     # ------------------------------------------------------------ keys and nodes
@@ -114,65 +110,7 @@ class MemcachedStore:
 
     def _exptime(self, ttl: float) -> int:
         seconds = max(1, math.ceil(ttl))
-        return seconds if seconds <= _MONTH else int(self._clock.time()) + seconds
-
-    # ------------------------------------------------------------ tag generations
-
-    async def _ensure_generations(
-        self, node: Node, tags: Sequence[str], ttl: float
-    ) -> dict[str, int] | None:
-        """Each tag's generation on ``node``, every counter created or extended to outlive
-        an entry of ``ttl`` seconds (``None``: one is unknown, so the entry is not written)."""
-        gkeys = [self._mkey("~g:", tag) for tag in tags]
-        held = await self._servers.counters(node, gkeys)
-        need = math.ceil(ttl) + 1  # a second more: memcached's clock ticks in whole seconds
-        exptime = self._exptime(max(2 * need, need + GEN_SLACK))
-        gens = await asyncio.gather(
-            *(self._generation(node, gkey, held.get(gkey), need, exptime) for gkey in gkeys)
-        )
-        known = {tag: gen for tag, gen in zip(tags, gens, strict=True) if gen is not None}
-        return known if len(known) == len(tags) else None
-
-    async def _generation(
-        self, node: Node, gkey: bytes, counter: Counter | None, need: int, exptime: int
-    ) -> int | None:
-        for _ in range(GEN_TRIES):
-            if counter is None:
-                # random start: a counter evicted and re-created never repeats an old value
-                start = secrets.randbits(62)
-                store = _storing("add", gkey, b"%d" % start, exptime)
-                if await self._servers.call(node, "add", store):
-                    return start
-            else:
-                gen = _as_int(counter.value)
-                if gen is None or counter.ttl >= need:
-                    return gen  # not a counter (None), or it outlives the entry already
-                # short-lived, or never expiring (-1: written before counters expired)
-                if await self._servers.extend(node, gkey, counter, exptime):
-                    return gen
-            # added, extended or bumped by someone else meanwhile: read it again
-            counter = (await self._servers.counters(node, [gkey])).get(gkey)
-        return None
-
-    async def _bump(self, node: Node, tag: str, *, replaying: bool = False) -> None:
-        gkey = self._mkey("~g:", tag)
-        try:
-            await self._servers.call(node, "incr", lambda c: c.incr(gkey), replaying=replaying)
-        except StoreError as exc:
-            # no counter: every entry naming this tag already fails its check
-            if "NOT_FOUND" not in str(exc):
-                raise
-
-    async def _replay(self, node: Node) -> None:
-        """Apply the purges a server missed while unreachable, before it serves again."""
-        tags = list(node.missed)
-        try:
-            await asyncio.gather(*(self._bump(node, tag, replaying=True) for tag in tags))
-            node.missed.difference_update(tags)
-        except StoreError:
-            pass  # still unreachable: the pool has pushed down_until; retried after it
-        finally:
-            node.replay = None
+        return seconds if seconds <= MONTH else int(self._clock.time()) + seconds
 
     # ------------------------------------------------------------ reads
 
@@ -200,9 +138,11 @@ class MemcachedStore:
     ) -> bytes | None:
         """The body an envelope holds, or ``None`` when stale by tag, incomplete or foreign."""
         try:
-            kind, gens, payload = msgpack.unpackb(raw)
+            # [kind, gens, payload], and a soft purge's time once one marked it by key
+            kind, gens, payload, *marked = msgpack.unpackb(raw)
             pairs = [(tag, gen) for tag, gen in gens if isinstance(tag, str)]
-            if len(pairs) != len(gens):
+            soft = [float(at) for at in marked if isinstance(at, float)]
+            if len(pairs) != len(gens) or len(soft) != len(marked) or len(marked) > 1:
                 return None
         except (ValueError, TypeError, msgpack.UnpackException):
             return None  # not ours (or from an incompatible version): a miss
@@ -215,17 +155,25 @@ class MemcachedStore:
             if missing:  # counters the read did not ask for: one more round trip
                 more = await self._servers.read(node, None, missing)
                 found = Found([*found.items(), *more.items()])
-            for (_, gen), gkey in zip(pairs, plan[1], strict=True):
-                if _as_int(found[gkey]) != gen:
-                    return None  # purged since written (or its counter is gone)
+            behind = [
+                (tag, gen, as_int(found[gkey]))
+                for (tag, gen), gkey in zip(pairs, plan[1], strict=True)
+                if as_int(found[gkey]) != gen
+            ]
+            if behind:  # purged since written (or its counter is gone), or softened
+                at = await self._tags.softened_at(node, behind)
+                if at is None:
+                    return None
+                soft.append(at)
+        body: bytes | None = None
         if kind == _INLINE and isinstance(payload, bytes):
-            return payload
-        if kind == _MANIFEST and isinstance(payload, list) and len(payload) == 4:
-            return await self._assemble(node, *payload)
-        return None
+            body = payload
+        elif kind == _MANIFEST and isinstance(payload, list) and len(payload) == 4:
+            body = await self._assemble(node, *payload)
+        return soften(body, min(soft)) if soft and body is not None else body
 
     def _remember(self, mkey: bytes, tags: tuple[str, ...]) -> _Plan:
-        plan = (tags, tuple(self._mkey("~g:", tag) for tag in tags))
+        plan = (tags, self._tags.keys(tags))
         plans = self._plans
         plans.pop(mkey, None)
         if tags:  # an untagged entry needs no plan
@@ -258,7 +206,7 @@ class MemcachedStore:
         gens: list[list[Any]] = []
         if tags:
             try:
-                current = await self._ensure_generations(node, list(dict.fromkeys(tags)), ttl)
+                current = await self._tags.ensure(node, list(dict.fromkeys(tags)), ttl)
             except NodeDown:
                 return  # a skipped server: the write is skipped, as any failed write is
             if current is None:
@@ -277,7 +225,7 @@ class MemcachedStore:
             try:
                 await asyncio.gather(
                     *(
-                        self._servers.call(node, "set", _storing("set", k, p, exptime))
+                        self._servers.call(node, "set", storing("set", k, p, exptime))
                         for k, p in zip(ckeys, pieces, strict=True)
                     )
                 )
@@ -304,20 +252,42 @@ class MemcachedStore:
         return sum(await asyncio.gather(*(delete_one(mkey) for mkey in mkeys)))
 
     async def purge_tags(self, tags: Sequence[str]) -> int:
-        unique = list(dict.fromkeys(tags))
-
-        async def purge_on(node: Node) -> None:
-            try:
-                await asyncio.gather(*(self._bump(node, tag) for tag in unique))
-            except (NodeDown, StoreUnavailable):
-                # it serves nothing until these are replayed on it (see _replay)
-                node.missed.update(unique)
-                log.warning("purge of %d tags deferred on %s: unreachable", len(unique), node.name)
-
-        # shielded: a deadline must not stop the bookkeeping of a server that missed it
-        jobs = [asyncio.ensure_future(purge_on(node)) for node in self._servers.nodes.values()]
-        await asyncio.shield(asyncio.gather(*jobs))
+        await self._tags.purge(tags)
         return -1  # generations invalidate lazily: nothing here knows how many entries
+
+    # ------------------------------------------------------------ soft purges
+
+    async def soften(self, keys: Sequence[str]) -> int:
+        """Mark entries stale since now: their envelope gains the time, CAS-checked (an
+        entry written meanwhile is newer than the purge and stays as it is)."""
+        at = self._clock.time()
+
+        async def soften_one(mkey: bytes) -> int:
+            node = self._servers.node(mkey)
+            try:
+                held = (await self._servers.counters(node, [mkey])).get(mkey)
+                if held is None or held.ttl <= 0:
+                    return 0
+                try:
+                    envelope = msgpack.unpackb(held.value)
+                except (ValueError, msgpack.UnpackException):
+                    return 0
+                if not isinstance(envelope, list) or len(envelope) not in (3, 4):
+                    return 0  # not ours
+                if len(envelope) == 4:
+                    return 1  # marked before: stale since then
+                marked = Counter(msgpack.packb([*envelope, at]), held.cas, held.ttl)
+                exptime = self._exptime(held.ttl)
+                return int(await self._servers.extend(node, mkey, marked, exptime))
+            except NodeDown as exc:
+                raise StoreUnavailable(self.name, f"soften: {exc} is down") from exc
+
+        mkeys = list(dict.fromkeys(self._mkey("", key) for key in keys))
+        return sum(await asyncio.gather(*(soften_one(mkey) for mkey in mkeys)))
+
+    async def soften_tags(self, tags: Sequence[str]) -> int:
+        await self._tags.purge(tags, b"%017.6f" % self._clock.time())
+        return -1  # marked lazily, as purges are: nothing here knows how many entries
 
     # ------------------------------------------------------------ leases
 
@@ -369,18 +339,3 @@ class MemcachedStore:
 
     async def aclose(self) -> None:
         await self._servers.aclose()
-
-
-def _storing(
-    command: Literal["set", "add"], key: bytes, value: bytes, exptime: int
-) -> Callable[[aiomcache.Client], Awaitable[bool]]:
-    return lambda c: (c.add if command == "add" else c.set)(key, value, exptime)
-
-
-def _as_int(raw: bytes | None) -> int | None:
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        return None

@@ -2,16 +2,19 @@
 
 Everything lives in this process (one per worker). The bound counts keys, values, tags
 and a fixed per-entry overhead, so the store never exceeds ``max_size`` however many
-distinct keys arrive. No awaits happen inside: every method completes in one step.
+distinct keys arrive. No awaits happen inside: every method completes in one step. A soft
+purge replaces the values it finds by their softened frame (``proxy.entry.soften``), so
+reads stay as they are: nothing is checked per hit.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final, TypeAlias
 
 from proxy.clock import Clock, SystemClock
+from proxy.entry import SOFT_HEAD, soften
 from proxy.stores.base import StoreHealth, StoreStats
 
 # What an entry costs beyond the characters of its key, value and tags, as allocated
@@ -60,7 +63,9 @@ class MemoryStore:
     def __init__(self, name: str, max_size: int, clock: Clock | None = None) -> None:
         self.name = name
         self.max_size = max_size
-        self._monotonic = (clock or SystemClock()).monotonic
+        clock = clock or SystemClock()
+        self._monotonic = clock.monotonic
+        self._time = clock.time  # a soft purge's mark: wall clock, as response times are
         self._data: dict[str, Entry] = {}  # the young generation
         self._old: dict[str, Entry] = {}
         self._order: list[str] = []  # _old's keys at the switch, most recent first
@@ -149,7 +154,42 @@ class MemoryStore:
                     removed += self._remove(key)
         return removed
 
+    async def soften(self, keys: Sequence[str]) -> int:
+        at = self._time()
+        return self._soften_all(keys, at)
+
+    async def soften_tags(self, tags: Sequence[str]) -> int:
+        at = self._time()
+        keys: list[str] = []
+        for tag in tags:
+            held = self._tags.get(tag)
+            if isinstance(held, str):
+                keys.append(held)
+            elif held is not None:
+                keys += held
+        return self._soften_all(dict.fromkeys(keys), at)
+
     # -- internals
+
+    def _soften_all(self, keys: Iterable[str], at: float) -> int:
+        """Mark the entries under ``keys`` stale since ``at``; answers how many are."""
+        if self.on_removal is not None:
+            self.on_removal()  # a snapshot taken before holds them unmarked
+        now = self._monotonic()
+        marked = 0
+        for key in keys:
+            held = self._data if key in self._data else self._old
+            item = held.get(key)
+            if item is None or item[1] <= now:
+                continue
+            marked += 1
+            value = soften(item[0], at)
+            if value is not item[0]:
+                held[key] = (value, item[1], item[2], *item[_TAGS:])
+                self._size += SOFT_HEAD
+        while self._size > self.max_size:
+            self._evict()
+        return marked
 
     def _remove(self, key: str) -> int:
         item = self._data.pop(key, None)

@@ -234,6 +234,36 @@ class RedisStore:
         await self._run("purge_tags", purge)
         return -1  # entries are invalidated where they lie: nothing here counts them
 
+    async def soften(self, keys: Sequence[str]) -> int:
+        """Mark the entries under ``keys`` stale since now (Redis ``TIME``), in place."""
+        groups: dict[str, list[str]] = {}
+        for key in dict.fromkeys(keys):
+            stored = self._entry(key)
+            bucket = stored[len(self._prefix) : stored.index("}") + 1] if self.cluster else ""
+            groups.setdefault(bucket, []).append(stored)
+
+        async def soften() -> int:
+            jobs = (_script(self._client, layout.SOFTEN_KEYS, g, ()) for g in groups.values())
+            return sum(await asyncio.gather(*jobs))
+
+        return await self._run("soften", soften)
+
+    async def soften_tags(self, tags: Sequence[str]) -> int:
+        """Replace the tags' generations (in every bucket), linking the old ones to the
+        new: their entries read as marked stale (see ``redis_layout``)."""
+        digests = [layout.tag_digest(tag) for tag in dict.fromkeys(tags)]
+        if not digests:
+            return 0
+        buckets = [f"{{{tag}}}" for tag in layout.BUCKET_TAGS] if self.cluster else [""]
+        fresh = "".join(layout.fresh_generation() for _ in digests)
+
+        async def soften(bucket: str) -> None:
+            keys = [self._generation(bucket, digest) for digest in digests]
+            await _script(self._client, layout.SOFTEN, keys, (fresh,))
+
+        await self._run("soften_tags", lambda: _gather(soften(b) for b in buckets))
+        return -1  # entries are marked where they lie: nothing here counts them
+
     async def lock(self, key: str, ttl: float) -> str | None:
         token = secrets.token_hex(16)
         ms = max(1, math.ceil(ttl * 1000))

@@ -8,6 +8,7 @@ proxy writes; ``docs/reliability.md`` says the same in prose). ``P`` is the back
     single node                 cluster (B = {b} is one of 64 bucket hash tags)
     P K                         P{b}K            entry: envelope + payload, PX ttl
     P~g:D                       P{b}~g:D         a tag's generation (12 digits), PX >= entries
+    P~s:D:G                     P{b}~s:D:G       soft purge link: G stale since <time>, now <G'>
     P~l:K                       P{b}~l:K         lease: SET NX PX <random token>
 
 **Purges never depend on index data surviving.** An entry's envelope names the digest and
@@ -17,6 +18,14 @@ trip; in a cluster the generations live in the entry's bucket, so in its slot). 
 deletes the tags' generation keys (``P~g:D``, or ``P{b}~g:D`` in every bucket): a missing
 generation reads as "changed", so eviction, a restart or a hand-deleted key can only cause
 misses, never a stale hit. The next write of a tag starts a new random generation.
+
+**A soft purge degrades to a purge, never to nothing.** It replaces a tag's generation G
+by a new one G' and leaves a link ``P~s:D:G`` (the purge's Redis ``TIME`` and G'): READ
+follows links from an entry's generation to the current one and answers the entry marked
+stale since the first link's time (``proxy.entry.soften``). A lost link or generation
+breaks the chain: a miss, as after a purge. A purge deletes the generation, so the chain
+of any entry softened before leads nowhere either. Entries softened by key carry their
+mark in front of the envelope (``SOFTENED``, then the time).
 
 **Every key has a TTL, and the index is bounded.** Entries and leases expire; a generation
 key lives as long as the longest entry written under it (``WRITE`` extends it, never
@@ -43,6 +52,8 @@ TAG_DIGEST: Final = 12  # hex digits naming a tag in a generation key
 GEN: Final = 12  # hex digits of a generation
 PAIR: Final = TAG_DIGEST + GEN
 MAX_TAGS: Final = 255  # an envelope counts its tags in one byte
+SOFTENED: Final = 0xC6  # first byte of an entry a soft purge marked by key (then its time)
+MAX_LINKS: Final = 8  # soft purges of one tag an entry outlives (then: a miss)
 
 
 def _bucket_tags() -> tuple[str, ...]:
@@ -101,8 +112,8 @@ def describe(stored: str, prefix: str = "") -> tuple[Kind, str | None]:
         return (kind, rest[4:end]) if end > 4 else ("foreign", None)
     if rest.startswith("{") and (end := rest.find("}")) > 1:
         rest = rest[end + 1 :]  # a bucket (or, before, a digest group for a tagless key)
-    if rest.startswith("~g:"):
-        return "generation", None
+    if rest.startswith(("~g:", "~s:")):
+        return "generation", None  # a generation, or a soft purge's link from one
     kind = "entry"
     if rest.startswith("~l:"):
         kind, rest = "lease", rest[3:]
@@ -115,7 +126,10 @@ def describe(stored: str, prefix: str = "") -> tuple[Kind, str | None]:
 # KEYS = entries; ARGV[1] = the generation keys' base on a single node ("" in a cluster:
 # the entry's own "P{b}" then). An envelope: MAGIC, n, n x (tag digest, generation), payload;
 # the answer is the payload alone (cut here, in Redis: a big body is never copied twice in
-# the proxy).
+# the proxy), or, for an entry a soft purge marked, that frame (proxy.entry.soften) around
+# it, with the earliest mark: its own (SOFTENED) or a tag's. A tag's generation that is not
+# the entry's is followed through the soft purges' links (at most MAX_LINKS) to the
+# current one; a missing link or generation means purged.
 # An entry whose generations changed (purged) or vanished (evicted, restarted, deleted by
 # hand) is a miss, and deleted on the way. A key of another type is a miss, not an error.
 READ: Final = """
@@ -123,7 +137,12 @@ local out = {}
 for i = 1, #KEYS do
   local key = KEYS[i]
   local v = redis.pcall('GET', key)
+  local soft = false
   out[i] = false
+  if type(v) == 'string' and string.byte(v, 1) == 198 and #v > 18 then
+    soft = string.sub(v, 2, 18)
+    v = string.sub(v, 19)
+  end
   if type(v) == 'string' and string.byte(v, 1) == 197 then
     local n = string.byte(v, 2)
     local ok = #v >= 2 + 24 * n
@@ -134,14 +153,29 @@ for i = 1, #KEYS do
       for j = 0, n - 1 do gkeys[j + 1] = base .. string.sub(v, 3 + 24 * j, 14 + 24 * j) end
       local gens = redis.call('MGET', unpack(gkeys))
       for j = 0, n - 1 do
-        if gens[j + 1] ~= string.sub(v, 15 + 24 * j, 26 + 24 * j) then ok = false break end
+        local g, cur, at = string.sub(v, 15 + 24 * j, 26 + 24 * j), gens[j + 1], false
+        if cur ~= g and type(cur) == 'string' then
+          local link = string.sub(gkeys[j + 1], 1, -16) .. '~s:'
+          link = link .. string.sub(v, 3 + 24 * j, 14 + 24 * j) .. ':'
+          for _ = 1, MAX_LINKS do
+            local l = redis.pcall('GET', link .. g)
+            if type(l) ~= 'string' or #l ~= 29 then break end
+            at = at or string.sub(l, 1, 17)
+            g = string.sub(l, 18)
+            if g == cur then break end
+          end
+          if g == cur and (not soft or at < soft) then soft = at end
+        end
+        if g ~= cur then ok = false break end
       end
     end
-    if ok then out[i] = string.sub(v, 3 + 24 * n) else redis.call('DEL', key) end
+    if not ok then redis.call('DEL', key)
+    elseif soft then out[i] = '\\198' .. soft .. string.sub(v, 3 + 24 * n)
+    else out[i] = string.sub(v, 3 + 24 * n) end
   end
 end
 return out
-"""
+""".replace("MAX_LINKS", str(MAX_LINKS))
 
 # KEYS[1] = the entry, KEYS[2..] = its tags' generation keys (in its slot); ARGV[1] = the
 # payload, ARGV[2] = ttl ms, ARGV[3] = the tag digests, ARGV[4] = a fresh generation for
@@ -197,6 +231,57 @@ for _, i in ipairs(older) do
 end
 return table.concat(gens)
 """
+
+# A soft purge's time, as every replica sees it: Redis TIME, "%010d.%06d" (17 characters,
+# as proxy.entry.soften frames it)
+_NOW: Final = """
+local t = redis.call('TIME')
+local at = string.format('%010d.%06d', tonumber(t[1]), tonumber(t[2]))
+"""
+
+# A soft purge of tags: KEYS = their generation keys (in one slot); ARGV[1] = a fresh
+# generation for each (concatenated). Each generation G is replaced by its fresh one G',
+# and a link P{b}~s:D:G = <time><G'> (_NOW) tells READ that entries of G are stale since
+# then. Both live as long as G did. The link is written first: a READ between the two
+# finds G current, unmarked, as before.
+SOFTEN: Final = (
+    _NOW
+    + """
+local n = 0
+for i = 1, #KEYS do
+  local g = redis.pcall('GET', KEYS[i])
+  local ms = redis.call('PTTL', KEYS[i])
+  if type(g) == 'string' and #g == 12 and ms > 0 then
+    local new = string.sub(ARGV[1], 12 * i - 11, 12 * i)
+    local link = string.sub(KEYS[i], 1, -16) .. '~s:' .. string.sub(KEYS[i], -12) .. ':' .. g
+    redis.call('SET', link, at .. new, 'PX', ms)
+    redis.call('SET', KEYS[i], new, 'PX', ms)
+    n = n + 1
+  end
+end
+return n
+"""
+)
+
+# A soft purge of entries: KEYS = entries (in one slot). Each envelope of ours gets the
+# SOFTENED byte and Redis TIME in front, keeping its TTL; one marked already keeps its
+# earlier mark. Answers how many are marked.
+SOFTEN_KEYS: Final = (
+    _NOW
+    + """
+local n = 0
+for i = 1, #KEYS do
+  local v = redis.pcall('GET', KEYS[i])
+  if type(v) == 'string' and string.byte(v, 1) == 197 then
+    redis.call('SET', KEYS[i], '\\198' .. at .. v, 'KEEPTTL')
+    n = n + 1
+  elseif type(v) == 'string' and string.byte(v, 1) == 198 then
+    n = n + 1
+  end
+end
+return n
+"""
+)
 
 UNLOCK: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

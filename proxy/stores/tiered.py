@@ -77,6 +77,17 @@ class TieredStore:
         await self.l1.purge_tags([*tags, L2_FILL_TAG])
         return await self.l2.purge_tags(tags)
 
+    async def soften(self, keys: Sequence[str]) -> int:
+        await self.l1.soften(keys)
+        return await self.l2.soften(keys)
+
+    async def soften_tags(self, tags: Sequence[str]) -> int:
+        # L1's copies of L2 entries go (read again from L2, they come back marked), as
+        # in purge_tags; entries only L1 holds are marked there
+        await self.l1.purge_tags([L2_FILL_TAG])
+        await self.l1.soften_tags(tags)
+        return await self.l2.soften_tags(tags)
+
     async def lock(self, key: str, ttl: float) -> str | None:
         return await self.l2.lock(key, ttl)
 

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 import aiomcache
 import pytest
 
-from proxy.stores.memcached import GEN_SLACK, MemcachedStore
+from proxy.stores.memcached import MemcachedStore
 from proxy.stores.memcached_pool import Counter
+from proxy.stores.memcached_tags import GEN_SLACK
 
 from .conftest import memcached_expiries
 
