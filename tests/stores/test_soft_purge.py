@@ -100,6 +100,16 @@ async def test_a_purge_after_a_soft_purge_removes(store: Store) -> None:
     assert await store.get("sc:r:2") is None
 
 
+async def test_a_purge_between_soft_purges_removes_for_good(store: Store) -> None:
+    await store.set("sc:r:1", VALUE, 60, ["t:soft"])
+    await store.soften_tags(["t:soft"])
+    await store.purge_tags(["t:soft"])
+    await store.set("sc:r:2", VALUE, 60, ["t:soft"])  # the tag is written again
+    await store.soften_tags(["t:soft"])
+    assert await store.get("sc:r:1") is None
+    assert marked(await store.get("sc:r:2")) is not None
+
+
 async def test_a_soft_purge_by_key(store: Store) -> None:
     await store.set("sc:r:1", VALUE, 60, ["t:x"])
     await store.set("sc:r:2", VALUE, 60)
