@@ -81,7 +81,7 @@ def walk(root, seen, stop):
 
 def dump(signum, frame):
     from proxy.engine import Engine
-    from proxy.http1 import HttpServer
+    from proxy.httpserver import HttpServer
     from proxy.stores.memory import MemoryStore
     objs = gc.get_objects()
     stores = [o for o in objs if isinstance(o, MemoryStore)]

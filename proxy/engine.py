@@ -86,6 +86,7 @@ from proxy.storedfields import (
     storable_headers,
 )
 from proxy.stores.base import Store
+from proxy.wire import find_length
 
 log = logging.getLogger("sidecache")
 
@@ -608,8 +609,7 @@ class Engine:
                 await _quiet(store.delete([stored_key]))
         status = replies.forwarded(fwd, response.status, stored=updated)
         live = self._live(ex, route, response, None, cache_status=status)
-        length_field = first_header(response.headers, "Content-Length") or ""
-        live.head_length = int(length_field) if length_field.strip().isdigit() else None
+        live.head_length = find_length(response.headers)
         return live
 
     def _make_entry(

@@ -14,112 +14,29 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import re
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Final
-from urllib.parse import urlsplit
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
-from proxy.engine import Engine
+from proxy.bytequeue import ByteQueue
 from proxy.exchange import Exchange, ProxyResponse, Ticket
-from proxy.keys import normalize_path
-from proxy.memo import MEMO_HEAD_MAX, MEMO_INLINE, Memo, WireMemo
-from proxy.replies import is_clean, serialize_fields
+from proxy.memo import MEMO_HEAD_MAX, MEMO_INLINE, Memo
+from proxy.requesthead import HttpError, Request, read_head
+from proxy.responsehead import refusal, render_answer, render_stream_head
 from proxy.storedfields import HOP_BY_HOP
-from proxy.wire import Date, interim_head, status_line
+from proxy.wire import LAST_CHUNK, Date, encode_chunk, interim_head
+
+if TYPE_CHECKING:
+    from proxy.httpserver import HttpServer
 
 log = logging.getLogger("sidecache")
 
-BODY_HIGH_WATER: Final = 1024 * 1024
+BODY_HIGH_WATER: Final = 1024 * 1024  # request body bytes buffered before reading pauses
 PIPELINE_DEPTH: Final = 32
-# Slowloris: a request head (or a new connection's first one) must arrive in this time
-# (408); an idle keep-alive connection is closed after KEEPALIVE_TIMEOUT; a client that
-# reads nothing of a response for SEND_TIMEOUT loses its connection.
-HEADER_TIMEOUT: Final = 10.0
-KEEPALIVE_TIMEOUT: Final = 75.0
-SEND_TIMEOUT: Final = 60.0
-DRAIN_GRACE: Final = 1.0  # on stop, how long idle keep-alive connections may still ask
-LINGER: Final = 2.0  # after refusing a request, how long its remaining input is discarded
-_NEVER: Final = float("inf")
-# RFC 9110 §7.2 / RFC 3986 §3.2.2: reg-name, IPv4 or IP-literal, and an optional port
-_HOST: Final = re.compile(r"(?:\[[0-9A-Za-z:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _Body:
-    """A request body arriving from the parser, read by the origin upload."""
-
-    def __init__(self, protocol: HttpProtocol) -> None:
-        self._protocol = protocol
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._seen = 0
-        self.done = False
-        self.error: HttpError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def feed(self, chunk: bytes, limit: int) -> None:
-        self._seen += len(chunk)
-        if self._seen > limit:
-            self.error = HttpError(413, "request body too large")
-            self._wake()
-            raise self.error
-        self._chunks.append(chunk)
-        self._size += len(chunk)
-        if self._size > BODY_HIGH_WATER:
-            self._protocol.pause_reading()
-        self._wake()
-
-    def finish(self) -> None:
-        self.done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._size -= len(chunk)
-                if self._size <= BODY_HIGH_WATER // 2:
-                    self._protocol.resume_reading()
-                yield chunk
-                continue
-            if self.error is not None:
-                raise self.error
-            if self.done:
-                return
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
-
-
-class _Pending:
-    """One parsed request waiting for its turn on the connection."""
-
-    __slots__ = ("body", "exchange", "head", "http11", "keep_alive")
-
-    def __init__(
-        self, exchange: Exchange, keep_alive: bool, http11: bool, body: _Body | None
-    ) -> None:
-        self.exchange = exchange
-        self.keep_alive = keep_alive
-        self.http11 = http11
-        self.head = exchange.method == "HEAD"
-        self.body = body
-
-
-Handler = Callable[[Exchange], Awaitable[ProxyResponse]]
+FULL_INLINE: Final = 65536  # a body this small goes out in one write with its head
+NEVER: Final = float("inf")
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -128,14 +45,15 @@ class HttpProtocol(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.engine = server.engine
+        self.limits = server.limits
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client = ""
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
-        self._pending: collections.deque[_Pending] = collections.deque()
-        self._current_body: _Body | None = None
+        self._pending: collections.deque[Request] = collections.deque()
+        self._current_body: ByteQueue | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._reading_paused = False
@@ -145,12 +63,12 @@ class HttpProtocol(asyncio.Protocol):
         self._in_message = False  # the parser holds part of a request
         self._began = 0  # requests begun in the current data_received
         self._answered: Ticket | None = None  # the synchronous hit answered in it
-        self._last: _Pending | None = None  # the last request parsed
+        self._last: Request | None = None  # the last request parsed
         self._late_error: tuple[int, str] | None = None  # sent once earlier answers are out
         self._answering: Exchange | None = None  # whose origin 1xx answers go out now
         # One deadline at a time (the head's, or the idle connection's), checked by the
         # server's sweeper: a timer handle per request would cost the hit path.
-        self._deadline = _NEVER
+        self._deadline = NEVER
         self._expire: Callable[[], None] = self._close
         self._stalled: asyncio.TimerHandle | None = None  # the client stopped reading
 
@@ -162,20 +80,21 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
         self.server.connections.add(self)
-        if len(self.server.connections) > self.server.max_connections:
+        if len(self.server.connections) > self.limits.max_connections:
             self._fail(503, "too many connections")
             return
-        self._arm(self.server.header_timeout, self._head_timed_out)
+        self._arm(self.limits.header_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self._closing = True
-        self._deadline = _NEVER
+        self._deadline = NEVER
         if self._stalled is not None:
             self._stalled.cancel()
-        if self._current_body is not None and not self._current_body.done:
-            self._current_body.error = HttpError(400, "client went away")
-            self._current_body.finish()
+        body = self._current_body
+        if body is not None and not body.done:
+            body.fail(HttpError(400, "client went away"))
+            body.end()
         self._write_ready.set()
 
     def pause_writing(self) -> None:
@@ -185,7 +104,7 @@ class HttpProtocol(asyncio.Protocol):
         self.pause_reading()
         if self._stalled is None:
             loop = asyncio.get_running_loop()
-            self._stalled = loop.call_later(self.server.send_timeout, self._abort)
+            self._stalled = loop.call_later(self.limits.send_timeout, self._abort)
 
     def resume_writing(self) -> None:
         self._write_ready.set()
@@ -258,7 +177,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _answered_hit(self) -> Ticket | None:
         """The ticket of the last ``feed_data``'s request: a hit answered from memory, or
-        one whose store is a shared one."""
+        one whose store is a shared one (a method: the parser's callbacks set it)."""
         return self._answered
 
     def _replay(self, memo: Memo) -> bool:
@@ -294,23 +213,15 @@ class HttpProtocol(asyncio.Protocol):
             if made is None:
                 return False
             response, until = made
-            head, dated = self._head(response, _length(response, ticket.ex), memo.keep_alive)
-            head += b"\r\n"
-            parts: tuple[bytes, ...]
-            if response.status in (204, 304) or ticket.ex.method == "HEAD":
-                parts = (bytes(head),)
-            elif len(response.body) < MEMO_INLINE:
-                parts = (bytes(head + response.body),)
-            else:
-                parts = (bytes(head), response.body)
-            date_until = Date.second + 1 if dated else _NEVER
+            parts, dated = render_answer(response, ticket.ex, memo.keep_alive, MEMO_INLINE)
+            date_until = Date.second + 1 if dated else NEVER
             self.server.memo.keep(memo, raw, until, date_until, parts)
         if len(memo.parts) == 1:
             transport.write(memo.parts[0])
         else:
             transport.writelines(memo.parts)
         if memo.keep_alive:
-            self._deadline = time.monotonic() + self.server.keepalive_timeout
+            self._deadline = time.monotonic() + self.limits.keepalive_timeout
             self._expire = self._idle_timed_out
         else:
             self._close()
@@ -323,8 +234,9 @@ class HttpProtocol(asyncio.Protocol):
         self.pause_reading()
         body = self._current_body
         if body is not None and not body.done:
-            body.error = body.error or HttpError(status, message)
-            body.finish()
+            if body.error is None:
+                body.fail(HttpError(status, message))
+            body.end()  # nothing more is read of it
             if self._pending and self._pending[-1].body is body:
                 if self._task is not None and len(self._pending) == 1:
                     self._fail(status, message)  # it is the request in flight: answer now
@@ -355,65 +267,29 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._header_bytes = 0
-        self._arm(self.server.header_timeout, self._head_timed_out)
+        self._arm(self.limits.header_timeout, self._head_timed_out)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.server.max_header_size:
+        if len(self._url) > self.limits.max_header_size:
             raise HttpError(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.server.max_header_size or len(self._headers) > 200:
+        if self._header_bytes > self.limits.max_header_size or len(self._headers) > 200:
             raise HttpError(431, "request headers too large")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._deadline = _NEVER
+        self._deadline = NEVER
         parser = self.parser
         version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise HttpError(400, f"HTTP/{version} is not served")
         method = parser.get_method().decode("ascii", "replace")
-        if method == "CONNECT":
-            raise HttpError(405, "CONNECT is not proxied")
-        path, query, authority = self._target(self._url)
-        # Only the map decisions read is made here; the fields as sent are decoded from
-        # the byte pairs when a miss or a pass-through forwards them.
-        hmap: dict[str, str] = {}
-        for name, value in self._headers:
-            lowered = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            held = hmap.get(lowered)
-            if held is None:
-                hmap[lowered] = text
-            elif lowered == "host":
-                raise HttpError(400, "more than one Host")
-            else:
-                hmap[lowered] = f"{held}, {text}"
-        host = hmap.get("host")
-        if host is not None:
-            host = host.strip().lower()
-            if not _HOST.fullmatch(host):
-                raise HttpError(400, "bad Host")
-        has_body = "transfer-encoding" in hmap
-        if has_body and version == "1.0":  # RFC 9112 §6.1: faulty framing, never guessed at
-            raise HttpError(400, "Transfer-Encoding in HTTP/1.0")
-        declared = hmap.get("content-length")
-        if declared is not None:
-            length = int(declared) if declared.strip().isdigit() else -1
-            if length < 0:
-                raise HttpError(400, "bad Content-Length")
-            if length > self.server.max_body_size:
-                raise HttpError(413, "request body too large")
-            has_body = has_body or length > 0
-        if authority is not None:
-            host = authority  # RFC 9112 §3.2.2: the target's authority replaces Host
-        if not host:
-            if version == "1.1":
-                raise HttpError(400, "missing Host")
-            host = ""
-        body = _Body(self) if has_body else None
+        max_body = self.limits.max_body_size
+        path, query, host, hmap, has_body = read_head(
+            version, method, self._url, self._headers, max_body
+        )
+        body = ByteQueue(self, BODY_HIGH_WATER, BODY_HIGH_WATER // 2) if has_body else None
         self._current_body = body
         exchange = Exchange(
             method,
@@ -427,7 +303,7 @@ class HttpProtocol(asyncio.Protocol):
             raw=self._headers,
         )
         http11 = version == "1.1"
-        self._last = _Pending(exchange, parser.should_keep_alive(), http11, body)
+        self._last = Request(exchange, parser.should_keep_alive(), http11, body)
         self._pending.append(self._last)
         if len(self._pending) > PIPELINE_DEPTH:
             self.pause_reading()
@@ -435,41 +311,22 @@ class HttpProtocol(asyncio.Protocol):
             self._run_ready()  # the body streams to the origin as it arrives
 
     def on_body(self, chunk: bytes) -> None:
-        if self._current_body is not None:
-            self._current_body.feed(chunk, self.server.max_body_size)
+        body = self._current_body
+        if body is None:
+            return
+        if body.received + len(chunk) > self.limits.max_body_size:
+            error = HttpError(413, "request body too large")
+            body.fail(error)  # the upload reading it fails too
+            raise error
+        body.feed(chunk)
 
     def on_message_complete(self) -> None:
         self._in_message = False
         if self._current_body is not None:
-            self._current_body.finish()
+            self._current_body.end()
             self._current_body = None
         if self._task is None:
             self._run_ready()
-
-    @staticmethod
-    def _target(url: bytes) -> tuple[str, str, str | None]:
-        """Path, query and (absolute-form only) authority of a request target; the path
-        normalised once, so routing, the cache key and the origin agree on it."""
-        authority: str | None = None
-        if url[:1] != b"/":
-            if url == b"*":
-                raise HttpError(400, "asterisk-form is not proxied")
-            # absolute-form: only its path and query are used; the origin is fixed
-            parts = urlsplit(url.decode("latin-1"))
-            if parts.scheme not in ("http", "https") or not parts.path.startswith("/"):
-                raise HttpError(400, "bad request target")
-            authority = parts.netloc.lower()
-            if not authority or not _HOST.fullmatch(authority):
-                raise HttpError(400, "bad request target")
-            url = (parts.path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
-        if b"\x00" in url or b"#" in url:
-            raise HttpError(400, "bad request target")
-        path, _, query = url.partition(b"?")
-        try:
-            normal = normalize_path(path.decode("latin-1"))
-        except ValueError as exc:
-            raise HttpError(400, f"bad request target: {exc}") from None
-        return normal, query.decode("latin-1"), authority
 
     # ------------------------------------------------------------ answering
 
@@ -497,8 +354,8 @@ class HttpProtocol(asyncio.Protocol):
         if self._task is None and not self._pending:
             if self._late_error is not None:
                 self._fail(*self._late_error)
-            elif self._deadline == _NEVER:
-                self._arm(self.server.keepalive_timeout, self._idle_timed_out)
+            elif self._deadline == NEVER:
+                self._arm(self.limits.keepalive_timeout, self._idle_timed_out)
 
     async def _serve(self, replay: tuple[Memo, float] | None = None) -> None:
         """Answer the queued requests in order; first, a ``_replay`` from a shared store
@@ -512,7 +369,7 @@ class HttpProtocol(asyncio.Protocol):
                     return
                 if raw is None or not self._answer_memo(memo, raw, start):
                     ex = memo.ticket.ex.with_client(self.client)
-                    self._pending.appendleft(_Pending(ex, memo.keep_alive, memo.http11, None))
+                    self._pending.appendleft(Request(ex, memo.keep_alive, memo.http11, None))
             while self._pending and not self._closing:
                 if not self._write_ready.is_set():
                     await self._write_ready.wait()  # never buffer answers nobody reads
@@ -558,84 +415,40 @@ class HttpProtocol(asyncio.Protocol):
             return
         transport.write(interim_head(status, fields, HOP_BY_HOP))
 
-    def _head(
-        self, response: ProxyResponse, length: int | None, keep_alive: bool
-    ) -> tuple[bytearray, bool]:
-        """The status line and header fields (no final CRLF), and whether the Date in
-        it is ours (the current second) rather than the response's."""
-        out = bytearray(status_line(response.status))
-        has_date = False
-        if response.block:
-            out += response.block
-            has_date = response.dated
-        fields, dated = serialize_fields(response.headers)
-        if fields is None:
-            # CR/LF/NUL inside a field (response splitting) or a field not in latin-1:
-            # only a foreign store value can carry one. Such fields are dropped.
-            response.headers = [(k, v) for k, v in response.headers if is_clean(k, v)]
-            return self._head(response, length, keep_alive)
-        out += fields
-        has_date = has_date or dated
-        if not has_date:
-            out += Date.get()
-        if length is not None:
-            out += b"Content-Length: %d\r\n" % length
-        if not keep_alive:
-            out += b"Connection: close\r\n"
-        return out, not has_date
-
-    def _write_full(self, response: ProxyResponse, pending: _Pending) -> None:
+    def _write_full(self, response: ProxyResponse, pending: Request) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        no_body = response.status in (204, 304) or response.status < 200
-        length = _length(response, pending.exchange)
         keep_alive = pending.keep_alive and not self.server.draining
-        head, _ = self._head(response, length, keep_alive)
-        head += b"\r\n"
-        if pending.head or no_body:
-            transport.write(head)
-        elif len(response.body) < 65536:
-            transport.write(bytes(head + response.body))
-        else:
-            transport.write(head)
-            transport.write(response.body)
+        parts, _ = render_answer(response, pending.exchange, keep_alive, FULL_INLINE)
+        for part in parts:  # two writes, never a join copying a large body
+            transport.write(part)
         if not keep_alive:
             self._close()
 
-    async def _write_stream(self, response: ProxyResponse, pending: _Pending) -> None:
+    async def _write_stream(self, response: ProxyResponse, pending: Request) -> None:
         assert response.stream is not None
         transport = self.transport
-        length: int | None = None
-        for name, value in response.headers:
-            if name.lower() == "content-length" and value.strip().isdigit():
-                length = int(value)
-        # framing: the origin's length; else chunked for HTTP/1.1; else close-delimited
-        chunked = length is None and pending.http11
         keep_alive = pending.keep_alive and not self.server.draining
-        keep_alive = keep_alive and (length is not None or chunked)
-        head, _ = self._head(response, length, keep_alive)
-        if chunked:
-            head += b"Transfer-Encoding: chunked\r\n"
-        head += b"\r\n"
+        head, length, chunked, keep_alive = render_stream_head(response, pending.http11, keep_alive)
         stream = response.stream
         try:
             if transport is None or transport.is_closing():
                 raise ConnectionError("client went away")
-            transport.write(bytes(head))
+            transport.write(head)
             sent = 0
             async for chunk in stream:
                 if self._closing:
                     raise ConnectionError("client went away")
                 if chunked:
-                    transport.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                    transport.write(encode_chunk(chunk))
                 else:
                     transport.write(chunk)
                 sent += len(chunk)
                 if not self._write_ready.is_set():
                     await self._write_ready.wait()
             if chunked:
-                transport.write(b"0\r\n\r\n")
+                transport.write(LAST_CHUNK)
             if length is not None and sent != length:
                 raise ConnectionError("origin body shorter than its Content-Length")
         except Exception as exc:
@@ -652,15 +465,7 @@ class HttpProtocol(asyncio.Protocol):
     def _fail(self, status: int, message: str) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            body = (message + "\n").encode()
-            transport.write(
-                status_line(status)
-                + Date.get()
-                + b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
-                + b"X-Cache: BYPASS\r\nConnection: close\r\n"
-                + b"Content-Length: %d\r\n\r\n" % len(body)
-                + body
-            )
+            transport.write(refusal(status, message))
         self._close()
 
     def _abort(self) -> None:
@@ -673,7 +478,7 @@ class HttpProtocol(asyncio.Protocol):
     def _close(self) -> None:
         self._closing = True
         self._pending.clear()
-        self._deadline = _NEVER
+        self._deadline = NEVER
         if self._stalled is not None:
             self._stalled.cancel()
             self._stalled = None
@@ -689,89 +494,6 @@ class HttpProtocol(asyncio.Protocol):
             if self._reading_paused:
                 self._reading_paused = False
                 transport.resume_reading()
-            asyncio.get_running_loop().call_later(self.server.linger, transport.close)
+            asyncio.get_running_loop().call_later(self.limits.linger, transport.close)
             return
         transport.close()
-
-
-def _length(response: ProxyResponse, request: Exchange) -> int | None:
-    """The Content-Length of a response written whole (``None``: it has none)."""
-    if response.head_length is not None:
-        return response.head_length
-    if request.method == "HEAD":  # a HEAD passed through: announce the origin's length
-        for name, value in response.headers:
-            if name.lower() == "content-length" and value.strip().isdigit():
-                return int(value)
-        return None
-    if response.status in (204, 304) or response.status < 200:
-        return None
-    return len(response.body)
-
-
-class HttpServer:
-    """Factory and registry of connections for one listening socket."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        max_body_size: int,
-        max_header_size: int,
-        max_connections: int,
-        header_timeout: float = HEADER_TIMEOUT,
-        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
-        send_timeout: float = SEND_TIMEOUT,
-        linger: float = LINGER,
-    ) -> None:
-        self.engine = engine
-        self.max_body_size = max_body_size
-        self.max_header_size = max_header_size
-        self.max_connections = max_connections
-        self.header_timeout = header_timeout
-        self.keepalive_timeout = keepalive_timeout
-        self.send_timeout = send_timeout
-        self.linger = linger
-        self.connections: set[HttpProtocol] = set()
-        self.draining = False
-        self._server: asyncio.base_events.Server | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-        # request head bytes -> what they resolved to and their last answer (hits only)
-        self.memo = WireMemo()
-
-    def __call__(self) -> HttpProtocol:
-        return HttpProtocol(self)
-
-    async def start(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self, sock=sock)
-        self._sweeper = asyncio.ensure_future(self._sweep())
-
-    async def _sweep(self) -> None:
-        """Expire the connections whose head or idle deadline has passed."""
-        tick = min(1.0, self.header_timeout / 4, self.keepalive_timeout / 4)
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            for connection in [c for c in self.connections if c._deadline <= now]:
-                connection._deadline = _NEVER
-                connection._expire()
-
-    async def stop(self, timeout: float) -> None:
-        """Stop accepting; let in-flight requests finish up to ``timeout``; close."""
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        deadline = time.monotonic() + timeout
-        # An idle keep-alive connection may have a request on its way: closing it now
-        # would lose that request. For a grace period such requests are answered with
-        # Connection: close (we are draining), then what is still idle is closed.
-        grace = time.monotonic() + min(DRAIN_GRACE, timeout)
-        while time.monotonic() < deadline:
-            busy = [c for c in self.connections if c._task is not None or c._pending]
-            if not busy and (not self.connections or time.monotonic() >= grace):
-                break
-            await asyncio.sleep(0.05)
-        for connection in list(self.connections):
-            connection._close()

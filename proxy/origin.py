@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from proxy.errors import OriginTimeout, OriginUnreachable
+from proxy.originpool import Pool
 from proxy.policy import Timeout
-from proxy.upstream import Pool, Stream
+from proxy.upstream import Stream
 from proxy.wire import Interim
 
 _TLS: ssl.SSLContext | None = None
@@ -110,7 +111,8 @@ class OriginClient:
         if secure and tls is None:
             tls = _default_tls()
         port = parts.port or (443 if secure else 80)
-        self._pool = Pool(parts.hostname or "", port, pool_size, tls if secure else None)
+        address = (parts.hostname or "", port)
+        self._pool = Pool(address, pool_size, tls if secure else None)
 
     async def request(
         self,

@@ -33,11 +33,11 @@ from proxy.keys import variant_of
 from proxy.ranges import Ranged, Unsatisfiable
 from proxy.routing import Route
 from proxy.storedfields import header_values, storable_headers
+from proxy.wire import is_clean, serialize_fields
 
 log = logging.getLogger("sidecache")
 
 _COMPRESSIBLE: Final = ("text/", "json", "xml", "javascript", "ecmascript", "svg", "csv", "yaml")
-_FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection"})
 _RANGE_FIELDS: Final = frozenset({"accept-ranges", "content-range"})
 
 
@@ -208,33 +208,6 @@ def origin_failed(exc: OriginError, route: Route) -> ProxyResponse:
         route,
         f"fwd=uri-miss; detail={'origin-timeout' if code == 504 else 'origin-down'}",
     )
-
-
-def serialize_fields(headers: Sequence[tuple[str, str]]) -> tuple[bytes | None, bool]:
-    """Header lines without framing fields, and whether Date is among them; ``None``
-    when a field is unsafe to send (CR/LF/NUL: response splitting, or not latin-1)."""
-    lines = []
-    has_date = False
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered in _FRAMING:
-            continue
-        if lowered == "date":
-            has_date = True
-        lines.append(f"{name}: {value}\r\n")
-    try:
-        out = "".join(lines).encode("latin-1")
-    except UnicodeEncodeError:
-        return None, False
-    count = len(lines)
-    if out.count(b"\n") != count or out.count(b"\r") != count or b"\0" in out:
-        return None, False
-    return out, has_date
-
-
-def is_clean(name: str, value: str) -> bool:
-    text = name + value
-    return not any(c in text for c in "\r\n\0") and all(ord(c) < 256 for c in text)
 
 
 def stored_view(entry: CachedResponse, gzip: bool) -> tuple[Headers, bytes, bool]:

@@ -18,7 +18,7 @@ from proxy import __version__
 from proxy.admin import AdminState, Operations
 from proxy.engine import Engine
 from proxy.fanout import WorkerBus
-from proxy.http1 import HttpServer
+from proxy.httpserver import HttpServer, Limits
 from proxy.invalidation import new_replica_id
 from proxy.logs import configure, event
 from proxy.origin import OriginClient
@@ -84,12 +84,7 @@ class Worker:
             worker = self.bus.index if self.bus is not None else None
             self.snapshots = Snapshots(policy.server.snapshot, worker, self._current)
             await self.snapshots.load()
-        self.http = HttpServer(
-            self.engine,
-            max_body_size=policy.server.max_body_size,
-            max_header_size=policy.server.max_header_size,
-            max_connections=policy.server.max_connections,
-        )
+        self.http = HttpServer(self.engine, Limits.of(policy.server))
         await self.http.start(self.proxy_sock)
         self.ops = Operations(self.engine, loader=self.loader, replica=self.replica, bus=self.bus)
         self.state = await self.ops.start(self.admin_sock)

@@ -1,5 +1,6 @@
-"""HTTP/1.1 to the one origin: a keep-alive pool of ``asyncio.Protocol`` connections on
-llhttp (httptools), and the response stream of each exchange, read with flow control.
+"""HTTP/1.1 to the one origin: one keep-alive connection, an ``asyncio.Protocol`` on
+llhttp (httptools), and the response stream of each exchange, read with flow control
+(``proxy/originpool.py`` keeps the connections).
 
 It raises only builtin errors (``TimeoutError``, ``OSError`` and its ``ConnectionError``
 family); ``proxy/origin.py`` maps them. A connection carries one exchange at a time and
@@ -9,25 +10,21 @@ goes back to the pool only once its response ended cleanly on the wire; it never
 from __future__ import annotations
 
 import asyncio
-import collections
-import ssl
-from collections.abc import AsyncIterable, Sequence
-from typing import Final
+from collections.abc import AsyncIterable
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
-from proxy.wire import Interim
+from proxy.bytequeue import ByteQueue
+from proxy.wire import LAST_CHUNK, Body, Interim, encode_chunk
+
+if TYPE_CHECKING:
+    from proxy.originpool import Pool
 
 HIGH_WATER: Final = 256 * 1024  # body bytes buffered before the origin socket is paused
 LOW_WATER: Final = 64 * 1024  # ... and resumed
 MAX_HEAD: Final = 256 * 1024  # bytes of one response head
-IDLE_TIMEOUT: Final = 30.0  # an idle pooled connection is closed after this
-SWEEP_EVERY: Final = 1.0
 INLINE_BODY: Final = 64 * 1024  # a bytes body this small goes out in one write with the head
-# RFC 9110 §8.6: methods whose requests carry no content unless given; others announce
-# ``Content-Length: 0`` (as aiohttp did)
-_BODYLESS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-Body = bytes | AsyncIterable[bytes] | None
 
 
 class BadResponse(ConnectionError):
@@ -38,141 +35,44 @@ class _HeadEnd(Exception):
     """Raised in the parser's callback: a HEAD response ends with its fields."""
 
 
-def encode_head(
-    method: str, target: str, headers: Sequence[tuple[str, str]], body: Body
-) -> tuple[bytes, int | None, bool]:
-    """The request head, the body's declared length and whether it goes chunked (RFC 9112
-    §6). Refuses (``ValueError``) a CR, LF or NUL in a field or the target: a split head."""
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    length: int | None = None
-    chunked = False
-    if body is not None or method not in _BODYLESS:
-        declared, encoded = None, False
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered == "content-length":
-                declared = int(value) if value.strip().isdigit() else -1
-            elif lowered == "transfer-encoding":
-                encoded = True
-        if declared is not None and declared < 0:
-            raise ValueError("bad Content-Length in the request")
-        if isinstance(body, bytes):
-            if declared is not None and declared != len(body):
-                raise ValueError("Content-Length disagrees with the request body")
-            length = len(body)
-            if declared is None:
-                lines.append(f"Content-Length: {length}")
-        elif body is not None:
-            length = declared
-            chunked = declared is None
-            if chunked and not encoded:
-                lines.append("Transfer-Encoding: chunked")
-        elif declared is None and not encoded:
-            lines.append("Content-Length: 0")
-    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    breaks = len(lines) + 1
-    if data.count(b"\n") != breaks or data.count(b"\r") != breaks or b"\0" in data:
-        raise ValueError("CR, LF or NUL in the request target or a field")
-    if " " in target:
-        raise ValueError("space in the request target")
-    return data, length, chunked
+class Stream(ByteQueue):
+    """One exchange: the response head once it arrived, then its body as it arrives
+    (a byte queue pausing the connection's reading while the consumer lags)."""
 
-
-class Stream:
-    """One exchange: the response head once it arrived, then its body as it arrives."""
-
-    __slots__ = (
-        "_buffered",
-        "_chunks",
-        "_conn",
-        "_error",
-        "_read_timeout",
-        "_waiter",
-        "done",
-        "head",
-        "headers",
-        "interim",
-        "status",
-    )
+    __slots__ = ("_conn", "head", "headers", "interim", "status")
 
     def __init__(
         self, conn: Connection, read_timeout: float, interim: Interim | None = None
     ) -> None:
+        super().__init__(conn, HIGH_WATER, LOW_WATER, read_timeout)
         self._conn: Connection | None = conn  # while the body is still on the wire
         # resolved with None when the head arrived, or with the error that ended the exchange
         self.head: asyncio.Future[BaseException | None] = conn.loop.create_future()
         self.status = 0
         self.headers: list[tuple[str, str]] = []
-        self.done = False
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._read_timeout = read_timeout
         self.interim = interim  # where the 1xx answers before the final one go
 
     # ---------------------------------------------------------------- the connection's side
 
-    def feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered > HIGH_WATER and self._conn is not None:
-            self._conn.pause_reading()  # the consumer lags: let the origin's socket fill
-        self._wake()
-
     def end(self) -> None:
         self._conn = None
-        self.done = True
-        self._wake()
+        self.detach()  # the connection may carry the next exchange now
+        super().end()
 
     def fail(self, exc: BaseException) -> None:
         self._conn = None
-        self._error = exc
+        self.detach()
         if not self.head.done():
             self.head.set_result(exc)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        super().fail(exc)
 
     # ---------------------------------------------------------------- the consumer's side
 
     def complete_body(self) -> bytes | None:
         """The whole body if it has arrived (nothing left on the wire), else None."""
-        if not self.done or self._error is not None:
-            return None
-        body = b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        return body
+        return self.take_all()
 
-    async def read(self) -> bytes:
-        """The next piece of the body; ``b""`` at its end."""
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                conn = self._conn
-                if conn is not None and conn.paused and self._buffered <= LOW_WATER:
-                    conn.resume_reading()
-                return chunk
-            if self._error is not None:
-                raise self._error
-            if self.done:
-                return b""
-            loop = asyncio.get_running_loop()
-            self._waiter = loop.create_future()
-            timer = loop.call_later(self._read_timeout, self._timed_out)
-            try:
-                await self._waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-
-    def _timed_out(self) -> None:
+    def stalled(self) -> None:
         conn = self._conn
         if conn is not None:
             conn.fail(TimeoutError(f"origin sent no body bytes for {self._read_timeout:g}s"))
@@ -180,8 +80,7 @@ class Stream:
     def release(self) -> None:
         """Done with this response: a connection whose response was not read to its end
         is closed, never reused (its next bytes would be taken for the next answer)."""
-        self._chunks.clear()
-        self._buffered = 0
+        self.clear()
         conn = self._conn
         if conn is not None and not self.done:
             conn.fail(ConnectionAbortedError("response abandoned before its end"))
@@ -392,11 +291,11 @@ class Connection(asyncio.Protocol):
                 if not chunk:
                     continue
                 sent += len(chunk)
-                self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                self.transport.write(encode_chunk(chunk) if chunked else chunk)
                 if self._drained is not None:
                     await self._drained
             if chunked and not self.closed:
-                self.transport.write(b"0\r\n\r\n")
+                self.transport.write(LAST_CHUNK)
             if length is not None and sent < length:
                 raise ConnectionError("request body shorter than its Content-Length")
         except Exception as exc:
@@ -461,187 +360,3 @@ class Connection(asyncio.Protocol):
     def usable(self) -> bool:
         transport = self.transport
         return not self.closed and transport is not None and not transport.is_closing()
-
-
-class Pool:
-    """At most ``size`` connections to one host; requests beyond wait in order."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        size: int,
-        tls: ssl.SSLContext | None = None,
-        idle_timeout: float = IDLE_TIMEOUT,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.size = size
-        self.tls = tls
-        self.idle_timeout = idle_timeout
-        self._loop: asyncio.AbstractEventLoop | None = None  # bound on first use
-        self._count = 0  # connections open or being opened
-        self._idle: list[Connection] = []  # most recently used last
-        self._open: set[Connection] = set()
-        self._waiters: collections.deque[asyncio.Future[Connection | None]] = collections.deque()
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._closed = False
-
-    async def request(
-        self,
-        method: str,
-        target: str,
-        headers: Sequence[tuple[str, str]],
-        body: Body,
-        connect_timeout: float,
-        total: float,
-        interim: Interim | None = None,
-    ) -> Stream:
-        """Send one request; answer once the response head arrived. Interim answers
-        (1xx) that come before it are handed to ``interim``."""
-        head, length, chunked = encode_head(method, target, headers, body)
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        deadline = loop.time() + total
-        conn = self._take(loop) or await self._acquire(loop, min(connect_timeout, total))
-        is_head = method == "HEAD"
-        stream = conn.send(head, body, length, chunked, deadline, total, is_head, interim)
-        try:
-            error = await stream.head
-        except BaseException:  # cancelled: the request may be half sent, never reuse it
-            conn.fail(ConnectionAbortedError("request cancelled"))
-            raise
-        if error is not None:
-            raise error
-        return stream
-
-    def _take(self, loop: asyncio.AbstractEventLoop) -> Connection | None:
-        idle = self._idle
-        while idle:
-            conn = idle.pop()
-            if conn.usable and conn.expires > loop.time():
-                return conn
-            conn.close()  # the origin closed it while idle, or it is too old to trust
-        return None
-
-    async def _acquire(self, loop: asyncio.AbstractEventLoop, timeout: float) -> Connection:
-        deadline = loop.time() + timeout
-        while True:
-            if self._closed:
-                raise ConnectionAbortedError("the origin client is closed")
-            conn = self._take(loop)
-            if conn is not None:
-                return conn
-            if self._count < self.size and not self._waiters:
-                self._count += 1
-                return await self._connect(loop, timeout)
-            waiter: asyncio.Future[Connection | None] = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    got = await waiter
-            except BaseException as exc:
-                if waiter.done() and not waiter.cancelled():
-                    self._give_back(waiter.result())
-                if isinstance(exc, TimeoutError):
-                    raise TimeoutError(
-                        f"all {self.size} origin connections stayed busy for {timeout:g}s"
-                    ) from None
-                raise
-            if got is None:  # a connection closed and passed its slot to us
-                return await self._connect(loop, timeout, deadline - loop.time())
-            if got.usable:
-                return got
-            # closed between its hand-over and now: wait or connect again
-
-    def _give_back(self, got: Connection | None) -> None:
-        if got is None:
-            self._free_slot()
-        else:
-            self.release(got)
-
-    async def _connect(
-        self, loop: asyncio.AbstractEventLoop, timeout: float, left: float | None = None
-    ) -> Connection:
-        """Open a connection in a slot already counted as ours."""
-        try:
-            if self._closed:
-                raise ConnectionAbortedError("the origin client is closed")
-            async with asyncio.timeout(max(timeout if left is None else left, 0)):
-                _, conn = await loop.create_connection(
-                    lambda: Connection(self, loop),
-                    self.host,
-                    self.port,
-                    ssl=self.tls,
-                    server_hostname=self.host if self.tls is not None else None,
-                )
-        except BaseException as exc:
-            self._free_slot()
-            if isinstance(exc, TimeoutError):
-                raise TimeoutError(f"origin accepted no connection within {timeout:g}s") from None
-            raise
-        if not conn.usable:
-            self._free_slot()
-            raise ConnectionResetError("origin closed a new connection at once")
-        conn.counted = True
-        self._open.add(conn)
-        return conn
-
-    def release(self, conn: Connection) -> None:
-        """A connection whose exchange ended cleanly: to the first waiter, else idle."""
-        if self._closed:
-            conn.close()
-            return
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
-                return
-        self._idle.append(conn)
-        if self._sweeper is None:
-            self._sweeper = conn.loop.call_later(SWEEP_EVERY, self._sweep)
-
-    def forget(self, conn: Connection) -> None:
-        """A connection closed: its slot goes to a waiter, or back to the pool."""
-        if conn in self._idle:
-            self._idle.remove(conn)
-        if conn.counted:
-            conn.counted = False
-            self._open.discard(conn)
-            self._free_slot()
-
-    def _free_slot(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot is the waiter's now
-                return
-        self._count -= 1
-
-    def _sweep(self) -> None:
-        """Close idle connections past their time (before the origin's idle timeout)."""
-        self._sweeper = None
-        assert self._loop is not None
-        now = self._loop.time()
-        expired = [conn for conn in self._idle if conn.expires <= now]
-        self._idle = [conn for conn in self._idle if conn.expires > now]
-        for conn in expired:
-            conn.close()
-        if self._idle:
-            self._sweeper = self._loop.call_later(SWEEP_EVERY, self._sweep)
-
-    async def aclose(self) -> None:
-        """Close every connection (answers still streaming fail) and refuse new requests."""
-        self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-        for conn in list(self._open):
-            conn.fail(ConnectionAbortedError("the origin client is closed"))
-        self._idle.clear()
-        await asyncio.sleep(0)  # let the transports report their close

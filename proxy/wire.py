@@ -1,6 +1,7 @@
 """HTTP/1.1 wire pieces the proxy port's server (``http1``) and the origin client
-(``upstream``) share: status lines, the Date field, the check of header fields against
-response splitting, the Content-Length parser and interim (1xx) heads.
+(``upstream``) share: status lines, the Date field, header field lines with their one
+check against response splitting (CR, LF, NUL), the Content-Length parser, request
+heads and interim (1xx) heads.
 
 Pure functions and constants: no sockets, no asyncio, nothing of the engine.
 """
@@ -8,7 +9,7 @@ Pure functions and constants: no sockets, no asyncio, nothing of the engine.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterable, Callable, Collection, Sequence
 from email.utils import formatdate
 from typing import Final
 
@@ -26,10 +27,18 @@ _REASONS: Final = {
     504: "Gateway Timeout",
 }  # fmt: skip
 _STATUS_LINES: dict[int, bytes] = {}
+LAST_CHUNK: Final = b"0\r\n\r\n"  # RFC 9112 §7.1: the end of a chunked body, no trailers
+# Fields a server writes from the body it sends, never copied from a stored answer
+_FRAMING: Final = frozenset({"content-length", "transfer-encoding", "connection"})
+# RFC 9110 §8.6: methods whose requests carry no content unless given; others announce
+# ``Content-Length: 0`` (as aiohttp did)
+_BODYLESS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 # Where an origin's interim answers to one request go: called with the status (1xx, never
 # 101) and the fields as the origin sent them, before the final answer's head arrives.
 Interim = Callable[[int, Sequence[tuple[bytes, bytes]]], None]
+# A request body as the origin client sends it: whole, streamed, or none
+Body = bytes | AsyncIterable[bytes] | None
 
 
 def status_line(status: int) -> bytes:
@@ -67,3 +76,103 @@ def interim_head(
             out += b"%b: %b\r\n" % (name, value)
     out += b"\r\n"
     return bytes(out)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 §7.1); never empty (that would end it)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def content_length(value: str | None) -> int | None:
+    """A Content-Length value (RFC 9110 §8.6: 1*DIGIT, spaces around allowed) as a
+    number; ``None`` when absent or not one (a sign, a list, a non-ASCII digit)."""
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def find_length(headers: Sequence[tuple[str, str]]) -> int | None:
+    """The first valid Content-Length among ``headers``."""
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == "content-length":
+            length = content_length(value)
+            if length is not None:
+                return length
+    return None
+
+
+def is_clean(name: str, value: str) -> bool:
+    """Whether a field can be written as it is: no CR, LF or NUL, only latin-1."""
+    text = name + value
+    return not any(c in text for c in "\r\n\0") and all(ord(c) < 256 for c in text)
+
+
+def _encode_lines(lines: list[str]) -> bytes | None:
+    """Lines that each end with CRLF, as bytes; ``None`` when one holds a CR, LF or NUL
+    of its own (response splitting, a smuggled request) or is not latin-1."""
+    try:
+        out = "".join(lines).encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+    count = len(lines)
+    if out.count(b"\n") != count or out.count(b"\r") != count or b"\0" in out:
+        return None
+    return out
+
+
+def serialize_fields(headers: Sequence[tuple[str, str]]) -> tuple[bytes | None, bool]:
+    """Header lines without framing fields, and whether Date is among them; ``None``
+    when a field is unsafe to send (CR/LF/NUL: response splitting, or not latin-1)."""
+    lines = []
+    has_date = False
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in _FRAMING:
+            continue
+        if lowered == "date":
+            has_date = True
+        lines.append(f"{name}: {value}\r\n")
+    out = _encode_lines(lines)
+    return (out, has_date) if out is not None else (None, False)
+
+
+def encode_head(
+    method: str, target: str, headers: Sequence[tuple[str, str]], body: Body
+) -> tuple[bytes, int | None, bool]:
+    """The request head, the body's declared length and whether it goes chunked (RFC 9112
+    §6). Refuses (``ValueError``) a CR, LF or NUL in a field or the target: a split head."""
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    length: int | None = None
+    chunked = False
+    if body is not None or method not in _BODYLESS:
+        declared, encoded = None, False
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == "content-length":
+                declared = content_length(value)
+                if declared is None:
+                    raise ValueError("bad Content-Length in the request")
+            elif lowered == "transfer-encoding":
+                encoded = True
+        if isinstance(body, bytes):
+            if declared is not None and declared != len(body):
+                raise ValueError("Content-Length disagrees with the request body")
+            length = len(body)
+            if declared is None:
+                lines.append(f"Content-Length: {length}\r\n")
+        elif body is not None:
+            length = declared
+            chunked = declared is None
+            if chunked and not encoded:
+                lines.append("Transfer-Encoding: chunked\r\n")
+        elif declared is None and not encoded:
+            lines.append("Content-Length: 0\r\n")
+    lines.append("\r\n")
+    data = _encode_lines(lines)
+    if data is None:
+        raise ValueError("CR, LF or NUL in the request target or a field")
+    if " " in target:
+        raise ValueError("space in the request target")
+    return data, length, chunked

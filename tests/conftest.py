@@ -24,7 +24,7 @@ from aiohttp import web
 
 from proxy.clock import Clock, FakeClock
 from proxy.engine import Engine
-from proxy.http1 import HttpServer
+from proxy.httpserver import HttpServer, Limits
 from proxy.origin import OriginClient
 from proxy.policy import LoadedPolicy, parse_policy
 from proxy.server import bind
@@ -167,13 +167,7 @@ async def make_proxy(origin: Origin) -> AsyncIterator[MakeProxy]:
             loaded = parse_policy(policy_text(origin.url, body), "test-policy.yaml")
         stores = build_stores(loaded.policy.backends, clock)
         engine = Engine(loaded, stores, OriginClient(loaded.policy.origin), clock)
-        server = loaded.policy.server
-        http = HttpServer(
-            engine,
-            max_body_size=server.max_body_size,
-            max_header_size=server.max_header_size,
-            max_connections=server.max_connections,
-        )
+        http = HttpServer(engine, Limits.of(loaded.policy.server))
         sock = bind(("127.0.0.1", 0), reuse_port=False)
         await http.start(sock)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"

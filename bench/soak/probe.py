@@ -16,7 +16,7 @@ from typing import Any
 
 import proxy.cli
 from proxy.engine import Engine
-from proxy.http1 import HttpServer
+from proxy.httpserver import HttpServer
 
 
 async def sample(path: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from proxy.engine import Engine
-from proxy.http1 import HttpServer
+from proxy.httpserver import HttpServer, Limits
 from proxy.origin import OriginClient
 from proxy.policy import parse_policy
 from proxy.server import bind
@@ -51,12 +51,7 @@ async def serve(origin: Origin) -> AsyncIterator[Serve]:
         stores = build_stores(loaded.policy.backends)
         client = OriginClient(loaded.policy.origin, server.origin_connections)
         engine = Engine(loaded, stores, client)
-        limits = {
-            "max_body_size": server.max_body_size,
-            "max_header_size": server.max_header_size,
-            "max_connections": server.max_connections,
-        }
-        server_ = HttpServer(engine, **{**limits, **http})
+        server_ = HttpServer(engine, Limits.of(server, **http))
         sock = bind(("127.0.0.1", 0), reuse_port=False)
         await server_.start(sock)
         served = Served(f"http://127.0.0.1:{sock.getsockname()[1]}", server_, engine, stores)
