@@ -13,22 +13,6 @@ from proxy.stores.redis import RedisStore
 from proxy.stores.tiered import TieredStore
 
 
-async def test_unguarded_stores_have_no_breaker_and_no_refusals(
-    redis_url: str, memcached_addr: str
-) -> None:
-    stores = [
-        MemoryStore("m", 1024**2),
-        RedisStore("r", redis_url),
-        MemcachedStore("mc", [memcached_addr]),
-    ]
-    try:
-        for store in stores:
-            assert store.health() == StoreHealth(breaker="n/a", write_refusals=0)
-    finally:
-        for store in stores:
-            await store.aclose()
-
-
 async def test_a_guarded_store_shows_its_breaker_and_a_tiered_one_its_l2s(
     memcached_addr: str,
 ) -> None:
