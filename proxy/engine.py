@@ -413,7 +413,8 @@ class Engine:
             if token is not None:
                 try:
                     # another replica may have filled it between our lookup and the lease
-                    if waited or stale is None:
+                    # (a background refresh too: another's may have ended just before)
+                    if waited or stale is None or not wait:
                         try:
                             filled = await self._filled_by_other(store, key, ex, stale)
                         except StoreError:  # a failing store is a miss, never a 5xx

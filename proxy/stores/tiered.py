@@ -4,6 +4,8 @@ It owns only the layering: read L1, fall through to L2 and fill L1, write both, 
 both. It keeps no state of its own and never hides an L2 failure (``StoreError`` from
 L2 propagates; the engine treats it as a miss). Cross-replica L1 invalidation is not
 here: until it arrives, ``l1_ttl`` bounds how stale another replica's purge leaves L1.
+An entry a soft purge marked in L2 is never copied into L1: until it is written again,
+every read asks L2, so the refresh any replica stores is seen at once by all.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from proxy.entry import SOFT
 from proxy.stores.base import Store, StoreHealth, StoreStats
 
 # Every L1 copy of an L2 entry carries this tag: fills (L2 does not return their tags, so
@@ -47,7 +50,7 @@ class TieredStore:
         if value is not None:
             return value
         value = await self.l2.get(key)
-        if value is not None:
+        if value is not None and value[:1] != SOFT:
             # the entry's remaining TTL is unknown here; l1_ttl bounds the extra life
             await self.l1.set(key, value, self.l1_ttl, (L2_FILL_TAG,))
         return value
@@ -61,7 +64,8 @@ class TieredStore:
         for i, value in zip(missing, found, strict=True):
             if value is not None:
                 values[i] = value
-                await self.l1.set(keys[i], value, self.l1_ttl, (L2_FILL_TAG,))
+                if value[:1] != SOFT:
+                    await self.l1.set(keys[i], value, self.l1_ttl, (L2_FILL_TAG,))
         return values
 
     async def set(self, key: str, value: bytes, ttl: float, tags: Sequence[str] = ()) -> None:
@@ -78,7 +82,7 @@ class TieredStore:
         return await self.l2.purge_tags(tags)
 
     async def soften(self, keys: Sequence[str]) -> int:
-        await self.l1.soften(keys)
+        await self.l1.delete(keys)  # copies: read again, they come back from L2 marked
         return await self.l2.soften(keys)
 
     async def soften_tags(self, tags: Sequence[str]) -> int:

@@ -188,3 +188,24 @@ async def test_memory_counts_and_bounds_what_it_marks() -> None:
     assert store.stats().bytes == size + 3 * SOFT_HEAD
     await store.purge_tags(["t:soft"])
     assert store.stats().bytes == 0
+
+
+async def test_tiered_never_copies_a_marked_entry_into_l1(redis_url: str) -> None:
+    """Every replica's L1 would keep a marked copy for ``l1_ttl`` after another replica
+    stored the refreshed entry in L2: marked entries are always read from L2."""
+    tiered = TieredStore("t", MemoryStore("l1", 1024**2), RedisStore("l2", redis_url), 60.0)
+    try:
+        await tiered.set("sc:r:1", VALUE, 60, ["t:soft"])
+        await tiered.set("sc:r:2", VALUE, 60, ["t:soft"])
+        await tiered.soften_tags(["t:soft"])
+        assert marked(await tiered.get("sc:r:1")) is not None
+        assert marked((await tiered.get_many(["sc:r:2"]))[0]) is not None
+        assert await tiered.l1.get("sc:r:1") is None
+        assert await tiered.l1.get("sc:r:2") is None
+        await tiered.set("sc:r:1", VALUE, 60, ["t:soft"])  # refreshed by any replica
+        assert marked(await tiered.get("sc:r:1")) is None
+        await tiered.soften(["sc:r:1"])
+        assert await tiered.l1.get("sc:r:1") is None
+        assert marked(await tiered.get("sc:r:1")) is not None
+    finally:
+        await tiered.aclose()
