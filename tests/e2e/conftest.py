@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.purgecheck import HOST
+from tests.e2e.softcheck import client, store_policy  # noqa: F401  (fixtures, re-exported)
 from tests.stores.conftest import (  # noqa: F401  (fixtures, re-exported)
     memcached_addr,
     memcached_server,
