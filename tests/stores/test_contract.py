@@ -4,8 +4,9 @@ Each test runs on memory, Redis (one node), a 3-node Redis Cluster, Memcached an
 (memory over a guarded Redis), all real servers from tests/stores/conftest.py. Where a
 backend legitimately differs, its ``Backend`` declares it (``Caps``); the tests read the
 declaration instead of asking which backend they run on. What only one backend does
-(LRU, key layout, chunking, batching, failover, pools) stays in that backend's own file;
-the guard's fail-open behaviour is in test_guard.py.
+(LRU, key layout, chunking, batching, failover, pools, what a soft purge's lost marks
+become) stays in that backend's own file; the guard's fail-open behaviour is in
+test_guard.py.
 
 Time: memory (and tiered's L1) run on a ``FakeClock``; a real server's TTLs run on its
 own clock, so ``Case.elapse`` waits for them there (no other sleeps).
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
 
 from proxy.clock import FakeClock
+from proxy.entry import SOFT_HEAD, soft_time
 from proxy.stores.base import Store, StoreHealth, StoreStats
 from proxy.stores.guard import GuardedStore
 from proxy.stores.memcached import MemcachedStore
@@ -42,6 +45,8 @@ ODD_KEYS = [
     "~g:looks-internal",
     "",
 ]
+# what the engine stores: a msgpack array (a soft purge's frame starts with another byte)
+VALUE = b"\x9f" + b"v" * 200
 L1_TTL = 30.0  # tiered: how long its L1 may keep an entry another process purged
 
 
@@ -146,7 +151,8 @@ class Case:
 
     def __init__(self, backend: Backend, request: pytest.FixtureRequest) -> None:
         self.caps = backend.caps
-        self.clock = FakeClock()
+        # starts at the wall time: soft purge marks by this clock and by a server's compare
+        self.clock = FakeClock(time.time())
         self._backend = backend
         self._request = request
         self._stores: list[Store] = []
@@ -165,6 +171,10 @@ class Case:
         if self.caps.real_time:
             await asyncio.sleep(seconds)
 
+    def now(self) -> tuple[float, float]:
+        """The earliest and latest wall time by the fake clock and the system's."""
+        return min(self.clock.time(), time.time()), max(self.clock.time(), time.time())
+
     def purged(self, removed: int) -> int:
         """What ``purge_tags`` answers when it removed ``removed`` entries."""
         return removed if self.caps.counts_purges else -1
@@ -174,8 +184,20 @@ class Case:
             await store.aclose()
 
 
+# Known breaches of the contract, by test and backend: each runs as a strict xfail, so
+# the fix makes it fail until its line here is removed.
+BREACHES = {
+    ("test_a_key_given_twice_is_softened_once", "memory"): (
+        "MemoryStore.soften counts a key given twice twice (soften_tags dedupes, soften not)"
+    ),
+}
+
+
 @pytest.fixture(params=BACKENDS, ids=[backend.id for backend in BACKENDS])
 async def case(request: pytest.FixtureRequest) -> AsyncIterator[Case]:
+    breach = BREACHES.get((request.function.__name__, request.param.id))
+    if breach is not None:
+        request.applymarker(pytest.mark.xfail(reason=breach, strict=True))
     case = Case(request.param, request)
     yield case
     await case.aclose()
@@ -299,10 +321,12 @@ async def test_delete_counts_what_it_removed(case: Case) -> None:
 
 async def test_a_deleted_entry_leaves_its_tags(case: Case) -> None:
     await case.store.set("sc:r:1", b"old", 60, tags=["t"])
-    await case.store.delete(["sc:r:1"])
+    await case.store.set("sc:r:2", b"old", 60, tags=["u", "u"])  # a tag given twice
+    assert await case.store.delete(["sc:r:1", "sc:r:2"]) == 2
     await case.store.set("sc:r:1", b"new", 60)
-    assert await case.store.purge_tags(["t"]) == case.purged(0)
-    assert await case.store.get("sc:r:1") == b"new"
+    await case.store.set("sc:r:2", b"new", 60)
+    assert await case.store.purge_tags(["t", "u"]) == case.purged(0)
+    assert await case.store.get_many(["sc:r:1", "sc:r:2"]) == [b"new", b"new"]
 
 
 # ---------------------------------------------------------------- TTLs
@@ -321,6 +345,7 @@ async def test_entries_and_leases_expire_after_their_ttl(case: Case) -> None:
     assert first is not None
     assert await store.get_many(["sc:r:short", "sc:r:shortened"]) == [b"v", b"v2"]
     assert await store.lock("sc:r:leased", ttl) is None
+    assert await store.soften(["sc:r:shortened"]) == 1  # a soft purge keeps the TTL
     await case.elapse(ttl + case.caps.ttl_slack)
     assert await store.get_many(["sc:r:short", "sc:r:shortened"]) == [None, None]
     assert await store.get_many(["sc:r:long", "sc:r:extended"]) == [b"v", b"v2"]
@@ -421,15 +446,132 @@ async def test_a_write_after_a_purge_is_served_and_purgeable_again(case: Case) -
 
 async def test_another_process_sees_writes_and_purges_when_shared(case: Case) -> None:
     other = case.another()
-    await case.store.set("sc:r:1", b"v", 60, tags=["t"])
-    await case.store.set("sc:r:2", b"v", 60, tags=["u"])
-    expected = b"v" if case.caps.shared else None
+    await case.store.set("sc:r:1", VALUE, 60, tags=["t"])
+    await case.store.set("sc:r:2", VALUE, 60, tags=["u"])
+    await case.store.set("sc:r:3", VALUE, 60, tags=["soft"])
+    expected = VALUE if case.caps.shared else None
     assert await other.get("sc:r:1") == expected
     await other.purge_tags(["t"])
     await other.delete(["sc:r:2"])
+    await other.soften_tags(["soft"])
     case.clock.advance(case.caps.remote_purge_lag)
-    left = [None, None] if case.caps.shared else [b"v", b"v"]
+    left = [None, None] if case.caps.shared else [VALUE, VALUE]
     assert await case.store.get_many(["sc:r:1", "sc:r:2"]) == left
+    assert (marked(await case.store.get("sc:r:3")) is not None) is case.caps.shared
+
+
+# ---------------------------------------------------------------- soft purges
+
+
+def marked(raw: bytes | None) -> float | None:
+    """The soft purge time ``raw`` is framed with, ``None`` when unmarked; the value inside
+    is checked whole."""
+    assert raw is not None
+    at = soft_time(raw)
+    assert (raw[SOFT_HEAD:] if at is not None else raw) == VALUE
+    return at
+
+
+async def test_a_soft_purge_of_a_tag_marks_its_entries_only(case: Case) -> None:
+    store = case.store
+    for key in keys(5):
+        await store.set(key, VALUE, 60, ["t:soft", "r"])
+    await store.set("sc:r:other", VALUE, 60, ["t:other", "r"])
+    earliest, _ = case.now()
+    assert await store.soften_tags(["t:soft"]) == case.purged(5)
+    _, latest = case.now()
+    for key in keys(5):
+        at = marked(await store.get(key))
+        assert at is not None
+        assert earliest - 1 <= at <= latest + 1  # the time of the purge
+    assert marked(await store.get("sc:r:other")) is None
+    found = await store.get_many([keys(5)[0], "sc:r:other"])
+    assert [marked(value) is not None for value in found] == [True, False]
+
+
+async def test_a_soft_purge_keeps_big_values_whole(case: Case) -> None:
+    body = b"\x9f" + os.urandom(3 * MIB)  # Memcached's manifests carry the marks
+    await case.store.set("sc:r:big", body, 60, ["t:soft"])
+    await case.store.soften_tags(["t:soft"])
+    raw = await case.store.get("sc:r:big")
+    assert raw is not None
+    assert soft_time(raw) is not None
+    assert raw[SOFT_HEAD:] == body
+
+
+async def test_a_soft_purge_by_key_marks_and_counts_what_it_found(case: Case) -> None:
+    store = case.store
+    await store.set("sc:r:1", VALUE, 60, ["t:x"])
+    await store.set("sc:r:2", VALUE, 60)
+    await store.set("sc:r:3", VALUE, 60)
+    assert await store.soften(["sc:r:1", "sc:r:2", "sc:r:missing"]) == 2
+    assert marked(await store.get("sc:r:1")) is not None
+    assert marked(await store.get("sc:r:2")) is not None
+    assert marked(await store.get("sc:r:3")) is None
+    await store.delete(["sc:r:1"])
+    assert await store.get("sc:r:1") is None
+    assert await store.soften([]) == 0
+
+
+async def test_a_key_given_twice_is_softened_once(case: Case) -> None:
+    await case.store.set("sc:r:1", VALUE, 60)
+    assert await case.store.soften(["sc:r:1", "sc:r:1"]) == 1
+    assert marked(await case.store.get("sc:r:1")) is not None
+
+
+@pytest.mark.parametrize("tags", [["unknown"], []], ids=["unknown-tag", "no-tags"])
+async def test_a_soft_purge_that_matches_nothing_marks_nothing(case: Case, tags: list[str]) -> None:
+    await case.store.set("sc:r:1", VALUE, 60, tags=["t"])
+    await case.store.set("sc:r:2", VALUE, 60)
+    assert await case.store.soften_tags(tags) in (0, case.purged(0))
+    assert [marked(v) for v in await case.store.get_many(["sc:r:1", "sc:r:2"])] == [None, None]
+
+
+async def test_a_write_after_a_soft_purge_is_fresh_again(case: Case) -> None:
+    store = case.store
+    await store.set("sc:r:1", VALUE, 60, ["t:soft"])
+    await store.set("sc:r:2", VALUE, 60, ["t:soft"])
+    await store.set("sc:r:3", VALUE, 60)
+    await store.soften_tags(["t:soft"])
+    await store.soften(["sc:r:3"])
+    await store.set("sc:r:1", VALUE, 60, ["t:soft"])
+    await store.set("sc:r:3", VALUE, 60)
+    assert marked(await store.get("sc:r:1")) is None
+    assert marked(await store.get("sc:r:2")) is not None
+    assert marked(await store.get("sc:r:3")) is None
+
+
+async def test_the_first_soft_purge_marks_an_entry_the_later_ones_keep_it(case: Case) -> None:
+    await case.store.set("sc:r:1", VALUE, 60, ["t:a", "t:b"])
+    await case.store.soften_tags(["t:a"])
+    first = marked(await case.store.get("sc:r:1"))
+    await case.elapse(0.01)  # later purges come later
+    await case.store.soften_tags(["t:b"])
+    await case.store.soften_tags(["t:a"])
+    await case.store.soften(["sc:r:1"])
+    assert marked(await case.store.get("sc:r:1")) == first
+
+
+async def test_a_purge_after_a_soft_purge_removes(case: Case) -> None:
+    store = case.store
+    await store.set("sc:r:1", VALUE, 60, ["t:soft"])
+    await store.set("sc:r:2", VALUE, 60, ["t:soft"])
+    await store.soften_tags(["t:soft"])
+    await store.soften(["sc:r:2"])
+    assert marked(await store.get("sc:r:1")) is not None
+    assert await store.purge_tags(["t:soft"]) == case.purged(2)
+    assert await store.get_many(["sc:r:1", "sc:r:2"]) == [None, None]
+
+
+async def test_a_purge_between_soft_purges_removes_for_good(case: Case) -> None:
+    store = case.store
+    await store.set("sc:r:1", VALUE, 60, ["t:soft"])
+    await store.soften_tags(["t:soft"])
+    await store.purge_tags(["t:soft"])
+    await store.set("sc:r:2", VALUE, 60, ["t:soft"])  # the tag is written again
+    await store.soften_tags(["t:soft"])
+    assert await store.get("sc:r:1") is None
+    assert marked(await store.get("sc:r:2")) is not None
 
 
 # ---------------------------------------------------------------- leases
