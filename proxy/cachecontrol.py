@@ -189,7 +189,7 @@ def _sf_dictionary(text: str) -> dict[str, object]:
     out: dict[str, object] = {}
     i = _skip(text, 0, " ")
     n = len(text)
-    while i < n:
+    while True:  # an empty field is no Dictionary either: parse_targeted never asks
         found = _SF_KEY.match(text, i)
         if found is None:
             raise _SFError("bad key")
@@ -208,7 +208,6 @@ def _sf_dictionary(text: str) -> dict[str, object]:
         i = _skip(text, i + 1, " \t")
         if i >= n:
             raise _SFError("trailing comma")
-    return out
 
 
 def _skip(text: str, i: int, chars: str) -> int:

@@ -271,7 +271,8 @@ def spawn_proxy(tmp_path: Path) -> Iterator[SpawnProxy]:
 
     yield factory
     for proc in started:
-        proc.stop(signal.SIGKILL if proc.process.poll() is None else signal.SIGTERM)
+        # SIGTERM first: a proxy that exits on its own writes its coverage data
+        proc.stop(timeout=5.0)
         if proc.process.stdout:
             proc.process.stdout.close()
 

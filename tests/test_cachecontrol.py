@@ -73,6 +73,7 @@ def test_delta_seconds_invalid_is_zero_and_large_is_capped(raw: str | None, seco
         (['extension="a, max-age=9", max-age="1"'], "max-age", 1),
         (["foobar, max-age=3600"], "max-age", 3600),
         ([",, ,max-age=5,,"], "max-age", 5),
+        (["=5, max-age=3"], "max-age", 3),  # a member without a name is no directive
         (["max-age=5 , no-store"], "max-age", 5),
         (["no-store"], "max-age", None),
         (["s-maxage=10", "max-age=1"], "s-maxage", 10),
@@ -119,6 +120,17 @@ def test_qualified_no_cache_and_private(line: str, directive: str, fields: tuple
     assert parse_cache_control([line]).fields(directive) == fields
 
 
+def test_a_field_without_directives_is_empty():
+    assert parse_cache_control(["", " , "]).is_empty
+    assert not parse_cache_control(["no-store"]).is_empty
+
+
+def test_text_after_a_quoted_argument_is_skipped_up_to_the_next_member():
+    cc = parse_cache_control(['private="x-a"junk, max-age=5'])
+    assert cc.fields("private") == ("x-a",)
+    assert cc.seconds("max-age") == 5
+
+
 def test_quoted_pair_unescapes():
     cc = parse_cache_control(['ext="a\\"b, c", max-age=3'])
     assert cc.directives["ext"] == 'a"b, c'
@@ -139,8 +151,10 @@ def test_quoted_pair_unescapes():
         (['no-cache="a, b"'], {"no-cache": "a, b"}),
         (["max-age=60, no-store=?0"], {"max-age": "60"}),
         (["max-age=60;foo=bar, public"], {"max-age": "60", "public": None}),
+        (["max-age=60;foo;bar=?1, public"], {"max-age": "60", "public": None}),
         (["max-age=1", "max-age=9"], {"max-age": "9"}),  # a Dictionary: last wins
         (["ext=(a b), max-age=2"], {"ext": "(list)", "max-age": "2"}),
+        (['ext="a\\"b", max-age=2'], {"ext": 'a"b', "max-age": "2"}),  # an escaped quote
     ],
 )
 def test_targeted_field_is_a_structured_dictionary(
@@ -166,7 +180,13 @@ def test_targeted_field_is_a_structured_dictionary(
         ["MaX-aGe=3600"],  # keys are lowercase
         ["max-age=1,"],
         ['ext="unterminated'],
+        ['ext="escaped at the end\\"'],  # its last quote is escaped: still unterminated
         ["no-store=?0"],  # nothing left: an empty field is ignored too
+        ["ext=(a,b), max-age=2"],  # inner-list items are separated by spaces
+        ["max-age=2;1x=y"],  # a parameter key starts with a letter or *
+        ["max-age=2, ext="],  # "=" and no value
+        ['ext="a\tb", max-age=2'],  # a String holds printable ASCII only
+        ["ext=?2, max-age=2"],  # a Boolean is ?0 or ?1
     ],
 )
 def test_invalid_or_empty_targeted_field_is_ignored(lines: list[str]):

@@ -63,6 +63,13 @@ def decide(
 # ---------------------------------------------------------------- §3 storing responses
 
 
+@pytest.mark.parametrize("method", ["HEAD", "POST", "PUT", "DELETE", "OPTIONS"])
+def test_only_answers_to_get_are_stored(method: str):
+    headers = [("Cache-Control", "public, max-age=60")]
+    assert decide_storage(ROUTE, method, {}, 200, headers, NOW).reason == "method"
+    assert decide_storage(ROUTE, "GET", {}, 200, headers, NOW).store
+
+
 @pytest.mark.parametrize(
     ("headers", "status", "reason"),
     [
