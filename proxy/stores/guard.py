@@ -3,7 +3,7 @@
 ``GuardedStore`` owns the deadline of every backend operation and the backend's
 breaker. It raises ``StoreError`` (never a library exception) and leaves the choice of
 "miss" or "skipped write" to the engine. It never retries and never sleeps. Deadlines
-share timers (``_Deadlines``): one per few milliseconds, not one per call.
+share timers (``deadline.Deadlines``): one per few milliseconds, not one per call.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Final, Literal, TypeVar
 from proxy.clock import Clock, SystemClock
 from proxy.errors import StoreError, StoreFull, StoreTimeout, StoreUnavailable
 from proxy.stores.base import Store, StoreHealth, StoreStats
+from proxy.stores.deadline import Deadlines
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -30,17 +31,6 @@ REFUSAL_LOG_EVERY: Final = 10.0
 # deadline, so multi-MiB entries are not skipped systematically by a deadline in the tens
 # of milliseconds that suits everything else.
 WRITE_BYTES_PER_SECOND: Final = 32 * 1024**2
-# Deadlines fire at the end of the slot of time they fall in (timeout / 10 in whole
-# milliseconds, 1 to 5 ms): the calls of a slot share one timer. A timer of its own per
-# call (asyncio.timeout: an object, a heap push and a cancel) cost ~5 us of a ~30 us hit.
-DEADLINE_SLOT: Final = 0.005
-# A slot's timer may fire this much before its end (``index * width`` rounded up in its
-# last digit): the slot expires all the same (uvloop otherwise spun, measured ~13 loop
-# iterations per slot, until its millisecond clock caught up with that digit).
-_ROUNDING: Final = 1e-6
-# uvloop's clock counts whole milliseconds (and its timers round to one): a deadline
-# gets this much on top, so it never fires early by a finer clock either
-_CLOCK_STEP: Final = 0.001 + _ROUNDING
 BreakerState = Literal["closed", "open", "half_open"]
 OPERATIONS: Final = (
     "get",
@@ -71,79 +61,6 @@ class OpCounters:
 ERROR_REASONS: Final = ("errors", "timeouts", "rejected", "oom")
 
 
-class _Call:
-    """One guarded call in its deadline's slot: the task that the slot's end cancels."""
-
-    __slots__ = ("cancelling", "expired", "slot", "task")
-
-    def __init__(self, task: asyncio.Task[object], slot: set[_Call]) -> None:
-        self.task = task
-        self.slot = slot
-        self.cancelling = task.cancelling()
-        self.expired = False
-
-    def finish(self) -> bool:
-        """Leave the slot; answers whether a ``CancelledError`` now is the deadline's.
-
-        As ``asyncio.timeout`` does: our cancel request is withdrawn (``uncancel``), and
-        the cancellation is ours only if nobody else asked for one meanwhile (the
-        caller's task cancelled too: then it propagates as ``CancelledError``).
-        """
-        self.slot.discard(self)
-        return self.expired and self.task.uncancel() <= self.cancelling
-
-
-class _Deadlines:
-    """The pending deadlines of one guard's calls, in slots of one timer each.
-
-    A call goes in the slot after the one its deadline (plus ``_CLOCK_STEP``) falls in,
-    so it fires at most a slot and a clock step late (plus the loop's own lateness),
-    never early. When a slot's timer fires, every call still in it is marked expired
-    and its task cancelled; a call that finished has left its slot, so a task's later
-    calls never see an earlier call's deadline, and nested calls each have their own.
-    """
-
-    __slots__ = ("_loop", "_slots", "_width")
-
-    def __init__(self, timeout: float) -> None:
-        # whole milliseconds, as uvloop's clock and timers count: its timers then end
-        # exactly on a slot's end, never a rounding before it
-        self._width = max(math.floor(min(timeout / 10, DEADLINE_SLOT) * 1000 + 1e-9), 1) / 1000
-        self._slots: dict[int, set[_Call]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self, delay: float) -> _Call:
-        loop = self._loop
-        # the loop is asked for only when it has changed (asking costs ~0.2 us a call)
-        task = asyncio.current_task(loop) if loop is not None else None
-        if task is None or loop is None:
-            loop = asyncio.get_running_loop()
-            task = asyncio.current_task(loop)
-            if task is None:
-                raise RuntimeError("a guarded store call must run in a task")
-            if loop is not self._loop:  # slots (and their timers) belong to one loop
-                self._loop, self._slots = loop, {}
-        index = int((loop.time() + delay + _CLOCK_STEP) // self._width) + 1
-        slot = self._slots.get(index)
-        if slot is None:
-            slot = self._slots[index] = set()
-            loop.call_at(index * self._width, self._expire, loop, index)
-        call = _Call(task, slot)
-        slot.add(call)
-        return call
-
-    def _expire(self, loop: asyncio.AbstractEventLoop, index: int) -> None:
-        end = index * self._width
-        if loop.time() < end - _ROUNDING:  # a timer rounded to the millisecond fired early
-            loop.call_at(end, self._expire, loop, index)
-            return
-        if loop is not self._loop:
-            return  # the guard has moved to another loop since
-        for call in self._slots.pop(index, ()):
-            call.expired = True
-            call.task.cancel()
-
-
 class GuardedStore:
     """A ``Store`` whose every call has a deadline and goes through a circuit breaker.
 
@@ -159,7 +76,7 @@ class GuardedStore:
     A ``set`` gets ``len(value) / WRITE_BYTES_PER_SECOND`` on top of its deadline.
 
     A deadline fires late by at most a slot (``timeout / 10`` in whole milliseconds, 1 to
-    5 ms: ``DEADLINE_SLOT``) and 1 ms (plus whatever delays the event loop), never early:
+    5 ms: ``deadline.DEADLINE_SLOT``) and 1 ms (plus whatever delays the event loop), never early:
     at most 6 ms late for the default 50 ms. A cancellation from outside (the
     caller's task cancelled) propagates as ``CancelledError``, never as a timeout.
     """
@@ -188,7 +105,7 @@ class GuardedStore:
         self._last_timeout = -1e9
         self._opened_at = 0.0
         self._probing = False
-        self._deadlines = _Deadlines(timeout)
+        self._deadlines = Deadlines(timeout)
         self._refusals = 0
         self._last_refusal: tuple[str, float] | None = None  # op, wall-clock time
         self._refusal_logged = -math.inf  # monotonic time of the last warning
