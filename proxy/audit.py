@@ -65,13 +65,14 @@ def describe_redis(stored: str, prefix: str = "") -> tuple[str, str | None]:
 
 def describe_memcached(stored: str, prefix: str = "") -> tuple[str, str | None]:
     """What a key in a Memcached backend is (``MemcachedStore``'s layout): ``entry``,
-    ``generation`` (a tag's counter, index data), ``lease``, ``unattributed`` (value chunks and keys
-    hashed for length: their route cannot be told) or ``foreign``."""
+    ``generation`` (a tag's counter or a soft purge's link, index data), ``lease``,
+    ``unattributed`` (value chunks and keys hashed for length: their route cannot be told)
+    or ``foreign``."""
     if not stored.startswith(prefix):
         return "foreign", None
     rest = stored[len(prefix) :]
-    if rest.startswith("~g:"):
-        return "generation", None
+    if rest.startswith(("~g:", "~s:")):
+        return "generation", None  # a counter, or a soft purge's link from one
     if rest.startswith(("~c:", "~h:")):
         return "unattributed", None
     kind = "entry"
@@ -247,7 +248,7 @@ async def audit_redis(
         await scan.aclose()
     if not audit.sampled and audit.error is None:  # a partial scan cannot tell
         for key in generations:
-            if key not in named:
+            if layout.link_generation(key) not in named:
                 audit.orphan_index_count += 1
                 if len(audit.orphan_index) < EXAMPLES:
                     audit.orphan_index.append(key)
@@ -258,7 +259,8 @@ def _named_generations(prefix: str, entries: list[str], heads: list[bytes]) -> s
     """The generation keys the envelopes of ``entries`` name (``redis_layout``: MAGIC, n,
     n x (tag digest, generation)); in a cluster they live in the entry's bucket."""
     named = set()
-    for stored, head in zip(entries, heads, strict=True):
+    for stored, marked in zip(entries, heads, strict=True):
+        head = layout.envelope_head(marked)
         if len(head) < 2 or head[0] != layout.MAGIC:
             continue  # a marker that is not an envelope (hit-for-miss) names none
         rest = stored[len(prefix) :]

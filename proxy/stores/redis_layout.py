@@ -53,6 +53,7 @@ GEN: Final = 12  # hex digits of a generation
 PAIR: Final = TAG_DIGEST + GEN
 MAX_TAGS: Final = 255  # an envelope counts its tags in one byte
 SOFTENED: Final = 0xC6  # first byte of an entry a soft purge marked by key (then its time)
+SOFT_MARK: Final = 18  # SOFTENED and the 17 characters of the time, before the envelope
 MAX_LINKS: Final = 8  # soft purges of one tag an entry outlives (then: a miss)
 
 
@@ -85,6 +86,20 @@ def fresh_generation() -> str:
 
 def tag_digest(tag: str) -> str:
     return hashlib.blake2b(tag.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
+
+
+def envelope_head(value: bytes) -> bytes:
+    """``value`` (or the first bytes of it) without a soft purge's mark in front."""
+    return value[SOFT_MARK:] if value[:1] == bytes((SOFTENED,)) else value
+
+
+def link_generation(key: str) -> str:
+    """The generation key a soft purge's link ``P{b}~s:D:G`` was made from: ``P{b}~g:D``
+    (a generation key as it is)."""
+    at = key.rfind("~s:")
+    if at < 0 or key.rfind("~g:") > at:
+        return key
+    return f"{key[:at]}~g:{key[at + 3 : at + 3 + TAG_DIGEST]}"
 
 
 Kind = Literal["entry", "generation", "index", "lease", "foreign"]

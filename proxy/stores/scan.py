@@ -22,13 +22,13 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from proxy.errors import StoreError, StoreUnavailable
-from proxy.stores.redis_layout import PAIR
+from proxy.stores.redis_layout import PAIR, SOFT_MARK, envelope_head
 from proxy.stores.redis_pump import store_error
 
 COUNT: Final = 500  # SCAN COUNT: keys Redis looks at per call
 RATE: Final = 20_000  # keys a second at most, per master (pauses between batches)
 HEAD_TAGS: Final = 8  # tags an envelope head read at once covers
-HEAD_BYTES: Final = 2 + PAIR * HEAD_TAGS
+HEAD_BYTES: Final = SOFT_MARK + 2 + PAIR * HEAD_TAGS  # (a soft purge's mark first, maybe)
 _BUSY_RETRIES: Final = 50  # metadump answers BUSY while another crawl runs
 
 
@@ -152,11 +152,11 @@ class RedisScan:
         client = self._clients[node]
         try:
             heads = await self._ranges(client, [(k, HEAD_BYTES) for k in keys])
-            longer = [
-                (i, 2 + PAIR * h[1])
-                for i, h in enumerate(heads)
-                if len(h) >= 2 and 2 + PAIR * h[1] > HEAD_BYTES
+            sizes = [
+                len(h) - len(e) + 2 + PAIR * e[1] if len(e) >= 2 else 0
+                for h, e in ((h, envelope_head(h)) for h in heads)
             ]
+            longer = [(i, size) for i, size in enumerate(sizes) if size > HEAD_BYTES]
             more = await self._ranges(client, [(keys[i], size) for i, size in longer])
         except (rexc.RedisError, OSError) as exc:
             raise store_error(self.name, "getrange", exc) from exc

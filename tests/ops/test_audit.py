@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -116,6 +117,30 @@ async def test_a_clean_store_passes_and_counts_per_route(
     assert text.returncode == 0
     assert "backend shared (redis" in text.stdout
     assert "findings: none" in text.stdout
+
+
+async def test_soft_purges_leave_no_orphans(
+    live_proxy: StartProxy, redis_server: RedisServer, memcached_addr: str
+) -> None:
+    """A soft purge's links are index data of a tag entries still name, and an entry
+    marked by key still names its generations."""
+    body = ROUTES.format(redis=redis_server.url, memcached=memcached_addr)
+    proxy = await live_proxy(body)
+    for path in ("/api/products/1", "/api/products/2", "/items/a"):
+        assert (await proxy.get(path)).cache == "MISS"
+    host = f"{urlsplit(proxy.url).netloc}"
+    soft = {"tags": ["product:1"], "urls": [f"http://{host}/api/products/2"], "soft": True}
+    assert (await proxy.purge(soft)).status == 200
+    assert (await proxy.purge({"prefixes": ["/items"], "soft": True})).status == 200
+    code, result, _ = await run_json(proxy.policy)
+    assert code == 0, result["findings"]
+    with redis_server.client() as client:
+        assert list(client.scan_iter(match="*~s:*"))  # links are there, and named
+        values = [client.get(key) for key in client.scan_iter(match="sc:products:*")]
+    assert sorted(value[:1] for value in values if value) == [b"\xc5", b"\xc6"]  # one marked
+    pool = result["backends"]["pool"]["kinds"]
+    assert pool["generation"]["keys"] >= 3  # the prefix's counter and link, the route's
+    assert "foreign" not in pool
 
 
 async def test_keys_without_ttl_and_orphans_are_findings(
