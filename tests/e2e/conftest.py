@@ -9,6 +9,7 @@ import pytest
 
 from tests.e2e.purgecheck import HOST
 from tests.e2e.softcheck import client, store_policy  # noqa: F401  (fixtures, re-exported)
+from tests.e2e.test_purge_eviction import make_server  # noqa: F401  (a fixture, re-exported)
 from tests.stores.conftest import (  # noqa: F401  (fixtures, re-exported)
     memcached_addr,
     memcached_server,
