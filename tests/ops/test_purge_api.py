@@ -111,6 +111,7 @@ async def test_malformed_bodies_are_400s_in_plain_words(live_proxy: StartProxy, 
         b'{"routes": [""]}': "routes: item 1 is an empty string",
         b'{"tag": ["a"]}': "unknown field 'tag': a purge takes urls, prefixes, tags, routes",
         b'{"source": "x", "tags": ["a"]}': "unknown field 'source'",
+        b'{"tags": ["a"], "soft": "yes"}': "soft: expected true or false, got a string",
         b"{}": "nothing to purge",
         # what the proxy port would refuse, or not read as a path
         b'{"urls": ["ftp://host/api/lists"]}': "urls: 'ftp://host/api/lists' is neither",
