@@ -1,25 +1,20 @@
 """Command line: ``sidecache run | validate | report``. Parses arguments, maps errors to exit codes.
 
 ``run`` validates the policy and binds both listeners before anything else, so a
-bad file or a taken port fails fast with exit 2 (policy) or 1 (bind). With
-``--workers N`` it forks N processes that share the proxy port through SO_REUSEPORT.
+bad file or a taken port fails fast with exit 2 (policy) or 1 (bind); then it serves in
+this process, or with ``--workers N`` hands over to ``supervisor.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import os
-import shutil
-import signal
 import socket
 import sys
-import tempfile
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import orjson
@@ -28,13 +23,11 @@ from proxy import __version__, audit
 from proxy.errors import PolicyError
 from proxy.explain import RequestError, explain
 from proxy.explain import render as render_explanation
-from proxy.fanout import WorkerBus
-from proxy.invalidation import new_replica_id
 from proxy.logs import write_line
 from proxy.policy import LoadedPolicy, describe, format_warning, load_policy, parse_policy
-from proxy.prometheus_adapter import MULTIPROC_ENV, enable_multiprocess, forget_process
 from proxy.report import render
-from proxy.server import bind, parse_address, serve
+from proxy.server import bind, parse_address
+from proxy.supervisor import Supervisor, run_worker
 
 EXIT_POLICY = 2
 
@@ -157,103 +150,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     loader = functools.partial(_load, origin=args.origin)
     if args.workers == 1:
-        _run_worker(loaded, proxy_sock, admin_sock, loader)
+        run_worker(loaded, proxy_sock, admin_sock, loader)
         return 0
-    return _supervise(args, loaded, listen, admin, proxy_sock, admin_sock)
-
-
-def _run_worker(
-    loaded: LoadedPolicy,
-    proxy_sock: object,
-    admin_sock: object,
-    loader: Callable[[str], LoadedPolicy],
-    bus: WorkerBus | None = None,
-    replica: str | None = None,
-) -> None:
-    import uvloop
-
-    work = serve(
-        loaded,
-        proxy_sock,  # type: ignore[arg-type]
-        admin_sock,  # type: ignore[arg-type]
-        loader=loader,
-        bus=bus,
-        replica=replica,
-    )
-    uvloop.run(work)
-
-
-def _supervise(
-    args: argparse.Namespace,
-    loaded: LoadedPolicy,
-    listen: tuple[str, int],
-    admin: tuple[str, int],
-    proxy_sock: socket.socket,
-    admin_sock: socket.socket,
-) -> int:
-    """Fork workers that share the ports (SO_REUSEPORT); forward signals; reap them.
-
-    Before forking: metrics go multiprocess (one mmap file set per worker, summed by any
-    worker's /metrics), and each worker gets its end of the purge bus, so a purge that
-    reaches one worker empties every worker's memory stores.
-    """
-    children: dict[int, int] = {}
-    run_dir = tempfile.mkdtemp(prefix="sidecache-")
-    enable_multiprocess(os.environ.get(MULTIPROC_ENV) or os.path.join(run_dir, "metrics"))
-    buses = WorkerBus.create(run_dir, args.workers)
-    replica = new_replica_id()
-    loader = functools.partial(_load, origin=args.origin)
-
-    prebound = [(proxy_sock, admin_sock)]  # bound before forking: the first worker's
-
-    def spawn(index: int) -> None:
-        if prebound:
-            own_proxy, own_admin = prebound.pop()
-        else:
-            own_proxy, own_admin = bind(listen, reuse_port=True), bind(admin, reuse_port=True)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _run_worker(loaded, own_proxy, own_admin, loader, buses[index], replica)
-            finally:
-                os._exit(0)
-        children[pid] = index
-        # Only the worker may hold its listeners: a copy left open here would keep
-        # accepting connections nobody serves while that worker drains on SIGTERM.
-        own_proxy.close()
-        own_admin.close()
-
-    for index in range(args.workers):
-        spawn(index)
-    stopping = False
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = stopping or signum in (signal.SIGTERM, signal.SIGINT)
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    code = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        if pid not in children:
-            continue
-        index = children.pop(pid)
-        forget_process(pid)
-        if not stopping:
-            print(f"worker {pid} exited ({status}); restarting", file=sys.stderr, flush=True)
-            time.sleep(0.2)
-            spawn(index)
-        elif os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM):
-            code = 1
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return code
+    supervisor = Supervisor(args.workers, loaded, (listen, admin), (proxy_sock, admin_sock), loader)
+    return supervisor.run()
 
 
 def cmd_report(args: argparse.Namespace) -> int:

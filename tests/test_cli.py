@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -87,6 +90,32 @@ async def test_cli_workers_share_the_port(origin: Origin, spawn_proxy: SpawnProx
     statuses = [(await asyncio.to_thread(_get, f"{proxy.url}/w/{i}"))[0] for i in range(20)]
     assert statuses == [200] * 20
     assert proxy.stop() == 0
+
+
+def _workers(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+async def test_a_worker_that_dies_is_replaced(origin: Origin, spawn_proxy: SpawnProxy):
+    import asyncio
+
+    proxy = spawn_proxy(policy_text(origin.url, "defaults: {ttl: 60s}\n"), "--workers", "2")
+    first = _workers(proxy.process.pid)
+    assert len(first) == 2
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)  # an OOM kill, say
+    deadline = time.monotonic() + 20
+    while (now := _workers(proxy.process.pid)) - first == set() or len(now) != 2:
+        assert time.monotonic() < deadline, f"workers {now}, {victim} killed"
+        await asyncio.sleep(0.1)
+    assert victim not in now
+    statuses = [(await asyncio.to_thread(_get, f"{proxy.url}/w/{i}"))[0] for i in range(20)]
+    assert statuses == [200] * 20
+    assert proxy.stop() == 0
+    assert proxy.process.stdout is not None
+    said = proxy.process.stdout.read().decode()
+    assert f"worker {victim} exited" in said
+    assert "restarting" in said
 
 
 SHADOWED = """version: 1
