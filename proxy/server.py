@@ -1,6 +1,6 @@
 """The lifecycle of one worker: stores, origin pool, engine, both listeners, signals,
 draining. The proxy port's HTTP/1.1 server is ``http1.py``; the admin API ``admin.py``;
-process management (``--workers``) is in ``cli.py``'s ``run``.
+process management (``--workers``) is ``supervisor.py``'s.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-
-from aiohttp import web
 
 from proxy import __version__
 from proxy.admin import AdminState, Operations
@@ -29,8 +27,6 @@ from proxy.stores.base import Store
 from proxy.stores.factory import build_stores, close_stores
 
 log = logging.getLogger("sidecache")
-
-BODY_CHUNK = 64 * 1024
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -72,7 +68,6 @@ class Worker:
     replica: str = field(default_factory=new_replica_id)
     ops: Operations | None = None
     snapshots: Snapshots | None = None  # server.snapshot: warm restart
-    _runners: list[web.BaseRunner] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
@@ -117,8 +112,6 @@ class Worker:
             await self.http.stop(timeout)
         if self.snapshots is not None:
             await self.snapshots.stop(max(deadline, time.monotonic() + 1.0))
-        for runner in self._runners:
-            await runner.cleanup()
         if self.ops is not None:
             await self.ops.aclose()  # the admin listener answered /readyz 503 until now
         if self.engine is not None:

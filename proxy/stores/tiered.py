@@ -2,8 +2,9 @@
 
 It owns only the layering: read L1, fall through to L2 and fill L1, write both, purge
 both. It keeps no state of its own and never hides an L2 failure (``StoreError`` from
-L2 propagates; the engine treats it as a miss). Cross-replica L1 invalidation is not
-here: until it arrives, ``l1_ttl`` bounds how stale another replica's purge leaves L1.
+L2 propagates; the engine treats it as a miss). Purges reach every worker's and every
+replica's L1 through ``invalidation.py`` (worker bus, Redis pub/sub); ``l1_ttl`` bounds
+how long an L1 copy can outlive a purge message that was lost.
 An entry a soft purge marked in L2 is never copied into L1: until it is written again,
 every read asks L2, so the refresh any replica stores is seen at once by all.
 """
