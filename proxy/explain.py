@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from proxy import replies
-from proxy.engine import CACHEABLE_METHODS
+from proxy import decide
+from proxy.admission import entry_tags
+from proxy.decide import CACHEABLE_METHODS
 from proxy.entry import EntryError, VaryMarker, decode
 from proxy.errors import StoreError
 from proxy.exchange import Exchange
@@ -26,9 +27,6 @@ from proxy.keys import (
     normalize_host,
     normalize_path,
     normalize_query,
-    path_tags,
-    route_tag,
-    user_tag,
     variant_key,
     variant_of,
 )
@@ -131,7 +129,7 @@ def explain(
     """What the proxy would do with ``method url`` and these ``Name: value`` headers."""
     ex = build_exchange(method, url, [parse_header(h) for h in headers])
     router = Router(loaded.routes)
-    hostname = replies.hostname(ex.host)
+    hostname = decide.hostname(ex.host)
     try:
         path = normalize_path(ex.path)
     except ValueError as exc:
@@ -231,13 +229,13 @@ def _decide(
         return _with(out, BYPASSED, "a GET with a body (fat GET) is never keyed")
     if (untouched := passed_through(ex.hmap)) is not None:
         return _with(out, BYPASSED, f"{untouched} requests go to the origin untouched")
-    identity = replies.identity(ex.hmap, cfg.key.cookies) if cfg.cache_authorized else ""
+    identity = decide.identity(ex.hmap, cfg.key.cookies) if cfg.cache_authorized else ""
     key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap, identity)
     out.store_key = key
     out.backend = cfg.backend
     out.key = _key_parts(ex, cfg, identity)
     out.ttl = _ttl(cfg)
-    out.index_tags.extend(_index_tags(cfg, ex.path, params))
+    out.index_tags.extend(entry_tags(cfg, ex.path, params))
     out.conditions.extend(_conditions(ex, cfg))
     out.reason = (
         f"looked up in backend {cfg.backend}; a miss is fetched and stored "
@@ -283,17 +281,6 @@ def _ttl(cfg: RouteConfig) -> dict[str, object]:
         "kept_after_freshness": max(cfg.stale_while_revalidate, cfg.stale_if_error)
         or f"up to {VALIDATION_KEEP:g}s to revalidate",
     }
-
-
-def _index_tags(cfg: RouteConfig, path: str, params: Mapping[str, str]) -> list[str]:
-    """The tags ``Engine._store`` indexes an entry under (the origin's come on top)."""
-    tags = [route_tag(cfg.name), *path_tags(path)]
-    for template in cfg.tags:
-        try:
-            tags.append(user_tag(template.format(**params)))
-        except (KeyError, IndexError, ValueError):
-            continue
-    return tags
 
 
 def _conditions(ex: Exchange, cfg: RouteConfig) -> list[str]:

@@ -191,6 +191,7 @@ def swap_policy(engine: Engine, loaded: LoadedPolicy) -> Retired:
     """
     old, new = engine.loaded.policy, loaded.policy
     retired = Retired()
+    origin: OriginClient | None = None
     stores = engine.stores
     if new.backends != old.backends:
         stores = {}
@@ -214,8 +215,6 @@ def swap_policy(engine: Engine, loaded: LoadedPolicy) -> Retired:
         old.server.origin_connections,
     ):
         retired.origin = engine.origin
-        engine.origin = OriginClient(new.origin, new.server.origin_connections)
-    engine.stores = stores
-    engine.apply(loaded)
-    engine.access_log = AccessLog.from_setting(new.server.access_log)
+        origin = OriginClient(new.origin, new.server.origin_connections)
+    engine.reconfigure(loaded, stores, origin, AccessLog.from_setting(new.server.access_log))
     return retired

@@ -130,7 +130,7 @@ async def test_stale_while_revalidate(make_proxy: MakeProxy, origin: Origin, fak
     assert [r.headers["X-Cache"] for r in responses] == ["STALE"] * 20
     assert elapsed < 0.4  # served at once, not after the origin's 500 ms
     for _ in range(50):
-        if origin.hits["/swr/a"] == 2 and not proxy.engine._background:
+        if origin.hits["/swr/a"] == 2 and not proxy.engine.refresher.background:
             break
         await asyncio.sleep(0.05)
     assert origin.hits["/swr/a"] == 2  # exactly one background refresh

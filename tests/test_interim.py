@@ -183,7 +183,7 @@ async def test_a_background_refresh_sends_no_interim_answer(make_proxy, raw, fak
 
     async def slow(writer: asyncio.StreamWriter) -> None:
         slow_arrived.set()
-        await until(lambda: not proxy.engine._background)  # the refresh has ended
+        await until(lambda: not proxy.engine.refresher.background)  # the refresh has ended
         writer.write(answer(b"slow", b"Cache-Control: no-store"))
 
     origin = await scripted(raw, {b"/swr/a": swr, b"/swr/slow": slow})

@@ -173,7 +173,8 @@ async def test_a_new_policy_is_applied_to_remembered_requests(
     for _ in range(3):
         assert (await conn.ask(GET))[0] == 200
     assert origin.hits["/r/1"] == 1
-    proxy.engine.apply(parse_policy(policy_text(origin.url, "defaults: {cache: false}"), "p.yaml"))
+    loaded = parse_policy(policy_text(origin.url, "defaults: {cache: false}"), "p.yaml")
+    proxy.engine.reconfigure(loaded, proxy.engine.stores)
     for _ in range(2):
         _, headers, _ = await conn.ask(GET)
         assert headers["x-cache"] == "BYPASS"
@@ -323,6 +324,6 @@ async def test_what_the_hit_path_keeps_outside_the_store_is_bounded(
     held = sum(len(m.raw or b"") + sum(len(p) for p in m.parts) for m in memo)
     assert 10 < len(memo) < 400
     assert held <= MEMO_BYTES
-    decoded = proxy.engine.decoded.values()
+    decoded = proxy.engine.entries.decoded.values()
     assert 10 < len(decoded) < 400
     assert sum(len(raw) + len(entry.body) for raw, entry in decoded) <= DECODED_BYTES

@@ -30,11 +30,11 @@ async def sample(path: str) -> None:
             "connections": sum(len(s.connections) for s in servers),
         }
         for engine in engines[:1]:
-            row["decoded"] = len(engine._decoded)
-            row["recent"] = len(engine._recent)
+            row["decoded"] = len(engine.entries.decoded.values())
+            row["recent"] = len(engine.entries.recent)
             row["flights"] = len(engine.coalescer._flights)
             row["uncacheable"] = len(engine.coalescer._uncacheable)
-            row["background"] = len(engine._background)
+            row["background"] = len(engine.refresher.background)
         with open(path, "a") as out:  # noqa: ASYNC230  (a few bytes a second, in a bench)
             out.write(json.dumps(row) + "\n")
 
