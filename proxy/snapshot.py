@@ -332,14 +332,18 @@ class Snapshots:
         return result
 
     def _ignored(self, error: Exception) -> None:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-        event(
-            "snapshot",
-            f"snapshot {self.path} ignored: {reason}; starting with an empty cache",
-            level=logging.WARNING,
-            path=self.path,
-            reason=str(reason),
+        self._failed(
+            logging.WARNING,
+            "snapshot {path} ignored: {reason}; starting with an empty cache",
+            error,
         )
+
+    def _failed(self, level: int, message: str, error: Exception) -> None:
+        """One log line for a load or write that failed: ``message`` with the file's path
+        and the reason (the OS's words for an ``OSError``)."""
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        text = message.format(path=self.path, reason=reason)
+        event("snapshot", text, level=level, path=self.path, reason=str(reason))
 
     def start(self) -> None:
         self._hook()
@@ -404,14 +408,7 @@ class Snapshots:
             except SnapshotOutdated:
                 raise
             except Exception as error:  # never a crash: the proxy serves on without it
-                reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-                event(
-                    "snapshot",
-                    f"cannot write snapshot {self.path}: {reason}",
-                    level=logging.ERROR,
-                    path=self.path,
-                    reason=str(reason),
-                )
+                self._failed(logging.ERROR, "cannot write snapshot {path}: {reason}", error)
                 return None
         event(
             "snapshot",
