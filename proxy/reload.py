@@ -27,10 +27,9 @@ from proxy.errors import PolicyError
 from proxy.logs import AccessLog, event
 from proxy.metrics import Meter
 from proxy.origin import OriginClient
-from proxy.policy import LoadedPolicy, TieredBackend
+from proxy.policy import LoadedPolicy
 from proxy.stores.base import Store
-from proxy.stores.factory import build_store, close_stores
-from proxy.stores.tiered import TieredStore
+from proxy.stores.factory import build_stores, close_stores, replaced
 
 Loader = Callable[[str], LoadedPolicy]
 Apply = Callable[[LoadedPolicy], Awaitable[None]]
@@ -194,22 +193,13 @@ def swap_policy(engine: Engine, loaded: LoadedPolicy) -> Retired:
     origin: OriginClient | None = None
     stores = engine.stores
     if new.backends != old.backends:
-        stores = {}
-        for name, config in new.backends.items():
-            if isinstance(config, TieredBackend):
-                continue
-            same = old.backends.get(name) == config and name in engine.stores
-            stores[name] = engine.stores[name] if same else build_store(name, config)
-        for name, config in new.backends.items():
-            if isinstance(config, TieredBackend):
-                l1, l2 = stores[config.l1], stores[config.l2]
-                stores[name] = TieredStore(name, l1, l2, config.l1_ttl)
-        kept = {id(store) for store in stores.values()}
-        retired.stores = {
+        unchanged = {
             name: store
             for name, store in engine.stores.items()
-            if id(store) not in kept and not isinstance(store, TieredStore)
+            if old.backends.get(name) == new.backends.get(name)
         }
+        stores = build_stores(new.backends, keep=unchanged)
+        retired.stores = replaced(engine.stores, stores)
     if (new.origin, new.server.origin_connections) != (
         old.origin,
         old.server.origin_connections,

@@ -59,17 +59,40 @@ def _guard(store: Store, config: RedisBackend | MemcachedBackend, clock: Clock |
     )
 
 
-def build_stores(backends: Mapping[str, Backend], clock: Clock | None = None) -> dict[str, Store]:
-    """Every backend of a policy by name; tiered ones share their layers' instances."""
+def build_stores(
+    backends: Mapping[str, Backend],
+    clock: Clock | None = None,
+    *,
+    keep: Mapping[str, Store] | None = None,
+) -> dict[str, Store]:
+    """Every backend of a policy by name; tiered ones share their layers' instances.
+
+    ``keep``: running stores (by backend name) to use instead of new ones, for a reload
+    that left their configuration unchanged; a tiered store is always made anew over
+    its layers.
+    """
+    keep = keep or {}
     stores: dict[str, Store] = {}
     for name, config in backends.items():
         if not isinstance(config, TieredBackend):
-            stores[name] = build_store(name, config, clock)
+            stores[name] = keep[name] if name in keep else build_store(name, config, clock)
     for name, config in backends.items():
         if isinstance(config, TieredBackend):
             # the policy loader has checked l1 is memory and l2 redis/memcached
             stores[name] = TieredStore(name, stores[config.l1], stores[config.l2], config.l1_ttl)
     return stores
+
+
+def replaced(running: Mapping[str, Store], stores: Mapping[str, Store]) -> dict[str, Store]:
+    """The stores of ``running`` that ``stores`` no longer uses, to close once nothing
+    does (``close_stores``); tiered stores are left out: their layers are listed under
+    their own names, and one may be kept."""
+    kept = {id(store) for store in stores.values()}
+    return {
+        name: store
+        for name, store in running.items()
+        if id(store) not in kept and not isinstance(store, TieredStore)
+    }
 
 
 async def close_stores(stores: Mapping[str, Store]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from proxy.clock import FakeClock
 from proxy.policy import parse_policy
-from proxy.stores.factory import build_stores, close_stores
+from proxy.stores.factory import build_stores, close_stores, replaced
 from proxy.stores.guard import GuardedStore
 from proxy.stores.memcached import MemcachedStore
 from proxy.stores.memory import MemoryStore
@@ -68,3 +68,48 @@ async def test_every_backend_type_is_built_and_works(
     finally:
         await close_stores(stores)
     await close_stores(stores)  # closing twice is harmless
+
+
+RELOADED = """
+version: 1
+origin: http://127.0.0.1:9
+backends:
+  local: {{type: memory, max_size: 1MiB}}
+  shared: {{type: redis, url: {redis_url}, timeout: {timeout}}}
+  hot: {{type: tiered, l1: local, l2: shared}}
+defaults: {{backend: shared}}
+"""
+
+
+async def test_a_reload_keeps_what_did_not_change_and_retires_the_rest(redis_url: str) -> None:
+    """One factory for start and reload: unchanged backends keep their running store (and
+    its entries), a changed one is made anew, a tiered one is rebuilt over the layers now
+    in use, and ``replaced`` names what the reload no longer uses, layers only."""
+    first = parse_policy(RELOADED.format(redis_url=redis_url, timeout="500ms"), "p.yaml")
+    second = parse_policy(RELOADED.format(redis_url=redis_url, timeout="1s"), "p.yaml")
+    running = build_stores(first.policy.backends)
+    await running["local"].set("sc:{r}:kept", b"entry", 30)
+    unchanged = {
+        name: store
+        for name, store in running.items()
+        if first.policy.backends[name] == second.policy.backends[name]
+    }
+    assert set(unchanged) == {"local", "hot"}  # hot's own settings did not change
+    stores = build_stores(second.policy.backends, keep=unchanged)
+    try:
+        assert stores["local"] is running["local"]
+        assert await stores["local"].get("sc:{r}:kept") == b"entry"
+        shared = stores["shared"]
+        assert shared is not running["shared"]
+        assert isinstance(shared, GuardedStore)
+        assert shared.timeout == 1.0
+        hot = stores["hot"]
+        assert isinstance(hot, TieredStore)
+        assert hot is not running["hot"]
+        assert hot.l1 is running["local"]
+        assert hot.l2 is shared
+        assert replaced(running, stores) == {"shared": running["shared"]}
+        assert replaced(stores, stores) == {}
+    finally:
+        await close_stores(replaced(running, stores))
+        await close_stores(stores)
