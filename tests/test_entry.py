@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.entry import (
+    SOFT_HEAD,
     VERSION,
     CachedResponse,
     EntryError,
@@ -21,6 +22,8 @@ from proxy.entry import (
     decode,
     encode,
     encode_marker,
+    soft_time,
+    soften,
 )
 
 BASE = CachedResponse(
@@ -341,3 +344,41 @@ def test_flipped_byte_decodes_or_raises_entry_error(position: int, flip: int) ->
 def test_zlib_is_the_gzip_codec() -> None:
     # compress() frames with gzip (wbits=31), which zlib reads back the same way
     assert zlib.decompress(compress(b"abc", 9), wbits=31) == b"abc"
+
+
+# A soft purge at ``at``: BASE was received at 1_700_000_000.5 aged 3 s, fresh for 60 s.
+@pytest.mark.parametrize(
+    ("at", "lifetime"),
+    [
+        (1_700_000_000.5, 3.0),  # purged as it arrived (3 s old): its freshness ends there
+        (1_700_000_010.5, 13.0),  # 13 s old when purged
+        (1_700_000_100.5, 60.0),  # stale already then: unchanged
+        (1_699_999_990.0, 3.0),  # a mark before the response (clocks apart): stale at once
+    ],
+)
+def test_a_softened_response_is_stale_since_the_soft_purge(at: float, lifetime: float) -> None:
+    raw = soften(encode(BASE), at)
+    assert raw[:1] == b"\xc6"
+    assert soft_time(raw) == pytest.approx(at, abs=1e-6)
+    decoded = decode(raw)
+    assert isinstance(decoded, CachedResponse)
+    assert decoded.lifetime == pytest.approx(lifetime, abs=1e-6)
+    assert replace(decoded, lifetime=BASE.lifetime) == BASE  # nothing else changes
+    assert decoded.age(at) >= decoded.lifetime  # stale from the purge on
+
+
+def test_the_first_soft_purge_stays() -> None:
+    first = soften(encode(BASE), 1_700_000_010.5)
+    assert soften(first, 1_700_000_020.5) is first
+    assert soft_time(encode(BASE)) is None
+
+
+def test_a_softened_vary_marker_is_the_marker() -> None:
+    marker = VaryMarker(("accept-language",), ("k1", "k2"))
+    assert decode(soften(encode_marker(marker), 1_700_000_000.0)) == marker
+
+
+@pytest.mark.parametrize("frame", [b"\xc6" + b"x" * 17, b"\xc6" + b"1" * 5])
+def test_a_broken_soft_frame_is_an_entry_error(frame: bytes) -> None:
+    with pytest.raises(EntryError):
+        decode(frame + encode(BASE)[: max(0, SOFT_HEAD - len(frame))])
