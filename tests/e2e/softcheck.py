@@ -34,6 +34,7 @@ class Versioned:
         self.conditional: Counter[str] = Counter()
         self.delay = 0.0
         self.gate: asyncio.Event | None = None  # while set and not open, requests wait
+        self.failing = 0  # while set, every request is answered with this status
         self.vary = vary
         for path in paths:
             origin.reply(path, self.handle)
@@ -47,6 +48,8 @@ class Versioned:
             await asyncio.sleep(self.delay)
         if self.gate is not None:
             await self.gate.wait()
+        if self.failing:
+            return web.Response(status=self.failing, text="down")
         if "If-None-Match" in request.headers:
             self.conditional[request.path] += 1
             if request.headers["If-None-Match"] == etag:

@@ -3,7 +3,8 @@
 After a soft purge of a tag covering 200 URLs, 200 concurrent requests reach the origin
 as 200 conditional requests answered 304 (entries with an ETag), or, within the route's
 stale-while-revalidate, are answered STALE while exactly one refresh per URL runs; never
-as full fetches. A purge without ``soft`` still removes. The origin numbers its versions:
+as full fetches; stale-if-error still answers while the origin fails. A purge without
+``soft`` still removes. The origin numbers its versions:
 an answer with an old version after the origin moved on was served as fresh.
 """
 
@@ -104,3 +105,20 @@ async def test_a_purge_without_soft_still_removes(
     assert {body["version"] for _, _, body in answers} == {2}
     assert versioned.full == Counter(URLS)
     assert versioned.conditional.total() == 0
+
+
+@pytest.mark.parametrize("store_policy", STORES, indirect=True)
+async def test_stale_if_error_still_applies_after_a_soft_purge(
+    start: Start, client: aiohttp.ClientSession
+) -> None:
+    versioned, proxy = await start("max-age=3600, stale-if-error=600")
+    await purge(client, proxy, {"tags": ["items"], "soft": True})
+    versioned.failing = 503
+    answers = await get_all(client, proxy.url, URLS)
+    assert {(status, cache) for status, cache, _ in answers} == {(200, "STALE")}
+    assert {body["version"] for _, _, body in answers} == {1}
+    versioned.failing = 0
+    answers = await get_all(client, proxy.url, URLS)  # revalidated now
+    assert versioned.conditional == Counter(URLS)
+    assert versioned.full.total() == 0
+    assert {cache for _, cache, _ in await get_all(client, proxy.url, URLS)} == {"HIT"}

@@ -12,7 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Origin, ProxyProcess, SpawnProxy
+from proxy.keys import route_tag
+from proxy.policy import parse_policy
+from tests.conftest import MakeProxy, Origin, ProxyProcess, SpawnProxy
 from tests.e2e.softcheck import (
     SWR,
     URLS,
@@ -152,3 +154,38 @@ async def test_a_soft_purge_holds_across_replicas_with_one_refresh_per_url(
     assert versioned.full.total() == 0
     for proxy in (a, b):
         assert {cache for _, cache, _ in await get_all(session, proxy.url, URLS)} == {"HIT"}
+
+
+async def test_a_refresh_that_gets_the_lease_after_another_replicas_refresh_fetches_nothing(
+    origin: Origin, make_proxy: MakeProxy, redis_url: str
+) -> None:
+    """Replica B reads the marked entry and starts its refresh; replica A refreshes and
+    stores first; B then takes the lease A released: it finds A's entry, newer and fresh,
+    and asks the origin nothing."""
+    versioned = Versioned(origin, SWR, URLS[:1])
+    host = {"Host": "api.internal"}  # one name for both replicas: one key
+    text = items_policy(origin, backends("redis", redis_url, None))
+    loaded = parse_policy(text, "soft.yaml")
+    a, b = await make_proxy(loaded=loaded), await make_proxy(loaded=loaded)
+    assert (await a.get(URLS[0], headers=host)).headers["X-Cache"] == "MISS"
+    await a.stores["local"].soften_tags([route_tag("items")])
+    store = b.stores["local"]
+    lock, may_lock = store.lock, asyncio.Event()
+
+    async def late_lock(key: str, ttl: float) -> str | None:
+        await may_lock.wait()
+        return await lock(key, ttl)
+
+    store.lock = late_lock  # type: ignore[method-assign]
+    assert (await b.get(URLS[0], headers=host)).headers["X-Cache"] == "STALE"  # B's refresh waits
+    assert (await a.get(URLS[0], headers=host)).headers["X-Cache"] == "STALE"  # A's refresh runs
+    await until(lambda: versioned.conditional.total() == 1, "A's refresh")
+
+    async def refreshed() -> bool:
+        return (await a.get(URLS[0], headers=host)).headers["X-Cache"] == "HIT"
+
+    await eventually(refreshed, 10, "A's refreshed entry")
+    may_lock.set()
+    await settle(lambda: versioned.conditional.total())
+    assert versioned.conditional == Counter(URLS[:1])  # B fetched nothing
+    assert (await b.get(URLS[0], headers=host)).headers["X-Cache"] == "HIT"
