@@ -35,8 +35,9 @@ import msgpack
 from proxy.clock import Clock, SystemClock
 from proxy.entry import soften
 from proxy.errors import StoreError, StoreUnavailable
+from proxy.stores.aiomcache_adapter import Counter
 from proxy.stores.base import StoreHealth, StoreStats
-from proxy.stores.memcached_pool import Counter, Found, Node, NodeDown, ServerPool
+from proxy.stores.memcached_pool import Found, Node, NodeDown, ServerPool
 from proxy.stores.memcached_tags import MONTH, TagCounters, as_int, storing
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """``ServerPool``: the memcached servers behind one ``MemcachedStore``, and its read batching.
 
 It owns the ketama ring, one aiomcache client per server (on an EOF-safe connection pool
-that grows on demand), each server's health, the one call path, and the batched reads:
-one multi-get out per server at a time. It deals in memcached keys and values only: key
-layout, envelopes, tags and chunking are ``MemcachedStore``'s.
+that grows on demand: aiomcache_adapter.py), each server's health, the one call path, and
+the batched reads: one multi-get out per server at a time. It deals in memcached keys and
+values only: key layout, envelopes, tags and chunking are ``MemcachedStore``'s.
 
 aiomcache must never be cancelled mid-call: a cancelled call leaves its reply unread on
 a pooled connection and the next command reads it (another key's value). Every call
@@ -11,23 +11,22 @@ here runs as its own task that callers only wait for (``asyncio.shield``, or a b
 per-caller future); the guard's deadline cancels only the waiter, and the call finishes
 (or fails) on its own connection.
 aiomcache also spins forever, never yielding, on a connection closed mid-command: its
-connections here read through ``_EofSafeReader``, which raises instead.
+connections here read through ``aiomcache_adapter.EofSafeReader``, which raises instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import aiomcache
-from aiomcache.pool import Connection, MemcachePool
 from uhashring import HashRing
 
 from proxy.clock import Clock
 from proxy.errors import StoreError, StoreFull, StoreUnavailable
+from proxy.stores.aiomcache_adapter import ConnectionPool, Counter, new_client
 
 T = TypeVar("T")
 _CONNECTION_ERRORS: Final = (OSError, EOFError, asyncio.IncompleteReadError)
@@ -37,128 +36,6 @@ _CONNECTION_ERRORS: Final = (OSError, EOFError, asyncio.IncompleteReadError)
 # they are StoreFull, never a breaker failure: the server answers, and reads still hit.
 OUT_OF_MEMORY: Final = "SERVER_ERROR out of memory"
 TOO_LARGE: Final = "SERVER_ERROR object too large for cache"
-
-
-class _EofSafeReader(asyncio.StreamReader):
-    """aiomcache reads ``readline()`` until a line ends in CRLF; at EOF ``readline()``
-    answers ``b""`` at once, forever, and the loop never gets control back. Raise."""
-
-    async def readline(self) -> bytes:
-        line = await super().readline()
-        if not line.endswith(b"\n"):
-            raise asyncio.IncompleteReadError(line, None)
-        return line
-
-
-class _ConnectionPool(MemcachePool):
-    """aiomcache's pool, opening its connections with an ``_EofSafeReader``, and growing
-    up to ``maxsize`` when every connection is busy (aiomcache's own grows only to
-    ``minsize``: calls queued on one connection)."""
-
-    async def acquire(self) -> Connection:
-        while self._pool.empty() and 0 < self.size() < self._maxsize:
-            conn = await self._create_new_conn()
-            if conn is None:
-                break
-            self._pool.put_nowait(conn)
-        return await super().acquire()
-
-    @contextlib.asynccontextmanager
-    async def _raw(self) -> AsyncIterator[Connection]:
-        """A pooled connection for the meta commands aiomcache lacks (memcached ≥ 1.6):
-        only the three methods below speak on it, each reading every reply it asked for."""
-        conn = await self.acquire()
-        try:
-            yield conn
-        except Exception as exc:
-            conn.reader.set_exception(exc)  # a reply may be half read: never reuse it
-            raise
-        finally:
-            self.release(conn)
-
-    async def counters(self, keys: Sequence[bytes]) -> dict[bytes, Counter]:
-        """Each key's value, CAS and seconds left (``mg KEY v c t``, pipelined); absent
-        keys are left out."""
-        found: dict[bytes, Counter] = {}
-        async with self._raw() as conn:
-            conn.writer.write(b"".join(b"mg %s v c t\r\n" % key for key in keys))
-            await conn.writer.drain()
-            for key in keys:
-                item = await _meta_value(conn)
-                if item is not None:
-                    flags, value = item
-                    found[key] = Counter(value, flags[b"c"], int(flags[b"t"]))
-        return found
-
-    async def extend(self, key: bytes, counter: Counter, exptime: int) -> bool:
-        """Give ``key`` a new exptime, only while it is still ``counter``'s very item
-        (``ms … C<cas> T<exptime>`` with its value): a purge's ``incr`` in between is
-        never undone. ``False``: it changed or went since."""
-        async with self._raw() as conn:
-            head = b"ms %s %d C%s T%d\r\n" % (key, len(counter.value), counter.cas, exptime)
-            conn.writer.write(head + counter.value + b"\r\n")
-            await conn.writer.drain()
-            line = await conn.reader.readline()
-            if line in (b"EX\r\n", b"NF\r\n"):
-                return False
-            if line != b"HD\r\n":
-                raise aiomcache.exceptions.ClientException("ms failed", line)
-            return True
-
-    async def delete_if_equal(self, key: bytes, value: bytes) -> bool:
-        """Delete ``key`` only while it holds ``value``, atomically. ``mg`` reads the value
-        and the item's CAS, and ``md … C<cas>`` deletes that very item: one replaced in
-        between (it expired and another ``add`` took the key, even with the same value)
-        has another CAS, and memcached answers ``EX`` without deleting it."""
-        async with self._raw() as conn:
-            conn.writer.write(b"mg %s v c\r\n" % key)
-            await conn.writer.drain()
-            item = await _meta_value(conn)
-            if item is None or item[1] != value:
-                return False  # gone (expired or deleted), or another's
-            conn.writer.write(b"md %s C%s\r\n" % (key, item[0][b"c"]))
-            await conn.writer.drain()
-            line = await conn.reader.readline()
-            if line in (b"NF\r\n", b"EX\r\n"):
-                return False  # expired, or replaced, since the mg
-            if line != b"HD\r\n":
-                raise aiomcache.exceptions.ClientException("md failed", line)
-            return True
-
-    async def _create_new_conn(self) -> Connection | None:
-        if self.size() >= self._maxsize:
-            return None
-        loop = asyncio.get_running_loop()
-        reader = _EofSafeReader(loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        transport, _ = await loop.create_connection(lambda: protocol, self._host, self._port)
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        if self.size() < self._maxsize:
-            return Connection(reader, writer)
-        writer.close()
-        return None
-
-
-async def _meta_value(conn: Connection) -> tuple[dict[bytes, bytes], bytes] | None:
-    """One ``mg`` reply: its flags (first letter → the rest) and value; ``None`` for ``EN``."""
-    line = await conn.reader.readline()
-    if line == b"EN\r\n":
-        return None
-    head = line.split()
-    if len(head) < 2 or head[0] != b"VA" or not head[1].isdigit():
-        raise aiomcache.exceptions.ClientException("mg failed", line)
-    value = (await conn.reader.readexactly(int(head[1]) + 2))[:-2]
-    return {flag[:1]: flag[1:] for flag in head[2:]}, value
-
-
-@dataclass(frozen=True, slots=True)
-class Counter:
-    """A generation counter as the meta protocol shows it: its value, its item's CAS, and
-    the seconds it has left (``-1``: it never expires)."""
-
-    value: bytes
-    cas: bytes
-    ttl: int
 
 
 class NodeDown(Exception):
@@ -233,13 +110,11 @@ class ServerPool:
         self._clock = clock
         self._replay = replay
         self.nodes: dict[str, Node] = {}
-        self._pools: dict[str, _ConnectionPool] = {}
+        self._pools: dict[str, ConnectionPool] = {}
         for server in dict.fromkeys(servers):
             host, _, port = server.rpartition(":")
             host = host.strip("[]")
-            client = aiomcache.Client(host, int(port), pool_size=pool_size)
-            pool = _ConnectionPool(host, int(port), minsize=1, maxsize=pool_size)
-            client._pool = self._pools[server] = pool
+            client, self._pools[server] = new_client(host, int(port), pool_size)
             self.nodes[server] = Node(server, client)
         self._ring = HashRing(nodes=list(self.nodes), hash_fn="ketama")
         self._only = next(iter(self.nodes.values())) if len(self.nodes) == 1 else None
@@ -329,7 +204,7 @@ class ServerPool:
         elif exc is None:
             node.down_until = 0.0
 
-    # the meta commands, on the one call path (shielded, mapped): see _ConnectionPool
+    # the meta commands, on the one call path (shielded, mapped): see ConnectionPool
 
     async def delete_if_equal(self, node: Node, op: str, mkey: bytes, value: bytes) -> bool:
         pool = self._pools[node.name]

@@ -23,7 +23,8 @@ from typing import Final, Literal
 import aiomcache
 
 from proxy.errors import StoreError, StoreUnavailable
-from proxy.stores.memcached_pool import Counter, Node, NodeDown, ServerPool
+from proxy.stores.aiomcache_adapter import Counter
+from proxy.stores.memcached_pool import Node, NodeDown, ServerPool
 
 log = logging.getLogger(__name__)
 MONTH: Final = 30 * 86400  # memcached reads larger exptimes as unix timestamps

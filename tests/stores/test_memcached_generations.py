@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import aiomcache
 import pytest
 
+from proxy.stores.aiomcache_adapter import Counter
 from proxy.stores.memcached import MemcachedStore
-from proxy.stores.memcached_pool import Counter
 from proxy.stores.memcached_tags import GEN_SLACK
 
 from .conftest import memcached_expiries
