@@ -54,6 +54,7 @@ _NOT_FORWARDED: Final = HOP_BY_HOP | {"host"}
 _CONDITIONALS: Final = frozenset(
     {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"}
 )
+_RANGE_REQUEST: Final = frozenset({"range", "if-range"})
 PurgeHook = Callable[[Sequence[str]], Awaitable[object]]
 
 
@@ -225,6 +226,8 @@ class Forwarder:
         updates the stored GET response when it matches, else makes it go (§4.3.5)."""
         ex, route, stored = ctx.ex, ctx.route, ctx.stale
         headers = self.forward_headers(ex, route, strip_conditionals=False)
+        # RFC 9110 §14.2: Range is for GET; this HEAD is for the whole, as one from cache is
+        headers = [(k, v) for k, v in headers if k.lower() not in _RANGE_REQUEST]
         request_time = self._clock.time()
         try:
             response = await self.origin.request(

@@ -188,6 +188,15 @@ async def test_head_ignores_range(
     assert headers["Accept-Ranges"] == "bytes"
     assert "Content-Range" not in headers
     assert origin.hits["/head"] == 1
+    # a HEAD the cache cannot answer goes forward as a HEAD for the whole
+    origin.reply("/head/miss", body=BODY, headers=BINARY)
+    condition = {"Range": "bytes=0-9", "If-Range": '"x"'}
+    status, headers, _ = await get(client, proxy.url + "/head/miss", condition, "HEAD")
+    assert (status, headers["X-Cache"]) == (200, "MISS")
+    assert origin.requests[-1].method == "HEAD"
+    forwarded = {name.lower() for name in origin.seen_headers[-1]}
+    assert "range" not in forwarded
+    assert "if-range" not in forwarded
 
 
 async def test_a_varied_entry_is_cut_from_the_variant_the_request_selects(
