@@ -6,6 +6,7 @@ gzip-stored body are cut as the client gets them, and a miss fetches the whole."
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -124,6 +125,22 @@ async def test_a_miss_fetches_the_whole_response_and_answers_the_range(
     status, headers, body = await get(client, proxy.url + "/miss")
     assert (status, headers["X-Cache"], body) == (200, "HIT", BODY)
     assert origin.hits["/miss"] == 1
+
+
+async def test_ranges_asked_together_on_a_cold_key_share_one_fetch(
+    origin: Origin, proxy: ProxyProcess, client: aiohttp.ClientSession
+) -> None:
+    """The leader's whole response answers every follower's own range (coalescing)."""
+    origin.reply("/cold", Reply(body=BODY, headers=BINARY, delay=0.5))
+    parts = [(i * 500, i * 500 + 99) for i in range(20)]
+    answers = await asyncio.gather(
+        *(get(client, proxy.url + "/cold", {"Range": f"bytes={a}-{b}"}) for a, b in parts)
+    )
+    for (first, last), (status, headers, body) in zip(parts, answers, strict=True):
+        assert (status, body) == (206, BODY[first : last + 1])
+        assert headers["Content-Range"] == f"bytes {first}-{last}/{len(BODY)}"
+    assert origin.hits["/cold"] == 1
+    assert "range" not in {name.lower() for name in origin.seen_headers[0]}
 
 
 async def test_if_range_with_a_strong_validator_or_a_date(
