@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from proxy.keys import route_tag
 from proxy.policy import parse_policy
@@ -189,3 +190,44 @@ async def test_a_refresh_that_gets_the_lease_after_another_replicas_refresh_fetc
     await settle(lambda: versioned.conditional.total())
     assert versioned.conditional == Counter(URLS[:1])  # B fetched nothing
     assert (await b.get(URLS[0], headers=host)).headers["X-Cache"] == "HIT"
+
+
+async def test_a_soft_purge_published_by_another_service_reaches_every_replica(
+    origin: Origin, spawn_proxy: SpawnProxy, redis_url: str, session: aiohttp.ClientSession
+) -> None:
+    """A message without ``source`` (not from a sidecache) is applied by every replica
+    to every store, softly when it says ``"soft": true``."""
+    channel = "sidecache:soft"
+    stores = f"local: {{type: memory}}, bus: {{type: redis, url: '{redis_url}'}}"
+    text = items_policy(origin, stores, extra=f"invalidation: {{channel: '{channel}', redis: bus}}")
+    versioned = Versioned(origin, "max-age=3600", URLS[:10])
+    replicas = [spawn_proxy(text), spawn_proxy(text)]
+    for proxy in replicas:
+        await warm_some(session, proxy, URLS[:10])
+
+        async def subscribed(proxy: ProxyProcess = proxy) -> bool:
+            return await scrape(proxy.admin_url, "sidecache_invalidation_subscribers") == 1
+
+        await eventually(subscribed, 15, "the subscription")
+    client = Redis.from_url(redis_url)
+    try:
+        assert await client.publish(channel, b'{"tags": ["items"], "soft": true}') == 2
+    finally:
+        await client.aclose()
+    for proxy in replicas:
+
+        async def received(proxy: ProxyProcess = proxy) -> bool:
+            return await scrape(proxy.admin_url, "sidecache_purges_total", source="redis") >= 1
+
+        await eventually(received, 10, "the message")
+    versioned.version = 2
+    for proxy in replicas:
+        answers = await get_all(session, proxy.url, URLS[:10])
+        assert {body["version"] for _, _, body in answers} == {2}
+    assert versioned.conditional == Counter({path: 2 for path in URLS[:10]})  # both copies
+    assert versioned.full == Counter({path: 2 for path in URLS[:10]})  # the first fills only
+
+
+async def warm_some(session: aiohttp.ClientSession, proxy: ProxyProcess, paths: list[str]) -> None:
+    await get_all(session, proxy.url, paths)
+    assert {cache for _, cache, _ in await get_all(session, proxy.url, paths)} == {"HIT"}
