@@ -379,16 +379,16 @@ async def _with_variants(store: Store, keys: Iterable[str]) -> set[str]:
     """``keys`` and, where one holds a Vary marker (RFC 9111 §4.1), the keys of the
     variants it lists: a soft purge marks the responses, which the variants are (a purge
     removes the marker, which hides them)."""
-    found = set(keys)
-    for key in sorted(found):
-        raw = await store.get(key)
+    found = sorted(set(keys))
+    variants: set[str] = set()
+    for raw in await store.get_many(found) if found else []:
         try:
             value = decode(raw) if raw is not None else None
         except EntryError:
             continue
         if isinstance(value, VaryMarker):
-            found.update(value.variants)
-    return found
+            variants.update(value.variants)
+    return {*found, *variants}
 
 
 def new_replica_id() -> str:
