@@ -202,3 +202,31 @@ async def test_a_background_refresh_sends_no_interim_answer(make_proxy, raw, fak
     assert [a.header("X-Cache") for a in answers] == ["MISS", "STALE", "MISS"]
     assert answers[2].body == b"slow"
     assert fills == 2
+
+
+async def test_100_continue_reaches_a_waiting_upload(make_proxy, raw):
+    """A client that sends ``Expect: 100-continue`` holds its body back until the 100:
+    the origin's 100 reaches it through the proxy, then the body goes up."""
+
+    async def handler(
+        origin: RawOrigin, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        origin.requests.append(head)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = await reader.readexactly(5)
+        writer.write(answer(b"got " + body, status=b"201 Created"))
+        await reader.read()
+
+    origin = await raw(handler)
+    proxy = await start(make_proxy, origin)
+    reader, writer = await connect(proxy)
+    writer.write(
+        b"PUT /pass/up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    )
+    assert await read_answer(reader) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"hello")
+    (created,) = parse(await read_answer(reader))
+    writer.close()
+    assert (created.status, created.body) == (201, b"got hello")
+    assert b"expect: 100-continue" in origin.requests[0].lower()
