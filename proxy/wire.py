@@ -104,8 +104,7 @@ def find_length(headers: Sequence[tuple[str, str]]) -> int | None:
 
 def is_clean(name: str, value: str) -> bool:
     """Whether a field can be written as it is: no CR, LF or NUL, only latin-1."""
-    text = name + value
-    return not any(c in text for c in "\r\n\0") and all(ord(c) < 256 for c in text)
+    return _encode_lines([f"{name}: {value}\r\n"]) is not None
 
 
 def _encode_lines(lines: list[str]) -> bytes | None:
