@@ -49,6 +49,14 @@ def test_find_length_takes_the_first_valid_field_in_any_case():
     [
         ("GET", [("Host", "o")], None, b"GET / HTTP/1.1\r\nHost: o\r\n\r\n", None, False),
         ("POST", [], None, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", None, False),
+        (  # a declared empty body is not announced twice
+            "POST",
+            [("Content-Length", "0")],
+            None,
+            b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            None,
+            False,
+        ),
         ("PUT", [], b"abc", b"PUT / HTTP/1.1\r\nContent-Length: 3\r\n\r\n", 3, False),
         (
             "PUT",
@@ -68,10 +76,26 @@ async def _pieces():
     yield b"x"
 
 
-def test_a_streamed_body_of_unknown_length_goes_chunked():
-    head, length, chunked = encode_head("POST", "/", [], _pieces())
-    assert head == b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-    assert (length, chunked) == (None, True)
+@pytest.mark.parametrize(
+    ("headers", "head", "length", "chunked"),
+    [
+        ([], b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", None, True),
+        (  # the client's own chunked framing is kept, never doubled
+            [("Transfer-Encoding", "chunked")],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            None,
+            True,
+        ),
+        ([("Content-Length", "9")], b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n", 9, False),
+    ],
+)
+def test_a_streamed_body_goes_with_its_length_or_chunked(headers, head, length, chunked):
+    assert encode_head("POST", "/", headers, _pieces()) == (head, length, chunked)
+
+
+def test_a_declared_length_must_match_a_whole_body():
+    with pytest.raises(ValueError, match="disagrees"):
+        encode_head("PUT", "/", [("Content-Length", "5")], b"abc")
 
 
 @pytest.mark.parametrize(
