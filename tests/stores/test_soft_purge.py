@@ -1,9 +1,9 @@
 """Soft purges, what only some stores do: what marks an entry (Redis links, Memcached
 counters), once lost or followed too far, turns it into a miss (never into an unmarked
 entry); the memory store counts the bytes of its marks; a tiered store never copies a
-marked entry into its L1. What every store promises of a
-soft purge (the entries stay, marked stale since the purge, until written again; a purge
-after one still removes) is in test_contract.py."""
+marked entry into its L1. What every store promises of a soft purge (the entries stay,
+marked stale since the purge, until written again; a purge after one still removes) is
+in test_contract.py."""
 
 from __future__ import annotations
 
