@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Final
 
 import pytest
 
@@ -76,14 +77,20 @@ def _memory(_: Callable[[str], object], clock: FakeClock) -> Store:
     return MemoryStore("contract", 64 * MIB, clock)
 
 
+# Connections are opened on a busy machine (a cluster's soften_tags opens one per bucket
+# at once): a generous connect timeout, as for every other wait here.
+CONNECT: Final = 10.0
+
+
 def _redis(fixture: Callable[[str], object], clock: FakeClock) -> Store:
-    return RedisStore("contract", str(fixture("redis_url")), key_prefix="ct:")
+    url = str(fixture("redis_url"))
+    return RedisStore("contract", url, key_prefix="ct:", connect_timeout=CONNECT)
 
 
 def _cluster(fixture: Callable[[str], object], clock: FakeClock) -> Store:
     nodes = fixture("cluster_nodes")
     assert isinstance(nodes, list)
-    return RedisStore("contract", nodes=nodes, key_prefix="ct:")
+    return RedisStore("contract", nodes=nodes, key_prefix="ct:", connect_timeout=CONNECT)
 
 
 def _memcached(fixture: Callable[[str], object], clock: FakeClock) -> Store:
