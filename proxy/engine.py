@@ -21,7 +21,6 @@ from proxy.clock import Clock, SystemClock
 from proxy.coalesce import Coalescer, Fill, Leases, Refresher, claim
 from proxy.context import Context
 from proxy.decide import (
-    CACHEABLE_METHODS,
     Fetch,
     Found,
     Look,
@@ -33,20 +32,17 @@ from proxy.decide import (
     classify,
     decide_lookup,
     hostname,
-    is_fresh_hit,
 )
 from proxy.entries import Entries
-from proxy.entry import CachedResponse
 from proxy.errors import StoreError
 from proxy.exchange import Exchange, ProxyResponse, Ticket
 from proxy.forward import Forwarder, PurgeHook
-from proxy.freshness import passed_through
-from proxy.keys import derive_key
+from proxy.hitpath import HitPath
 from proxy.logs import AccessLog
 from proxy.metrics import Meter
 from proxy.origin import OriginClient
 from proxy.policy import LoadedPolicy
-from proxy.replies import HIT, CacheStatus, from_cache, plain, same_answer_until
+from proxy.replies import HIT, CacheStatus, from_cache, plain
 from proxy.routing import Route, Router
 from proxy.stores.base import Store
 
@@ -78,6 +74,7 @@ class Engine:
         self.purge_method: PurgeMethod | None = None
         self.access_log: AccessLog | None = None  # off unless server.access_log says so
         self.stores: dict[str, Store] = {}
+        self.hits = HitPath(Router(loaded.routes), {}, self.entries, self.meter, self._observe)
         self.reconfigure(loaded, stores)
 
     # ------------------------------------------------------------ wiring
@@ -93,8 +90,8 @@ class Engine:
         access log, with no await between the parts (stores are the caller's to build
         and to close)."""
         self.loaded = loaded
-        self.router = Router(loaded.routes)
-        self.stores = self.forward.stores = dict(stores)
+        self.router = self.hits.router = Router(loaded.routes)
+        self.stores = self.forward.stores = self.hits.stores = dict(stores)
         if origin is not None:
             self.forward.origin = origin
         self.access_log = access_log
@@ -237,97 +234,25 @@ class Engine:
         return response
 
     # ------------------------------------------------------------ the synchronous hit path
+    # (proxy.hitpath; what a server asks, kept here as the engine's interface)
 
     def answer_now(self, ex: Exchange) -> tuple[Ticket | None, ProxyResponse | None]:
-        """The hit path without an await: the request's ticket (``None``: it never takes
-        that path) and, when a fresh entry in process memory answers it at once, the
-        answer. Anything else (a miss, a stale entry, Vary, request directives, a shared
-        store) has no answer here and the caller goes through ``handle``.
-        """
-        start = time.perf_counter()
-        ticket = self.ticket(ex)
-        if ticket is None or ticket.get_now is None:
-            return ticket, None
-        raw = ticket.get_now(ticket.key)
-        if raw is None:
-            return ticket, None
-        return ticket, self._hit(ticket, raw, self.clock.time(), start)
-
-    def ticket(self, ex: Exchange) -> Ticket | None:
-        """What a request resolves to on the synchronous hit path (its route, key and
-        the store's synchronous reader), or ``None`` when it can never take that path.
-
-        It depends on the request and the policy only, so a server may keep it for
-        requests identical to ``ex`` while ``ticket.router is engine.router``.
-        """
-        route, _ = self.router.match(ex.method, hostname(ex.host), ex.path)
-        cfg = route.config
-        if not cfg.cache or ex.method not in CACHEABLE_METHODS or ex.body is not None:
-            return None
-        if cfg.client_cache_control == "honor" or cfg.cache_authorized or cfg.early_refresh:
-            return None
-        if passed_through(ex.hmap) is not None or "authorization" in ex.hmap:
-            return None  # preconditions are the origin's; §3.5 needs a look
-        store = self.stores[cfg.backend]
-        get_now: Callable[[str], bytes | None] | None = getattr(store, "get_now", None)
-        if get_now is None and not store.shared:
-            return None
-        key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap)
-        return Ticket(ex, route, key, get_now, store, self.router)
+        """``HitPath.answer_now``: a fresh entry in process memory, at once."""
+        return self.hits.answer_now(ex)
 
     async def fetch_ticket(self, ticket: Ticket) -> bytes | None:
-        """What a shared store holds under a ticket's key (``None``: a miss, or the store
-        failed: the caller then goes through ``handle``, which decides what that means)."""
-        began = time.perf_counter()
-        try:
-            raw = await ticket.store.get(ticket.key)
-        except StoreError:
-            return None
-        self.meter.store_time(ticket.route.config.backend, "get", time.perf_counter() - began)
-        return raw
-
-    def _hit(self, ticket: Ticket, raw: bytes, now: float, start: float) -> ProxyResponse | None:
-        """The HIT ``raw`` makes for ``ticket``'s request, if it is a fresh entry as
-        ``decide_lookup`` judges it (``decide.is_fresh_hit``); else ``None``."""
-        key = ticket.key
-        cached = self.entries.decoded.get(key, raw)
-        if not isinstance(cached, CachedResponse) or cached.variant:
-            return None
-        ex = ticket.ex
-        if not is_fresh_hit(ex, ticket.route.config, cached, now):
-            return None
-        if self.entries.recent:
-            self.entries.note_repeat(key, now)
-        response = from_cache(ex, cached, now, "HIT", HIT)
-        self._observe(ex, ticket.route.name, response, start)
-        return response
+        """``HitPath.fetch_ticket``: a shared store's bytes under a ticket's key."""
+        return await self.hits.fetch_ticket(ticket)
 
     def answer_ticket(
         self, ticket: Ticket, raw: bytes, now: float, start: float
     ) -> tuple[ProxyResponse, float] | None:
-        """The answer to ``ticket``'s request from ``raw`` (what its store holds under
-        its key) if that is a fresh entry servable without an await, and until when
-        (``clock.time()``) the very same answer, Age and Cache-Status included, holds
-        while the store keeps ``raw``; else ``None``."""
-        response = self._hit(ticket, raw, now, start)
-        if response is None:
-            return None
-        cached = self.entries.decoded.get(ticket.key, raw)
-        assert isinstance(cached, CachedResponse)
-        return response, same_answer_until(cached, now)
+        """``HitPath.answer_ticket``: the answer ``raw`` makes, and until when it holds."""
+        return self.hits.answer_ticket(ticket, raw, now, start)
 
     def served_again(self, ticket: Ticket, now: float, start: float) -> None:
-        """Account for a request a server answered with the bytes of an earlier answer
-        ``answer_ticket`` made, while that answer's ``until`` had not passed.
-
-        It decides nothing: the one freshness decision was made when the answer was
-        built, and ``until`` (``replies.same_answer_until``) never outlasts that
-        freshness for the same stored bytes (a ticket's request carries no directives
-        that could end it earlier: honoured request directives never take the ticket
-        path)."""
-        if self.entries.recent:
-            self.entries.note_repeat(ticket.key, now)
-        self.meter.request(ticket.route.name, "HIT", time.perf_counter() - start)
+        """``HitPath.served_again``: a replayed answer, counted."""
+        self.hits.served_again(ticket, now, start)
 
     async def aclose(self) -> None:
         self.refresher.cancel()

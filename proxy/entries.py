@@ -32,7 +32,7 @@ class Entries:
     """Reads and writes stored responses for the engine, one per worker process."""
 
     def __init__(self, clock: Clock, meter: Meter) -> None:
-        self._clock = clock
+        self.clock = clock
         self._meter = meter
         self.decoded = DecodedEntries()  # stored responses decoded once per version
         # A bounded sample of keys this worker stored: key -> (stored at, lifetime, route),
@@ -88,7 +88,7 @@ class Entries:
         recent = self.recent
         if len(recent) >= RECENT_KEYS:
             del recent[next(iter(recent))]
-        recent[key] = (self._clock.time(), entry.lifetime, cfg.name)
+        recent[key] = (self.clock.time(), entry.lifetime, cfg.name)
 
 
 async def store_variant(
