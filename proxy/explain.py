@@ -2,7 +2,7 @@
 
 ``explain`` runs the engine's own steps on a request without sending it anywhere: the
 router's match, ``derive_key`` (the exact string a store is written under), the same
-bypass checks in the same order as ``Engine._handle``, and the route's TTL and stale
+bypass checks in the same order as ``decide.classify``, and the route's TTL and stale
 windows. ``inspect`` then reads what a store holds under that key now (the only await).
 """
 
@@ -210,7 +210,7 @@ def _others(
 def _decide(
     out: Explanation, ex: Exchange, cfg: RouteConfig, params: dict[str, str]
 ) -> Explanation:
-    """``Engine._handle``'s checks, in its order."""
+    """``decide.classify``'s checks, in its order, in words."""
     if ex.method == "PURGE":
         return _with(out, BYPASSED, "PURGE is a purge of this URL (admin.purge_from only)")
     if not cfg.cache:
