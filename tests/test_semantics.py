@@ -818,29 +818,6 @@ async def test_cache_status_collapsed(make_proxy: MakeProxy, origin: Origin):
     assert origin.hits["/collapse"] == 1
 
 
-# ---------------------------------------------------------------- RFC 9213
-
-
-async def test_cdn_cache_control_is_the_targeted_field_when_enabled(
-    proxy: RunningProxy, origin: Origin, fake_clock: FakeClock
-):
-    headers = (("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=60"))
-    serve(origin, fake_clock, "/cdn/a", *headers)
-    serve(origin, fake_clock, "/not-cdn", *headers)
-    serve(
-        origin,
-        fake_clock,
-        "/cdn/invalid",
-        ("Cache-Control", "no-store"),
-        ("CDN-Cache-Control", 'max-age="60"'),
-    )
-    for path in ("/cdn/a", "/not-cdn", "/cdn/invalid"):
-        await proxy.get(path)
-    assert (await proxy.get("/cdn/a")).headers["X-Cache"] == "HIT"
-    assert (await proxy.get("/not-cdn")).headers["X-Cache"] == "MISS"
-    assert (await proxy.get("/cdn/invalid")).headers["X-Cache"] == "MISS"
-
-
 # ---------------------------------------------------------------- acceptance
 
 

@@ -323,6 +323,9 @@ routes:
   - name: cookies
     match: {prefix: /cookies}
     strip_set_cookie: true
+  - name: cdn
+    match: {prefix: /cdn}
+    cdn_cache_control: true
 """
 ROUTES = {cfg.name: cfg for cfg in parse_policy(POLICY, "p.yaml").routes}
 HOURS_OLD = ("Last-Modified", format_http_date(NOW - 10 * 3600))
@@ -357,6 +360,22 @@ HOURS_OLD = ("Last-Modified", format_http_date(NOW - 10 * 3600))
         ("statuses", 500, [], 6.0, False),
         ("statuses", 404, [("Cache-Control", "max-age=60")], 0.0, False),  # not listed
         ("default", 500, [], 0.0, False),
+        # RFC 9213: with cdn_cache_control, CDN-Cache-Control is the targeted field
+        ("cdn", 200, [("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=60")], 1, True),
+        (
+            "default",
+            200,
+            [("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=60")],
+            1,
+            False,
+        ),
+        (
+            "cdn",
+            200,
+            [("Cache-Control", "no-store"), ("CDN-Cache-Control", 'max-age="60"')],
+            1,
+            False,
+        ),
     ],
 )
 def test_route_settings_and_lifetimes(
