@@ -13,6 +13,10 @@ freshness decision). A remembered answer is replayed only while it is exact:
   change of Age or of Cache-Status' ttl, never after the end of freshness);
 - when the server wrote its own Date, the wall clock is still in that second.
 
+Every field of the request is in its head's bytes, ``Range`` and ``If-Range`` included:
+a ranged request's 206 or 416 is remembered under its own head and never replayed for
+the plain request, nor the whole 200 for a ranged one.
+
 The server also checks, before a lookup is answered, that the ticket's policy is the
 engine's current one and that nothing (draining, an access log, a client that does not
 read) needs the general path.

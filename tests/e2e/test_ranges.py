@@ -46,6 +46,9 @@ def proxy(origin: Origin, backend: str, spawn_proxy: SpawnProxy) -> ProxyProcess
               - name: live
                 match: {{prefix: /live}}
                 cache: false
+              - name: small
+                match: {{prefix: /small}}
+                max_object_size: 4KiB
             """,
         )
     )
@@ -308,14 +311,23 @@ async def test_a_route_without_cache_passes_range_through(
     assert [h.get("If-Range") for h in origin.seen_headers] == ['"x"'] * 2
 
 
-async def test_an_uncacheable_answer_leaves_later_ranges_to_the_origin(
-    origin: Origin, proxy: ProxyProcess, client: aiohttp.ClientSession
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [("/private", {"Cache-Control": "no-store"}), ("/small/big", {})],  # 10 KiB over 4 KiB
+)
+async def test_an_unstorable_answer_leaves_later_ranges_to_the_origin(
+    origin: Origin,
+    proxy: ProxyProcess,
+    client: aiohttp.ClientSession,
+    path: str,
+    extra: dict[str, str],
 ) -> None:
-    """Hit-for-miss: once the origin's answer proved unstorable, a Range request goes to
-    the origin as sent (there is no stored whole to cut it from)."""
-    origin.reply("/private", body=BODY, headers={**BINARY, "Cache-Control": "no-store"})
-    status, headers, body = await get(client, proxy.url + "/private", {"Range": "bytes=0-1"})
+    """Hit-for-miss: once the origin's answer proved unstorable (no-store, or larger
+    than max_object_size), a Range request goes to the origin as sent: there is no
+    stored whole to cut it from."""
+    origin.reply(path, body=BODY, headers={**BINARY, **extra})
+    status, headers, body = await get(client, proxy.url + path, {"Range": "bytes=0-1"})
     assert (status, body, headers["X-Cache"]) == (200, BODY, "MISS")  # fetched whole
-    status, headers, _ = await get(client, proxy.url + "/private", {"Range": "bytes=0-1"})
+    status, headers, _ = await get(client, proxy.url + path, {"Range": "bytes=0-1"})
     assert headers["X-Cache"] == "BYPASS"
     assert [h.get("Range") for h in origin.seen_headers] == [None, "bytes=0-1"]
