@@ -30,6 +30,8 @@ from proxy.decide import (
 from proxy.entry import CachedResponse
 from proxy.exchange import Exchange
 from proxy.policy import Match, RouteConfig, parse_policy
+from tests.conftest import policy_text
+from tests.test_semantics import POLICY  # the routes the socket tests use
 
 NOW = 1_700_000_000.0
 ROUTE = RouteConfig(name="t", match=Match(), backend="local", stale_if_error=60.0)
@@ -296,38 +298,10 @@ def test_a_request_no_store_when_honoured():
 
 # ---------------------------------------------------------------- the route's settings
 
-POLICY = """
-version: 1
-origin: http://127.0.0.1:9
-backends:
-  local: {type: memory, max_size: 64MiB}
-defaults:
-  backend: local
-routes:
-  - name: ttl
-    match: {prefix: /ttl}
-    ttl: 60s
-  - name: ignore
-    match: {prefix: /ignore}
-    origin_cache_control: ignore
-    ttl: 60s
-  - name: capped
-    match: {prefix: /capped}
-    max_ttl: 10s
-  - name: heuristic
-    match: {prefix: /heuristic}
-    max_heuristic_ttl: 30s
-  - name: statuses
-    match: {prefix: /statuses}
-    statuses: {200: 60s, 500: 5s}
-  - name: cookies
-    match: {prefix: /cookies}
-    strip_set_cookie: true
-  - name: cdn
-    match: {prefix: /cdn}
-    cdn_cache_control: true
-"""
-ROUTES = {cfg.name: cfg for cfg in parse_policy(POLICY, "p.yaml").routes}
+ROUTES = {
+    cfg.name: cfg
+    for cfg in parse_policy(policy_text("http://127.0.0.1:9", POLICY), "p.yaml").routes
+}
 HOURS_OLD = ("Last-Modified", format_http_date(NOW - 10 * 3600))
 
 
