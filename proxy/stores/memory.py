@@ -156,7 +156,7 @@ class MemoryStore:
 
     async def soften(self, keys: Sequence[str]) -> int:
         at = self._time()
-        return self._soften_all(keys, at)
+        return self._soften_all(dict.fromkeys(keys), at)  # a key given twice counts once
 
     async def soften_tags(self, tags: Sequence[str]) -> int:
         at = self._time()
