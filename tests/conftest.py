@@ -21,6 +21,7 @@ import aiohttp
 import port_for
 import pytest
 from aiohttp import web
+from hypothesis import settings
 
 from proxy.clock import Clock, FakeClock
 from proxy.engine import Engine
@@ -32,6 +33,11 @@ from proxy.stores.base import Store
 from proxy.stores.factory import build_stores, close_stores
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# No per-example deadline for property tests: a deadline is a timing assert, and this
+# suite runs under coverage on busy shared machines (tests that set their own keep it).
+settings.register_profile("sidecache", deadline=None)
+settings.load_profile("sidecache")
 
 
 @dataclass
