@@ -34,10 +34,7 @@ from proxy.policy import LoadedPolicy, TieredBackend
 from proxy.purgerequest import PurgeRequest
 from proxy.reload import Loader, Reloader, swap_policy
 from proxy.report import build_stats
-from proxy.stores.base import Store
-from proxy.stores.guard import ERROR_REASONS, GuardedStore
-from proxy.stores.memory import MemoryStore
-from proxy.stores.tiered import TieredStore
+from proxy.stores.base import ERROR_REASONS, Store
 
 POLL_EVERY: Final = 1.0  # seconds between store figure updates (gauges, breaker logs)
 LOOPBACK: Final = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -239,19 +236,19 @@ class StorePoller:
         meter = self.engine.meter
         meter.flush()
         for name, store in self.engine.stores.items():
-            if isinstance(store, TieredStore):
+            if store.tiers() is not None:
                 continue  # its layers are backends of their own
-            if isinstance(store, GuardedStore):
-                for op, counters in store.counters.items():
+            if (breaker := store.breaker()) is not None:
+                for op, counters in breaker.ops.items():
                     if n := self._delta(store, f"ops:{op}", counters.ops):
                         meter.store_ops.labels(name, op).inc(n)
                     for reason in ERROR_REASONS:
-                        if n := self._delta(store, f"{reason}:{op}", getattr(counters, reason)):
+                        if n := self._delta(store, f"{reason}:{op}", counters.reason(reason)):
                             meter.store_errors.labels(name, op, reason).inc(n)
-                if n := self._delta(store, "opens", store.opened_total):
+                if n := self._delta(store, "opens", breaker.opens):
                     meter.breaker_opens.labels(name).inc(n)
-                self._breaker(name, store.state)
-            if isinstance(store, MemoryStore):
+                self._breaker(name, breaker.state)
+            if store.snapshottable() is not None:  # a memory store: it counts exactly
                 figures = store.stats()
                 meter.entries.labels(name).set(figures.entries or 0)
                 meter.bytes.labels(name).set(figures.bytes or 0)

@@ -19,7 +19,7 @@ from typing import Final
 
 from proxy.logs import event
 from proxy.metrics import Meter
-from proxy.stores.redis import RedisStore
+from proxy.stores.base import Channel
 
 log = logging.getLogger("sidecache")
 
@@ -93,7 +93,7 @@ class Subscriber:
 
     def __init__(
         self,
-        backend: RedisStore,
+        backend: Channel,
         channel: str,
         meter: Meter,
         on_message: Callable[[bytes, str], Awaitable[object]],
@@ -142,7 +142,7 @@ class Subscriber:
             delay = min(delay * 2, RECONNECT_MAX)
 
     async def _listen(self) -> None:
-        pubsub = await self.backend.pubsub()
+        pubsub = await self.backend.subscription()
         try:
             await pubsub.subscribe(self.channel)
             last = time.monotonic()
@@ -169,4 +169,4 @@ class Subscriber:
                     await self.on_message(message["data"], "redis")
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()

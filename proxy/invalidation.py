@@ -34,10 +34,7 @@ from proxy.keys import derive_key, normalize_path, path_tags, route_tag, user_ta
 from proxy.logs import event
 from proxy.policy import RouteConfig
 from proxy.purgerequest import PurgeRequest
-from proxy.stores.base import Store
-from proxy.stores.guard import GuardedStore
-from proxy.stores.redis import RedisStore
-from proxy.stores.tiered import L2_FILL_TAG, TieredStore
+from proxy.stores.base import Channel, Store
 
 log = logging.getLogger("sidecache")
 
@@ -144,26 +141,27 @@ class Layer:
     purge concerns: its copies of L2 entries are dropped first and counted in L2."""
 
     store: Store
-    copies: bool = False
+    copies: str | None = None  # the tag of those copies
 
 
 def layers(stores: dict[str, Store], targets: dict[str, Target]) -> list[tuple[Layer, Target]]:
     """Every distinct underlying store a purge concerns, tiered stores taken apart, with
     what to remove from it."""
     found: dict[int, tuple[Store, Target]] = {}
-    copies: set[int] = set()
+    copies: dict[int, str] = {}
     for name, target in targets.items():
         store = stores.get(name)
         if store is None:
             continue
-        parts = (store.l1, store.l2) if isinstance(store, TieredStore) else (store,)
-        if isinstance(store, TieredStore):
-            copies.add(id(store.l1))
+        tiers = store.tiers()
+        parts = (tiers.l1, tiers.l2) if tiers is not None else (store,)
+        if tiers is not None:
+            copies[id(tiers.l1)] = tiers.fill_tag
         for part in parts:
             _, merged = found.setdefault(id(part), (part, Target()))
             merged.keys |= target.keys
             merged.tags |= target.tags
-    return [(Layer(store, id(store) in copies), target) for store, target in found.values()]
+    return [(Layer(store, copies.get(id(store))), target) for store, target in found.values()]
 
 
 @dataclass(slots=True)
@@ -236,13 +234,13 @@ class Invalidator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _channel(self) -> tuple[RedisStore | None, str | None]:
+    def _channel(self) -> tuple[Channel | None, str | None]:
         config = self.engine.loaded.policy.invalidation
         if config is None:
             return None, None
         store = self.engine.stores.get(config.redis)
-        inner = store.inner if isinstance(store, GuardedStore) else store
-        return (inner, config.channel) if isinstance(inner, RedisStore) else (None, None)
+        backend = store.channel() if store is not None else None
+        return (backend, config.channel) if backend is not None else (None, None)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -276,10 +274,10 @@ class Invalidator:
             if local_only and store.shared:
                 continue
             try:
-                if layer.copies:
+                if layer.copies is not None:
                     # L1's copies of L2 entries go, softly or not: read again, they come
                     # back from L2 as it now has them (marked, after a soft purge)
-                    await store.purge_tags([L2_FILL_TAG])
+                    await store.purge_tags([layer.copies])
                 if request.soft:
                     keys = await _with_variants(store, target.keys)
                     done = await store.soften(sorted(keys)) if keys else 0
@@ -321,7 +319,7 @@ class Invalidator:
                 return workers, None
         return workers, receivers
 
-    async def _publish(self, backend: RedisStore, channel: str, payload: bytes) -> int:
+    async def _publish(self, backend: Channel, channel: str, payload: bytes) -> int:
         # Once more on failure: after a Redis restart the pooled connection is dead, and
         # the pool drops it on that first error; the second try gets a new one.
         publish = functools.partial(backend.publish, channel, payload)

@@ -38,8 +38,7 @@ import msgpack
 from proxy.logs import event
 from proxy.policy import LoadedPolicy, MemoryBackend, TieredBackend
 from proxy.policymodel import Snapshot
-from proxy.stores.base import Store
-from proxy.stores.memory import Entry, MemoryStore
+from proxy.stores.base import Entry, Store
 
 MAGIC: Final = b"SCSNAP\r\n"
 VERSION: Final = 1
@@ -99,8 +98,9 @@ def collect(stores: Mapping[str, Store]) -> list[Taken]:
     copy of references, taken in one step on the event loop."""
     taken: list[Taken] = []
     for name, store in stores.items():
-        if isinstance(store, MemoryStore) and store.name == name:
-            mono, entries = store.snapshot_entries()
+        memory = store.snapshottable()
+        if memory is not None and memory.name == name:
+            mono, entries = memory.snapshot_entries()
             taken.append((name, time.time(), mono, entries))
     return taken
 
@@ -257,8 +257,9 @@ async def restore(
     placed, result = _memory_of(loaded), Loaded()
     skipped = result.skipped
     for store_name, route, key, value, expires, tags in items:
-        store = stores.get(store_name)
-        if not isinstance(store, MemoryStore):
+        found = stores.get(store_name)
+        store = found.snapshottable() if found is not None else None
+        if store is None:
             skipped["backend gone"] = skipped.get("backend gone", 0) + 1
         elif route not in placed:
             skipped["route gone"] = skipped.get("route gone", 0) + 1
@@ -317,8 +318,8 @@ class Snapshots:
                 result = await restore(iter_records(source), loaded, stores, time.time())
             except SnapshotError as error:  # checksummed, yet not ours: start empty
                 for store in stores.values():
-                    if isinstance(store, MemoryStore):
-                        await store.delete(store.keys())
+                    if (memory := store.snapshottable()) is not None:
+                        await memory.delete(memory.keys())
                 self._ignored(error)
                 return None
         event(
@@ -360,11 +361,12 @@ class Snapshots:
         """Be told of the memory stores' removals; a store new since the last look (a
         reload replaced it: it starts empty) makes the file outdated as a purge does."""
         for store in self.current()[1].values():
-            if isinstance(store, MemoryStore) and store.on_removal is None:
+            memory = store.snapshottable()
+            if memory is not None and memory.on_removal is None:
                 if self._hooked:
                     self._removed()
-                store.on_removal = self._removed
-                self._hooked.add(id(store))
+                memory.on_removal = self._removed
+                self._hooked.add(id(memory))
 
     def _publish(self, removals: int, temp: str, path: str) -> None:
         with self._rename:

@@ -13,12 +13,23 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
 from proxy.clock import Clock, SystemClock
 from proxy.errors import StoreError, StoreFull, StoreTimeout, StoreUnavailable
-from proxy.stores.base import Store, StoreHealth, StoreStats
+from proxy.stores.base import (
+    ERROR_REASONS,
+    Breaker,
+    Channel,
+    OpCounters,
+    Snapshottable,
+    Store,
+    StoreHealth,
+    StoreStats,
+    Tiers,
+)
+
+__all__ = ["ERROR_REASONS", "GuardedStore", "OpCounters"]
 from proxy.stores.deadline import Deadlines
 
 T = TypeVar("T")
@@ -44,21 +55,6 @@ OPERATIONS: Final = (
     "unlock",
     "ping",
 )
-
-
-@dataclass(slots=True)
-class OpCounters:
-    """Running totals for one operation of one backend (read by metrics)."""
-
-    ops: int = 0
-    errors: int = 0
-    timeouts: int = 0
-    rejected: int = 0  # refused at once because the breaker was open
-    oom: int = 0  # refused by a backend that answers (``StoreFull``: out of memory, …)
-
-
-# the ``reason`` label of ``sidecache_store_errors_total``: the ``OpCounters`` fields
-ERROR_REASONS: Final = ("errors", "timeouts", "rejected", "oom")
 
 
 class GuardedStore:
@@ -232,6 +228,21 @@ class GuardedStore:
             REFUSAL_LOG_EVERY,
             extra={"event": "store_full", "backend": self.name, "command": op},
         )
+
+    def breaker(self) -> Breaker:
+        return Breaker(self.state, self.opened_total, self.counters)
+
+    def reader(self) -> Callable[[str], bytes | None] | None:
+        return self.inner.reader()
+
+    def tiers(self) -> Tiers | None:
+        return self.inner.tiers()
+
+    def channel(self) -> Channel | None:
+        return self.inner.channel()
+
+    def snapshottable(self) -> Snapshottable | None:
+        return self.inner.snapshottable()
 
     def health(self) -> StoreHealth:
         last = self._last_refusal

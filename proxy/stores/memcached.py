@@ -36,7 +36,7 @@ from proxy.clock import Clock, SystemClock
 from proxy.entry import soften
 from proxy.errors import StoreError, StoreUnavailable
 from proxy.stores.aiomcache_adapter import Counter
-from proxy.stores.base import StoreHealth, StoreStats
+from proxy.stores.base import OfNoKind, StoreHealth, StoreStats
 from proxy.stores.memcached_pool import Found, Node, NodeDown, ServerPool
 from proxy.stores.memcached_tags import MONTH, TagCounters, as_int, storing
 
@@ -53,7 +53,7 @@ _PLANS: Final = 32768
 _Plan = tuple[tuple[str, ...], tuple[bytes, ...]]
 
 
-class MemcachedStore:
+class MemcachedStore(OfNoKind):
     """A ``Store`` over one or more memcached servers (consistent hashing, no replication)."""
 
     shared = True

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final, TypeAlias
+from typing import Final
 
 from proxy.clock import Clock, SystemClock
 from proxy.entry import SOFT_HEAD, soften
-from proxy.stores.base import StoreHealth, StoreStats
+from proxy.stores.base import Entry, OfNoKind, Snapshottable, StoreHealth, StoreStats
 
 # What an entry costs beyond the characters of its key, value and tags, as allocated
 # while the store evicts (then its dicts are the most spread out): the str and bytes
@@ -27,10 +27,9 @@ from proxy.stores.base import StoreHealth, StoreStats
 # bench/memory_rss.py --store-only, docs/benchmarks.md.
 ENTRY_OVERHEAD: Final = 320
 TAG_OVERHEAD: Final = 80
-# (value, deadline on the monotonic clock, key, *tags): one tuple per entry, nothing else.
-# The key is there so a read can move an entry with its own key object: reinserted
-# under the caller's equal string, the tag index would keep the first as a copy.
-Entry: TypeAlias = tuple[bytes, float, str, *tuple[str, ...]]
+# ``Entry`` (proxy.stores.base): one tuple per entry, nothing else. The key is there so
+# a read can move an entry with its own key object: reinserted under the caller's equal
+# string, the tag index would keep the first as a copy.
 _TAGS: Final = 3  # where an entry's tags start
 
 
@@ -45,7 +44,7 @@ class _Members(set[str]):
         self.name = name
 
 
-class MemoryStore:
+class MemoryStore(OfNoKind):
     """An in-process LRU bounded by bytes; entries expire after their TTL.
 
     Exact LRU without a linked list (an OrderedDict's costs ~90 B per entry): ``_data``
@@ -271,6 +270,12 @@ class MemoryStore:
 
     def health(self) -> StoreHealth:
         return StoreHealth()  # never refuses a write: it evicts
+
+    def reader(self) -> Callable[[str], bytes | None]:
+        return self.get_now
+
+    def snapshottable(self) -> Snapshottable:
+        return self
 
     def snapshot_entries(self) -> tuple[float, list[Entry]]:
         """For ``proxy.snapshot``: the monotonic now and every entry tuple, least recently

@@ -32,7 +32,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from proxy.stores import redis_layout as layout
-from proxy.stores.base import StoreHealth, StoreStats
+from proxy.stores.base import OfNoKind, StoreHealth, StoreStats, Subscription
 from proxy.stores.redis_pump import ReadPump, read_script, store_error
 
 T = TypeVar("T")
@@ -50,7 +50,7 @@ def hash_tag(key: str) -> str | None:
     return key[start + 1 : end]
 
 
-class RedisStore:
+class RedisStore(OfNoKind):
     """A ``Store`` on Redis or Redis Cluster; shared by every process pointing at it."""
 
     shared = True
@@ -292,6 +292,9 @@ class RedisStore:
     def health(self) -> StoreHealth:
         return StoreHealth()  # refusals and the breaker are counted by GuardedStore
 
+    def channel(self) -> RedisStore:
+        return self
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -309,10 +312,34 @@ class RedisStore:
             _ = await self._run("pubsub", client.initialize)
         return client.pubsub()
 
+    async def subscription(self) -> Subscription:
+        """``pubsub()`` as the ``Channel`` protocol's ``Subscription``."""
+        return _Subscription(await self.pubsub())
+
     async def publish(self, channel: str, message: bytes) -> int:
         """Publish ``message``; answers how many subscribers received it."""
         receivers: int = await self._run("publish", lambda: self._client.publish(channel, message))
         return receivers
+
+
+class _Subscription:
+    """redis-py's ``PubSub`` as a ``Subscription``."""
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self._pubsub = pubsub
+
+    async def subscribe(self, channel: str) -> None:
+        await self._pubsub.subscribe(channel)
+
+    async def get_message(self, timeout: float) -> dict[str, Any] | None:
+        message: dict[str, Any] | None = await self._pubsub.get_message(timeout=timeout)
+        return message
+
+    async def ping(self) -> None:
+        await self._pubsub.ping()
+
+    async def aclose(self) -> None:
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 def _queue(pipe: Pipeline | ClusterPipeline, *command: bytes | str | int) -> None:

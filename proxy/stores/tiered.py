@@ -11,11 +11,11 @@ every read asks L2, so the refresh any replica stores is seen at once by all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from proxy.entry import SOFT
-from proxy.stores.base import Store, StoreHealth, StoreStats
+from proxy.stores.base import OfNoKind, Store, StoreHealth, StoreStats, Tiers
 
 # Every L1 copy of an L2 entry carries this tag: fills (L2 does not return their tags, so
 # every tag purge drops every fill from L1: a few extra L2 reads, never a purged entry
@@ -24,7 +24,7 @@ from proxy.stores.base import Store, StoreHealth, StoreStats
 L2_FILL_TAG: Final = "~l2-fill"
 
 
-class TieredStore:
+class TieredStore(OfNoKind):
     """L1 answers hot keys from process memory for at most ``l1_ttl`` seconds."""
 
     def __init__(self, name: str, l1: Store, l2: Store, l1_ttl: float) -> None:
@@ -36,15 +36,16 @@ class TieredStore:
         self.l1_ttl = l1_ttl
         self.shared = l2.shared
 
-    @property
-    def state(self) -> str:
-        """The L2 breaker's state (what decides whether this store is degraded)."""
-        return str(getattr(self.l2, "state", "closed"))
-
     def get_now(self, key: str) -> bytes | None:
         """L1's synchronous read, for the engine's await-free hit path (``None``: go async)."""
-        read = getattr(self.l1, "get_now", None)
+        read = self.l1.reader()
         return read(key) if read is not None else None
+
+    def reader(self) -> Callable[[str], bytes | None] | None:
+        return self.get_now if self.l1.reader() is not None else None
+
+    def tiers(self) -> Tiers:
+        return Tiers(self.l1, self.l2, L2_FILL_TAG)
 
     async def get(self, key: str) -> bytes | None:
         value = await self.l1.get(key)

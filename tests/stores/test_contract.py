@@ -63,6 +63,10 @@ class Caps:
     short_ttl: float  # a TTL long enough to read an entry back at once on a busy machine
     ttl_slack: float  # how long past its TTL an entry may still be served (server ticks)
     remote_purge_lag: float  # how long a purge by another process may take to show here
+    sync_read: bool  # reader() reads without an await (memory, a tiered store's L1)
+    layered: bool  # tiers() answers its L1 and L2
+    pubsub: bool  # channel() answers a pub/sub channel (Redis)
+    snapshots: bool  # snapshottable() answers the store itself (memory)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,10 @@ LOCAL = Caps(
     short_ttl=10,
     ttl_slack=0,
     remote_purge_lag=0,
+    sync_read=True,
+    layered=False,
+    pubsub=False,
+    snapshots=True,
 )
 REDIS = Caps(
     shared=True,
@@ -122,6 +130,10 @@ REDIS = Caps(
     short_ttl=1.0,
     ttl_slack=0.05,  # PX is in milliseconds
     remote_purge_lag=0,
+    sync_read=False,
+    layered=False,
+    pubsub=True,
+    snapshots=False,
 )
 MEMCACHED = Caps(
     shared=True,
@@ -132,6 +144,10 @@ MEMCACHED = Caps(
     short_ttl=1,  # whole seconds
     ttl_slack=1.1,  # its clock ticks once a second
     remote_purge_lag=0,
+    sync_read=False,
+    layered=False,
+    pubsub=False,
+    snapshots=False,
 )
 TIERED = Caps(
     shared=True,
@@ -142,6 +158,10 @@ TIERED = Caps(
     short_ttl=1.0,
     ttl_slack=0.05,
     remote_purge_lag=L1_TTL,  # another replica's purge does not reach this L1
+    sync_read=True,
+    layered=True,
+    pubsub=False,
+    snapshots=False,
 )
 
 BACKENDS = [
@@ -240,6 +260,86 @@ async def test_stats_count_entries_or_say_none(case: Case) -> None:
         assert stats.bytes >= len(b"onetwo")
     else:
         assert stats == StoreStats(entries=None, bytes=None, evictions=None)
+
+
+# ---------------------------------------------------------------- what callers ask of a kind
+
+
+async def test_a_synchronous_read_answers_as_get_or_is_none(case: Case) -> None:
+    read = case.store.reader()
+    assert (read is not None) is case.caps.sync_read
+    if read is None:
+        return
+    key = keys(1)[0]
+    assert read(key) is None
+    await case.store.set(key, VALUE, 60)
+    assert read(key) == VALUE == await case.store.get(key)
+    await case.store.delete([key])
+    assert read(key) is None
+
+
+async def test_a_tiered_store_answers_its_layers_the_others_none(case: Case) -> None:
+    tiers = case.store.tiers()
+    assert (tiers is not None) is case.caps.layered
+    if tiers is None:
+        return
+    key = keys(1)[0]
+    await case.store.set(key, VALUE, 60, tags=["t"])
+    assert await tiers.l1.get(key) == VALUE
+    assert await tiers.l2.get(key) == VALUE
+    assert await tiers.l1.purge_tags([tiers.fill_tag]) == 1  # L1 tags its copies
+    assert await tiers.l1.get(key) is None
+    assert await case.store.get(key) == VALUE  # L2 still has it
+
+
+async def test_no_unguarded_store_answers_a_breaker(case: Case) -> None:
+    assert case.store.breaker() is None
+    tiers = case.store.tiers()
+    if tiers is not None:  # its shared layer is guarded, as the factory builds it
+        breaker = tiers.l2.breaker()
+        assert breaker is not None
+        assert breaker.state == "closed"
+
+
+async def test_a_channel_delivers_what_another_store_publishes(case: Case) -> None:
+    channel = case.store.channel()
+    assert (channel is not None) is case.caps.pubsub
+    if channel is None:
+        return
+    other = case.another().channel()
+    assert other is not None
+    subscription = await channel.subscription()
+    try:
+        await subscription.subscribe("sc:contract")
+        kinds: list[object] = []
+        async with asyncio.timeout(30):
+            while "subscribe" not in kinds:
+                message = await subscription.get_message(timeout=1.0)
+                kinds.append(message and message["type"])
+            assert await other.publish("sc:contract", b"purge") >= 1
+            message = None
+            while message is None or message["type"] != "message":
+                message = await subscription.get_message(timeout=1.0)
+        assert message["data"] == b"purge"
+        await subscription.ping()
+    finally:
+        await subscription.aclose()
+
+
+async def test_a_memory_store_is_snapshottable_and_tells_of_removals(case: Case) -> None:
+    memory = case.store.snapshottable()
+    assert (memory is not None) is case.caps.snapshots
+    if memory is None:
+        return
+    removals: list[None] = []
+    memory.on_removal = lambda: removals.append(None)
+    key = keys(1)[0]
+    await memory.set(key, VALUE, 60, ("t",))
+    _, entries = memory.snapshot_entries()
+    assert [(e[0], e[2], e[3:]) for e in entries] == [(VALUE, key, ("t",))]
+    assert memory.keys() == [key]
+    assert await memory.delete([key]) == 1
+    assert removals == [None]
 
 
 # ---------------------------------------------------------------- reads and writes

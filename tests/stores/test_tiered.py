@@ -34,8 +34,14 @@ async def tiered(redis_url: str, clock: FakeClock) -> AsyncIterator[TieredStore]
     await store.aclose()
 
 
-def test_state_is_the_l2_breakers(tiered: TieredStore) -> None:
-    assert tiered.state == "closed"
+def test_health_and_layers_are_the_l2_breakers(tiered: TieredStore) -> None:
+    assert tiered.health().breaker == "closed"
+    tiers = tiered.tiers()
+    assert tiers.l1.name == "l1"
+    breaker = tiers.l2.breaker()
+    assert breaker is not None
+    assert breaker.state == "closed"
+    assert tiered.breaker() is None  # its layers are backends of their own
 
 
 async def test_miss_then_hit_from_both_layers(tiered: TieredStore) -> None:
