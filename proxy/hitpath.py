@@ -73,7 +73,7 @@ class HitPath:
         if passed_through(ex.hmap) is not None or "authorization" in ex.hmap:
             return None  # preconditions are the origin's; §3.5 needs a look
         store = self.stores[cfg.backend]
-        get_now: Callable[[str], bytes | None] | None = getattr(store, "get_now", None)
+        get_now = store.reader()
         if get_now is None and not store.shared:
             return None
         key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap)
