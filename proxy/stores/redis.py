@@ -243,8 +243,8 @@ class RedisStore(OfNoKind):
             groups.setdefault(bucket, []).append(stored)
 
         async def soften() -> int:
-            jobs = (_script(self._client, layout.SOFTEN_KEYS, g, ()) for g in groups.values())
-            return sum(await asyncio.gather(*jobs))
+            calls = [(group, ()) for group in groups.values()]
+            return sum(await _scripts(self._client, layout.SOFTEN_KEYS, calls))
 
         return await self._run("soften", soften)
 
@@ -257,11 +257,8 @@ class RedisStore(OfNoKind):
         buckets = [f"{{{tag}}}" for tag in layout.BUCKET_TAGS] if self.cluster else [""]
         fresh = "".join(layout.fresh_generation() for _ in digests)
 
-        async def soften(bucket: str) -> None:
-            keys = [self._generation(bucket, digest) for digest in digests]
-            await _script(self._client, layout.SOFTEN, keys, (fresh,))
-
-        await self._run("soften_tags", lambda: _gather(soften(b) for b in buckets))
+        calls = [([self._generation(b, d) for d in digests], (fresh,)) for b in buckets]
+        await self._run("soften_tags", lambda: _scripts(self._client, layout.SOFTEN, calls))
         return -1  # entries are marked where they lie: nothing here counts them
 
     async def lock(self, key: str, ttl: float) -> str | None:
@@ -357,6 +354,21 @@ async def _script(
 
 async def _gather(jobs: Iterable[Awaitable[None]]) -> None:
     await asyncio.gather(*jobs)
+
+
+async def _scripts(
+    client: Redis | RedisCluster,
+    script: str,
+    calls: Sequence[tuple[list[str], Sequence[str | int | bytes]]],
+) -> list[Any]:
+    """``script`` once per (keys, args), pipelined as ``purge_tags`` does: a cluster
+    pipeline sends each node its calls in one write over one connection (sent one by one
+    at once, a cluster's 64 buckets opened up to 64 connections per call)."""
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
+        _queue(pipe, "EVAL", script, len(keys), *keys, *args)
+    answers: list[Any] = await pipe.execute()
+    return answers
 
 
 def _chunks(data: bytes, size: int) -> list[bytes]:

@@ -99,3 +99,40 @@ async def test_pubsub_on_the_cluster(store: RedisStore) -> None:
         assert message["data"] == b"k"
     finally:
         await pubsub.aclose()
+
+
+async def connections(nodes: list[str]) -> int:
+    """How many connections the cluster's nodes have accepted since they started (this
+    count's own included: each count adds one per node)."""
+    total = 0
+    for node in nodes:
+        host, port = node.split(":")
+        client = Redis(host=host, port=int(port))
+        try:
+            total += int((await client.info("stats"))["total_connections_received"])
+        finally:
+            await client.aclose()
+    return total
+
+
+async def test_a_soft_purge_on_a_fresh_client_opens_one_connection_per_node(
+    cluster_nodes: list[str],
+) -> None:
+    """Each soften/soften_tags call runs its 64 buckets' scripts as one pipeline: on a
+    fresh client, one connection per node, not one per bucket at once."""
+    for call in ("soften_tags", "soften"):
+        store = RedisStore("rc", nodes=cluster_nodes, key_prefix="p:")
+        try:
+            assert await store.ping()  # learns the slot map (its own connections)
+            before = await connections(cluster_nodes)
+            if call == "soften_tags":
+                assert await store.soften_tags(["t1", "t2"]) == -1
+            else:
+                keys = [f"sc:r:{i:032x}" for i in range(300)]  # in every bucket
+                await asyncio.gather(*(store.set(k, b"\x9fv", 60) for k in keys[:1]))
+                before = await connections(cluster_nodes)
+                assert await store.soften(keys) == 1
+            opened = await connections(cluster_nodes) - before - len(cluster_nodes)
+            assert opened <= len(cluster_nodes), (call, opened)
+        finally:
+            await store.aclose()
