@@ -17,6 +17,7 @@ from proxy.clock import FakeClock
 from proxy.errors import StoreError, StoreTimeout, StoreUnavailable
 from proxy.stores.base import Store
 from proxy.stores.guard import WRITE_BYTES_PER_SECOND, GuardedStore
+from proxy.stores.memory import MemoryStore
 from proxy.stores.redis import RedisStore
 
 from .conftest import MakeRelay, Relay
@@ -44,6 +45,26 @@ async def timed(call: Awaitable[object]) -> float:
 
 def test_satisfies_the_protocol(redis_url: str) -> None:
     assert isinstance(GuardedStore(RedisStore("r", redis_url), TIMEOUT), Store)
+
+
+async def test_answers_its_inner_stores_kind(redis_url: str) -> None:
+    redis = RedisStore("r", redis_url)
+    memory = MemoryStore("m", 1024**2)
+    guarded_redis, guarded_memory = GuardedStore(redis, TIMEOUT), GuardedStore(memory, TIMEOUT)
+    try:
+        assert guarded_redis.channel() is redis
+        assert guarded_redis.reader() is None
+        assert guarded_redis.snapshottable() is None
+        assert guarded_redis.tiers() is None
+        assert guarded_memory.snapshottable() is memory
+        assert guarded_memory.channel() is None
+        await guarded_memory.set("k", b"v", 30)
+        read = guarded_memory.reader()
+        assert read is not None
+        assert read("k") == b"v"
+    finally:
+        await guarded_redis.aclose()
+        await guarded_memory.aclose()
 
 
 async def test_passes_through_and_counts(redis_url: str) -> None:
@@ -131,6 +152,10 @@ async def test_breaker_opens_after_n_failures_then_fails_fast(
     assert relay.requests == seen  # and the backend was never touched
     assert guard.counters["get"].rejected == 200
     assert await guard.ping() is False  # health checks see it without raising
+    breaker = guard.breaker()  # what admin's metrics read, through the Store protocol
+    assert (breaker.state, breaker.opens) == ("open", 1)
+    assert breaker.ops["get"].reason("rejected") == 200
+    assert breaker.ops["get"].reason("timeouts") == 3
 
 
 async def test_half_open_probe_closes_or_reopens(slow_redis: tuple[Relay, RedisStore]) -> None:
