@@ -22,10 +22,12 @@ from proxy.audit import describe_memcached, describe_redis, route_of
 from tests.conftest import ROOT, Origin, free_port, policy_text
 from tests.ops.conftest import RedisServer, StartProxy
 
+# generous store deadlines: these tests read what the proxy wrote, and at the default
+# 50 ms a write starved of CPU on a busy machine is dropped (the entry then is missing)
 ROUTES = """
 backends:
-  shared: {{type: redis, url: "{redis}"}}
-  pool: {{type: memcached, servers: ["{memcached}"]}}
+  shared: {{type: redis, url: "{redis}", timeout: 30s}}
+  pool: {{type: memcached, servers: ["{memcached}"], timeout: 30s}}
 defaults: {{backend: shared, ttl: 60s}}
 routes:
   - name: products
