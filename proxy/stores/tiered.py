@@ -42,7 +42,7 @@ class TieredStore(OfNoKind):
         return read(key) if read is not None else None
 
     def reader(self) -> Callable[[str], bytes | None] | None:
-        return self.get_now if self.l1.reader() is not None else None
+        return self.l1.reader()  # L1's own: one call less per hit than ``get_now``
 
     def tiers(self) -> Tiers:
         return Tiers(self.l1, self.l2, L2_FILL_TAG)
