@@ -49,7 +49,7 @@ from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
-ENVELOPE = 1218  # what proxy/entry.py stores for a 1 KiB body from the bench origin
+ENVELOPE = 1218  # what proxy/core/entry.py stores for a 1 KiB body from the bench origin
 
 # Runs in the proxy process (python -c). On SIGUSR1 it writes a JSON breakdown of the
 # per-entry structures to $SIDECACHE_BREAKDOWN. Objects are counted once, in the order
@@ -80,8 +80,8 @@ def walk(root, seen, stop):
     return sizes
 
 def dump(signum, frame):
-    from proxy.engine import Engine
-    from proxy.httpserver import HttpServer
+    from proxy.engine.driver import Engine
+    from proxy.server.listener import HttpServer
     from proxy.stores.memory import MemoryStore
     objs = gc.get_objects()
     stores = [o for o in objs if isinstance(o, MemoryStore)]
@@ -129,8 +129,8 @@ def workload(entries: int) -> Iterator[tuple[str, bytes, list[str]]]:
     """What the engine stores for GET /o/N: its key, a 1,218-byte envelope of a 1 KiB
     body and the route and path tags, all new objects as each request makes them."""
     sys.path.insert(0, str(ROOT))
-    from proxy.keys import derive_key, path_tags, route_tag
-    from proxy.policy import KeySpec
+    from proxy.core.keys import derive_key, path_tags, route_tag
+    from proxy.policy.load import KeySpec
 
     spec, template = KeySpec(), os.urandom(ENVELOPE)
     for i in range(entries):

@@ -19,12 +19,12 @@ import asyncio
 import random
 import time
 
-from proxy.engine import Engine
-from proxy.entry import CachedResponse, encode
-from proxy.exchange import Exchange
-from proxy.keys import derive_key
-from proxy.origin import OriginClient
-from proxy.policy import parse_policy
+from proxy.core.entry import CachedResponse, encode
+from proxy.core.exchange import Exchange
+from proxy.core.keys import derive_key
+from proxy.engine.driver import Engine
+from proxy.origin.client import OriginClient
+from proxy.policy.load import parse_policy
 from proxy.stores.factory import build_stores
 
 POLICY = """

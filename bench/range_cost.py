@@ -38,11 +38,11 @@ defaults: {backend: local, ttl: 3600s}
 
 async def measure(calls: int) -> dict[str, float]:
     """CPU µs per answer_now call, the median of 5 batches, per request kind."""
-    from proxy.engine import Engine
-    from proxy.entry import CachedResponse, encode
-    from proxy.exchange import Exchange
-    from proxy.origin import OriginClient
-    from proxy.policy import parse_policy
+    from proxy.core.entry import CachedResponse, encode
+    from proxy.core.exchange import Exchange
+    from proxy.engine.driver import Engine
+    from proxy.origin.client import OriginClient
+    from proxy.policy.load import parse_policy
     from proxy.stores.factory import build_stores
 
     loaded = parse_policy(POLICY, "bench.yaml")

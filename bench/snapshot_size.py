@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from proxy.policy import LoadedPolicy, parse_policy  # noqa: E402
-from proxy.snapshot import Snapshots  # noqa: E402
+from proxy.ops.snapshot import Snapshots  # noqa: E402
+from proxy.policy.load import LoadedPolicy, parse_policy  # noqa: E402
 from proxy.stores.base import Store  # noqa: E402
 from proxy.stores.factory import build_stores  # noqa: E402
 from proxy.units import parse_size  # noqa: E402

@@ -30,16 +30,16 @@ from typing import Any
 
 import uvloop
 
-from proxy.engine import Engine
-from proxy.origin import OriginClient
-from proxy.policy import parse_policy
-from proxy.server import bind
+from proxy.engine.driver import Engine
+from proxy.origin.client import OriginClient
+from proxy.policy.load import parse_policy
+from proxy.server.worker import bind
 from proxy.stores.factory import build_stores
 
 try:
-    from proxy.httpserver import HttpServer, Limits
+    from proxy.server.listener import HttpServer, Limits
 except ImportError:  # a tree from before the split of http1.py
-    from proxy.http1 import HttpServer  # type: ignore[attr-defined, no-redef]
+    from proxy.server.http1 import HttpServer  # type: ignore[attr-defined, no-redef]
 
     Limits = None  # type: ignore[assignment, misc]
 

@@ -19,14 +19,15 @@ from dataclasses import replace
 
 import orjson
 
-from proxy import __version__, audit
+from proxy import __version__
 from proxy.errors import PolicyError
-from proxy.explain import RequestError, explain
-from proxy.explain import render as render_explanation
-from proxy.logs import write_line
-from proxy.policy import LoadedPolicy, describe, format_warning, load_policy, parse_policy
-from proxy.report import render
-from proxy.server import bind, parse_address
+from proxy.obs.logs import write_line
+from proxy.ops import audit
+from proxy.ops.explain import RequestError, explain
+from proxy.ops.explain import render as render_explanation
+from proxy.ops.report import render
+from proxy.policy.load import LoadedPolicy, describe, format_warning, load_policy, parse_policy
+from proxy.server.worker import bind, parse_address
 from proxy.supervisor import Supervisor, run_worker
 
 EXIT_POLICY = 2

@@ -1,8 +1,8 @@
 """The one exception hierarchy of sidecache.
 
 Foreign exceptions (redis, aiomcache, the origin connection's OS errors) are translated
-into these in exactly two places: ``proxy/origin.py`` and ``proxy/stores/*``. Nothing above them
-ever sees a library's exception type::
+into these in exactly two places: ``proxy/origin/client.py`` and ``proxy/stores/*``.
+Nothing above them ever sees a library's exception type::
 
     SidecacheError
     ├── PolicyError                 a policy file is invalid (carries every issue found)

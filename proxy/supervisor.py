@@ -17,12 +17,12 @@ import tempfile
 import time
 from typing import Final, NoReturn
 
-from proxy.fanout import WorkerBus
-from proxy.invalidation import new_replica_id
-from proxy.policy import LoadedPolicy
-from proxy.prometheus_adapter import MULTIPROC_ENV, enable_multiprocess, forget_process
-from proxy.reload import Loader
-from proxy.server import bind, serve
+from proxy.obs.prometheus_adapter import MULTIPROC_ENV, enable_multiprocess, forget_process
+from proxy.ops.fanout import WorkerBus
+from proxy.ops.invalidation import new_replica_id
+from proxy.ops.reload import Loader
+from proxy.policy.load import LoadedPolicy
+from proxy.server.worker import bind, serve
 
 RESTART_DELAY: Final = 0.2  # seconds before a dead worker's replacement starts
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)

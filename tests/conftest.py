@@ -24,11 +24,11 @@ from aiohttp import web
 from hypothesis import settings
 
 from proxy.clock import Clock, FakeClock
-from proxy.engine import Engine
-from proxy.httpserver import HttpServer, Limits
-from proxy.origin import OriginClient
-from proxy.policy import LoadedPolicy, parse_policy
-from proxy.server import bind
+from proxy.engine.driver import Engine
+from proxy.origin.client import OriginClient
+from proxy.policy.load import LoadedPolicy, parse_policy
+from proxy.server.listener import HttpServer, Limits
+from proxy.server.worker import bind
 from proxy.stores.base import Store
 from proxy.stores.factory import build_stores, close_stores
 

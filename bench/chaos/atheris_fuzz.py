@@ -20,10 +20,11 @@ import sys
 import atheris  # type: ignore[import-not-found]
 
 with atheris.instrument_imports():
-    from proxy import cachecontrol, keys, units
-    from proxy.entry import EntryError, decode
+    from proxy import units
+    from proxy.core import cachecontrol, keys
+    from proxy.core.entry import EntryError, decode
     from proxy.errors import PolicyError
-    from proxy.policy import KeySpec, QueryExclude, parse_policy
+    from proxy.policy.load import KeySpec, QueryExclude, parse_policy
 
 SPECS = (KeySpec(), KeySpec(query=["a"]), KeySpec(query=QueryExclude(exclude=["utm"])))
 

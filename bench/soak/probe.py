@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 import proxy.cli
-from proxy.engine import Engine
-from proxy.httpserver import HttpServer
+from proxy.engine.driver import Engine
+from proxy.server.listener import HttpServer
 
 
 async def sample(path: str) -> None:

@@ -82,7 +82,7 @@ class Tiers:
 
 
 class Subscription(Protocol):
-    """One pub/sub connection (what ``proxy.fanout.Subscriber`` reads messages from)."""
+    """One pub/sub connection (what ``proxy.ops.fanout.Subscriber`` reads messages from)."""
 
     async def subscribe(self, channel: str) -> None: ...
 
@@ -102,7 +102,7 @@ class Channel(Protocol):
 
 
 class Snapshottable(Protocol):
-    """A store whose entries ``proxy.snapshot`` writes to disk and loads back."""
+    """A store whose entries ``proxy.ops.snapshot`` writes to disk and loads back."""
 
     name: str
     on_removal: Callable[[], None] | None  # told of every delete, purge and soft purge
@@ -148,7 +148,7 @@ class Store(Protocol):
     - ``delete`` and ``purge_tags`` answer how many entries were removed, or ``-1`` when
       the backend cannot count (the purge is then only queued or approximate).
     - ``soften`` and ``soften_tags`` are the soft purge: the entries stay, but from now
-      on every read answers them framed as stale since now (``proxy.entry.soften``),
+      on every read answers them framed as stale since now (``proxy.core.entry.soften``),
       until they are written again; they answer how many they marked, or ``-1``. A
       store that loses what marks them (eviction, restart) answers them as misses,
       never as unmarked: a soft purge may degrade to a purge, never to nothing.
@@ -164,7 +164,7 @@ class Store(Protocol):
     - ``tiers``: a tiered store's L1 and L2.
     - ``breaker``: a guarded store's breaker and counters.
     - ``channel``: the backend's pub/sub (Redis; a guard answers its inner store's).
-    - ``snapshottable``: a memory store, for ``proxy.snapshot``.
+    - ``snapshottable``: a memory store, for ``proxy.ops.snapshot``.
     """
 
     name: str

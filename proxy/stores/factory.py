@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 
 from proxy.clock import Clock
-from proxy.policy import Backend, MemcachedBackend, MemoryBackend, RedisBackend, TieredBackend
+from proxy.policy.load import Backend, MemcachedBackend, MemoryBackend, RedisBackend, TieredBackend
 from proxy.stores.base import Store
 from proxy.stores.guard import GuardedStore
 from proxy.stores.memcached import MemcachedStore

@@ -33,7 +33,7 @@ from typing import Any, Final
 import msgpack
 
 from proxy.clock import Clock, SystemClock
-from proxy.entry import soften
+from proxy.core.entry import soften
 from proxy.errors import StoreError, StoreUnavailable
 from proxy.stores.aiomcache_adapter import Counter
 from proxy.stores.base import OfNoKind, StoreHealth, StoreStats

@@ -4,7 +4,7 @@
 entries. An entry names each tag's counter as it was when written and is served only
 while each counter still holds that value; a purge bumps the counters. A soft purge
 first leaves a link ``~s:<tag>:<generation>`` holding its time, then bumps: an entry of
-the old generation is served marked stale since then (``proxy.entry.soften``) while
+the old generation is served marked stale since then (``proxy.core.entry.soften``) while
 every step from its generation to the current one has its link. A missing counter or
 link (eviction, restart, a purge) is a miss: a soft purge degrades to a purge, never to
 nothing. A server that misses a purge or soft purge gets it, as a purge, before it

@@ -3,7 +3,7 @@
 Everything lives in this process (one per worker). The bound counts keys, values, tags
 and a fixed per-entry overhead, so the store never exceeds ``max_size`` however many
 distinct keys arrive. No awaits happen inside: every method completes in one step. A soft
-purge replaces the values it finds by their softened frame (``proxy.entry.soften``), so
+purge replaces the values it finds by their softened frame (``proxy.core.entry.soften``), so
 reads stay as they are: nothing is checked per hit.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from proxy.clock import Clock, SystemClock
-from proxy.entry import SOFT_HEAD, soften
+from proxy.core.entry import SOFT_HEAD, soften
 from proxy.stores.base import Entry, OfNoKind, Snapshottable, StoreHealth, StoreStats
 
 # What an entry costs beyond the characters of its key, value and tags, as allocated
@@ -74,7 +74,7 @@ class MemoryStore(OfNoKind):
         self._locks: dict[str, tuple[str, float]] = {}
         self._size = 0
         self.evictions = 0
-        # proxy.snapshot: told of every delete and purge (a snapshot taken before is outdated)
+        # proxy.ops.snapshot: told of every delete and purge (a snapshot taken before is outdated)
         self.on_removal: Callable[[], None] | None = None
 
     # -- reads
@@ -278,7 +278,7 @@ class MemoryStore(OfNoKind):
         return self
 
     def snapshot_entries(self) -> tuple[float, list[Entry]]:
-        """For ``proxy.snapshot``: the monotonic now and every entry tuple, least recently
+        """For ``proxy.ops.snapshot``: the monotonic now and every entry tuple, least recently
         used first. A copy of references (the tuples are immutable), taken in one step."""
         return self._monotonic(), [*self._old.values(), *self._data.values()]
 

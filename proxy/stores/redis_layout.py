@@ -3,7 +3,7 @@
 This module is the one description of the key layout (``describe`` classifies any key the
 proxy writes; ``docs/reliability.md`` says the same in prose). ``P`` is the backend's
 ``key_prefix`` (no braces); ``K`` an engine key (``sc:<route>:<digest>``, see
-``proxy/keys.py``); ``D`` the first 12 hex digits of a tag's blake2b digest::
+``proxy/core/keys.py``); ``D`` the first 12 hex digits of a tag's blake2b digest::
 
     single node                 cluster (B = {b} is one of 64 bucket hash tags)
     P K                         P{b}K            entry: envelope + payload, PX ttl
@@ -22,7 +22,7 @@ misses, never a stale hit. The next write of a tag starts a new random generatio
 **A soft purge degrades to a purge, never to nothing.** It replaces a tag's generation G
 by a new one G' and leaves a link ``P~s:D:G`` (the purge's Redis ``TIME`` and G'): READ
 follows links from an entry's generation to the current one and answers the entry marked
-stale since the first link's time (``proxy.entry.soften``). A lost link or generation
+stale since the first link's time (``proxy.core.entry.soften``). A lost link or generation
 breaks the chain: a miss, as after a purge. A purge deletes the generation, so the chain
 of any entry softened before leads nowhere either. Entries softened by key carry their
 mark in front of the envelope (``SOFTENED``, then the time).
@@ -141,7 +141,7 @@ def describe(stored: str, prefix: str = "") -> tuple[Kind, str | None]:
 # KEYS = entries; ARGV[1] = the generation keys' base on a single node ("" in a cluster:
 # the entry's own "P{b}" then). An envelope: MAGIC, n, n x (tag digest, generation), payload;
 # the answer is the payload alone (cut here, in Redis: a big body is never copied twice in
-# the proxy), or, for an entry a soft purge marked, that frame (proxy.entry.soften) around
+# the proxy), or, for an entry a soft purge marked, that frame (proxy.core.entry.soften) around
 # it, with the earliest mark: its own (SOFTENED) or a tag's. A tag's generation that is not
 # the entry's is followed through the soft purges' links (at most MAX_LINKS) to the
 # current one; a missing link or generation means purged.
@@ -248,7 +248,7 @@ return table.concat(gens)
 """
 
 # A soft purge's time, as every replica sees it: Redis TIME, "%010d.%06d" (17 characters,
-# as proxy.entry.soften frames it)
+# as proxy.core.entry.soften frames it)
 _NOW: Final = """
 local t = redis.call('TIME')
 local at = string.format('%010d.%06d', tonumber(t[1]), tonumber(t[2]))

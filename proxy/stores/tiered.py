@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from proxy.entry import SOFT
+from proxy.core.entry import SOFT
 from proxy.stores.base import OfNoKind, Store, StoreHealth, StoreStats, Tiers
 
 # Every L1 copy of an L2 entry carries this tag: fills (L2 does not return their tags, so

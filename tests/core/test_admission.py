@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from proxy.admission import (
+from proxy.core.admission import (
     MAX_ORIGIN_TAGS,
     compressible,
     entry_tags,
@@ -17,11 +17,11 @@ from proxy.admission import (
     origin_tags,
     validators,
 )
-from proxy.cachecontrol import EMPTY
-from proxy.freshness import decide_storage
-from proxy.keys import path_tags, route_tag, user_tag
-from proxy.policy import Match, RouteConfig
-from proxy.policymodel import Compression
+from proxy.core.cachecontrol import EMPTY
+from proxy.core.freshness import decide_storage
+from proxy.core.keys import path_tags, route_tag, user_tag
+from proxy.policy.load import Match, RouteConfig
+from proxy.policy.model import Compression
 
 NOW = 1_700_000_000.0
 ROUTE = RouteConfig(name="t", match=Match(), backend="local")

@@ -1,6 +1,6 @@
 """The decision module, table-driven: what a request gets, and what an origin answer
 becomes. Pure functions on values with an injected ``now`` and ``draw`` (no event loop,
-no sockets, no sleeps); the socket tests of tests/test_semantics.py keep what only the
+no sockets, no sleeps); the socket tests of tests/engine/test_semantics.py keep what only the
 wire shows (Age and Date on the wire, coalescing, the stores)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from proxy.cachecontrol import EMPTY, format_http_date, parse_cache_control
-from proxy.decide import (
+from proxy.core.cachecontrol import EMPTY, format_http_date, parse_cache_control
+from proxy.core.decide import (
     SWR,
     Fetch,
     Fields,
@@ -44,11 +44,11 @@ from proxy.decide import (
     within_sie,
     within_swr,
 )
-from proxy.entry import CachedResponse
-from proxy.exchange import Exchange
-from proxy.keys import derive_key
-from proxy.policy import Match, RouteConfig
-from proxy.policymodel import EarlyRefresh, KeySpec
+from proxy.core.entry import CachedResponse
+from proxy.core.exchange import Exchange
+from proxy.core.keys import derive_key
+from proxy.policy.load import Match, RouteConfig
+from proxy.policy.model import EarlyRefresh, KeySpec
 
 NOW = 1_700_000_000.0
 ROUTE = RouteConfig(name="t", match=Match(), backend="local")

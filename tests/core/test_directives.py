@@ -1,7 +1,7 @@
 """RFC 9111's directives through the decisions, store then reuse, table-driven: what the
 origin's fields make of an answer (§3, §4.2, §5.2.2, §5.3), what a request's directives
 make of a stored response (§5.2.1, §5.4) and what RFC 5861's windows allow. Taken over
-from tests/test_semantics.py, which sent each case through a socket; no event loop here.
+from tests/engine/test_semantics.py, which sent each case through a socket; no event loop here.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from proxy.admission import make_entry
-from proxy.cachecontrol import EMPTY, format_http_date
-from proxy.decide import (
+from proxy.core.admission import make_entry
+from proxy.core.cachecontrol import EMPTY, format_http_date
+from proxy.core.decide import (
     Fetch,
     Found,
     Keep,
@@ -27,11 +27,11 @@ from proxy.decide import (
     decide_lookup,
     on_origin_error,
 )
-from proxy.entry import CachedResponse
-from proxy.exchange import Exchange
-from proxy.policy import Match, RouteConfig, parse_policy
+from proxy.core.entry import CachedResponse
+from proxy.core.exchange import Exchange
+from proxy.policy.load import Match, RouteConfig, parse_policy
 from tests.conftest import policy_text
-from tests.test_semantics import POLICY  # the routes the socket tests use
+from tests.engine.test_semantics import POLICY  # the routes the socket tests use
 
 NOW = 1_700_000_000.0
 ROUTE = RouteConfig(name="t", match=Match(), backend="local", stale_if_error=60.0)

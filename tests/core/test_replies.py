@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from proxy.cachecontrol import format_http_date
-from proxy.entry import CachedResponse
-from proxy.errors import OriginTimeout, OriginUnreachable
-from proxy.exchange import Exchange
-from proxy.replies import (
+from proxy.core.cachecontrol import format_http_date
+from proxy.core.entry import CachedResponse
+from proxy.core.exchange import Exchange
+from proxy.core.replies import (
     HIT,
     CacheStatus,
     as_gzip,
@@ -29,6 +28,7 @@ from proxy.replies import (
     set_cookies,
     stored_view,
 )
+from proxy.errors import OriginTimeout, OriginUnreachable
 
 NOW = 1_700_000_000.0
 

@@ -13,7 +13,7 @@ from mirakuru import TCPExecutor
 
 from proxy.clock import FakeClock
 from tests.conftest import MakeProxy, Origin
-from tests.test_replay import Conn
+from tests.server.test_replay import Conn
 
 GET = b"GET /s/1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n"
 

@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from proxy.keys import route_tag
-from proxy.policy import parse_policy
+from proxy.core.keys import route_tag
+from proxy.policy.load import parse_policy
 from tests.conftest import MakeProxy, Origin, ProxyProcess, SpawnProxy
 from tests.e2e.softcheck import (
     SWR,

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from proxy.policy import LoadedPolicy, MemoryBackend, load_policy
+from proxy.policy.load import LoadedPolicy, MemoryBackend, load_policy
 
 from .chart import CASES
 

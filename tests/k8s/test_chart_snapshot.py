@@ -7,7 +7,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from proxy.policy import parse_policy
+from proxy.policy.load import parse_policy
 
 from .chart import CASES, CHART, NAMESPACE, RELEASE
 

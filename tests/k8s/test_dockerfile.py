@@ -203,7 +203,7 @@ def test_pip_wheel_yields_the_package_and_console_script(dockerfile: str, tmp_pa
         scripts = archive.read(entry_points).decode()
     assert "proxy/__init__.py" in names
     assert "proxy/cli.py" in names
-    assert "proxy/policy.py" in names
+    assert "proxy/policy/load.py" in names
     assert not [n for n in names if n.startswith(("tests/", "helm/"))]
     assert re.search(r"^\[console_scripts\]\nsidecache = proxy\.cli:main$", scripts, re.M)
 

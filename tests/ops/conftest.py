@@ -20,8 +20,8 @@ import pytest
 from mirakuru import TCPExecutor
 from redis import Redis
 
-from proxy.policy import load_policy
-from proxy.server import Worker, bind
+from proxy.policy.load import load_policy
+from proxy.server.worker import Worker, bind
 from tests.conftest import Origin, free_port, policy_text
 from tests.stores.conftest import (  # noqa: F401  (full_memcached: a fixture, re-exported)
     full_memcached,

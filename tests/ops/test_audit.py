@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
-from proxy.audit import describe_memcached, describe_redis, route_of
+from proxy.ops.audit import describe_memcached, describe_redis, route_of
 from tests.conftest import ROOT, Origin, free_port, policy_text
 from tests.ops.conftest import RedisServer, StartProxy
 

@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 import orjson
 
-from proxy.explain import explain
-from proxy.policy import load_policy
+from proxy.ops.explain import explain
+from proxy.policy.load import load_policy
 from tests.conftest import ROOT, Origin, Reply
 from tests.ops.conftest import RedisServer, StartProxy, fetch
 

@@ -18,8 +18,8 @@ import pytest
 from mirakuru import TCPExecutor
 from redis import Redis
 
-from proxy.figures import Figures
-from proxy.report import render
+from proxy.ops.figures import Figures
+from proxy.ops.report import render
 from tests.conftest import Origin, SpawnProxy, free_port, policy_text
 from tests.ops.conftest import (
     LiveProxy,

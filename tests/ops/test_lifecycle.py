@@ -12,7 +12,7 @@ import orjson
 import port_for
 import pytest
 
-from proxy.logs import AccessLog
+from proxy.obs.logs import AccessLog
 from tests.conftest import Origin, ProxyProcess, SpawnProxy, policy_text
 from tests.ops.conftest import eventually, fetch, scrape
 
@@ -92,7 +92,7 @@ def test_access_log_sampling(monkeypatch: pytest.MonkeyPatch):
     sampled = AccessLog.from_setting(0.25)
     assert sampled is not None
     written: list[dict[str, object]] = []
-    monkeypatch.setattr("proxy.logs.write_line", written.append)
+    monkeypatch.setattr("proxy.obs.logs.write_line", written.append)
     rolls = iter([0.1, 0.3, 0.2, 0.9])
     monkeypatch.setattr(random, "random", lambda: next(rolls))
     for _ in range(4):

@@ -7,7 +7,7 @@ from unittest import mock
 
 from aiohttp.test_utils import make_mocked_request
 
-from proxy.admin import STATE, build_admin_app, purge
+from proxy.ops.admin import STATE, build_admin_app, purge
 from tests.conftest import Origin
 from tests.ops.conftest import LiveProxy, StartProxy, fetch
 

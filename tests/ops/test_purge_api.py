@@ -5,8 +5,8 @@ only when a store that cannot count was touched by this purge."""
 
 from __future__ import annotations
 
-from proxy.invalidation import may_hold
-from proxy.policy import Match, RouteConfig
+from proxy.ops.invalidation import may_hold
+from proxy.policy.load import Match, RouteConfig
 from tests.conftest import Origin
 from tests.ops.conftest import LiveProxy, RedisServer, StartProxy, fetch
 from tests.ops.test_purge import POLICY, warm

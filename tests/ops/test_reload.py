@@ -10,7 +10,7 @@ import shutil
 import signal
 from pathlib import Path
 
-from proxy.policy import load_policy
+from proxy.policy.load import load_policy
 from tests.conftest import Origin, ProxyProcess, SpawnProxy, policy_text
 from tests.ops.conftest import StartProxy, eventually, fetch, scrape
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from proxy.report import advise, build_stats, render
+from proxy.ops.report import advise, build_stats, render
 from tests.conftest import ROOT, FakeClock, MakeProxy, Origin
 from tests.ops.conftest import StartProxy, fetch
 

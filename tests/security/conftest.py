@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from proxy.engine import Engine
-from proxy.httpserver import HttpServer, Limits
-from proxy.origin import OriginClient
-from proxy.policy import parse_policy
-from proxy.server import bind
+from proxy.engine.driver import Engine
+from proxy.origin.client import OriginClient
+from proxy.policy.load import parse_policy
+from proxy.server.listener import HttpServer, Limits
+from proxy.server.worker import bind
 from proxy.stores.base import Store
 from proxy.stores.factory import build_stores, close_stores
 from tests.conftest import Origin, policy_text

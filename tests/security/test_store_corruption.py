@@ -12,8 +12,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from proxy.entry import VERSION
-from proxy.keys import derive_key
+from proxy.core.entry import VERSION
+from proxy.core.keys import derive_key
 from tests.conftest import MakeProxy, Origin, RunningProxy
 from tests.stores.conftest import memcached_keys
 

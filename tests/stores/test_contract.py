@@ -24,7 +24,7 @@ from typing import Final
 import pytest
 
 from proxy.clock import FakeClock
-from proxy.entry import SOFT_HEAD, soft_time
+from proxy.core.entry import SOFT_HEAD, soft_time
 from proxy.stores.base import Store, StoreHealth, StoreStats
 from proxy.stores.guard import GuardedStore
 from proxy.stores.memcached import MemcachedStore

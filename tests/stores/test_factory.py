@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.clock import FakeClock
-from proxy.policy import parse_policy
+from proxy.policy.load import parse_policy
 from proxy.stores.factory import build_stores, close_stores, replaced
 from proxy.stores.guard import GuardedStore
 from proxy.stores.memcached import MemcachedStore

@@ -7,9 +7,9 @@ import io
 
 from redis import Redis
 
-from proxy.audit import Progress, audit_redis
-from proxy.keys import derive_key
-from proxy.policy import KeySpec, RedisBackend
+from proxy.core.keys import derive_key
+from proxy.ops.audit import Progress, audit_redis
+from proxy.policy.load import KeySpec, RedisBackend
 from proxy.stores.redis import RedisStore
 
 ROUTES = [f"route{i}" for i in range(12)]

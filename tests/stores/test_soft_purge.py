@@ -13,7 +13,7 @@ import aiomcache
 import pytest
 from redis.asyncio import Redis
 
-from proxy.entry import SOFT_HEAD, soft_time
+from proxy.core.entry import SOFT_HEAD, soft_time
 from proxy.stores.base import Store
 from proxy.stores.memcached import MemcachedStore
 from proxy.stores.memcached_tags import MAX_LINKS

@@ -1,0 +1,131 @@
+"""The synchronous hit path: a request answered from process memory without an await
+(``answer_now``), and what a server that remembers answers asks to replay them
+(``ticket``, ``fetch_ticket``, ``answer_ticket``, ``served_again``).
+
+It decides nothing of its own: a stored response answers here only when
+``decide.is_fresh_hit`` (the judgement ``decide_lookup`` makes) says it is a plain HIT;
+everything else goes through ``Engine.handle``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+from proxy.core.decide import CACHEABLE_METHODS, hostname, is_fresh_hit
+from proxy.core.entry import CachedResponse
+from proxy.core.exchange import Exchange, ProxyResponse, Ticket
+from proxy.core.freshness import passed_through
+from proxy.core.keys import derive_key
+from proxy.core.replies import HIT, from_cache, same_answer_until
+from proxy.core.routing import Router
+from proxy.engine.entries import Entries
+from proxy.errors import StoreError
+from proxy.obs.metrics import Meter
+from proxy.stores.base import Store
+
+Observe = Callable[[Exchange, str, ProxyResponse, float], None]
+
+
+class HitPath:
+    """Answers fresh hits at once; the engine keeps its router and stores current."""
+
+    def __init__(
+        self,
+        router: Router,
+        stores: Mapping[str, Store],
+        entries: Entries,
+        meter: Meter,
+        observe: Observe,
+    ) -> None:
+        self.router = router
+        self.stores = stores
+        self._entries = entries
+        self._meter = meter
+        self._observe = observe
+
+    def answer_now(self, ex: Exchange) -> tuple[Ticket | None, ProxyResponse | None]:
+        """The request's ticket (``None``: it never takes this path) and, when a fresh
+        entry in process memory answers it at once, the answer. Anything else (a miss, a
+        stale entry, Vary, request directives, a shared store) has no answer here and
+        the caller goes through ``Engine.handle``."""
+        start = time.perf_counter()
+        ticket = self.ticket(ex)
+        if ticket is None or ticket.get_now is None:
+            return ticket, None
+        raw = ticket.get_now(ticket.key)
+        if raw is None:
+            return ticket, None
+        return ticket, self._hit(ticket, raw, self._entries.clock.time(), start)
+
+    def ticket(self, ex: Exchange) -> Ticket | None:
+        """What a request resolves to on this path (its route, key and the store's
+        synchronous reader), or ``None`` when it can never take it. It depends on the
+        request and the policy only, so a server may keep it for requests identical to
+        ``ex`` while ``ticket.router`` is the engine's."""
+        router = self.router
+        route, _ = router.match(ex.method, hostname(ex.host), ex.path)
+        cfg = route.config
+        if not cfg.cache or ex.method not in CACHEABLE_METHODS or ex.body is not None:
+            return None
+        if cfg.client_cache_control == "honor" or cfg.cache_authorized or cfg.early_refresh:
+            return None
+        if passed_through(ex.hmap) is not None or "authorization" in ex.hmap:
+            return None  # preconditions are the origin's; §3.5 needs a look
+        store = self.stores[cfg.backend]
+        get_now = store.reader()
+        if get_now is None and not store.shared:
+            return None
+        key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap)
+        return Ticket(ex, route, key, get_now, store, router)
+
+    async def fetch_ticket(self, ticket: Ticket) -> bytes | None:
+        """What a shared store holds under a ticket's key (``None``: a miss, or the store
+        failed: the caller then goes through ``handle``, which decides what that means)."""
+        began = time.perf_counter()
+        try:
+            raw = await ticket.store.get(ticket.key)
+        except StoreError:
+            return None
+        self._meter.store_time(ticket.route.config.backend, "get", time.perf_counter() - began)
+        return raw
+
+    def answer_ticket(
+        self, ticket: Ticket, raw: bytes, now: float, start: float
+    ) -> tuple[ProxyResponse, float] | None:
+        """The answer to ``ticket``'s request from ``raw`` (what its store holds under
+        its key) if that is a fresh entry servable without an await, and until when
+        (``clock.time()``) the very same answer, Age and Cache-Status included, holds
+        while the store keeps ``raw``; else ``None``."""
+        response = self._hit(ticket, raw, now, start)
+        if response is None:
+            return None
+        cached = self._entries.decoded.get(ticket.key, raw)
+        assert isinstance(cached, CachedResponse)
+        return response, same_answer_until(cached, now)
+
+    def served_again(self, ticket: Ticket, now: float, start: float) -> None:
+        """Account for a request a server answered with the bytes of an earlier answer
+        ``answer_ticket`` made, while that answer's ``until`` had not passed. It decides
+        nothing: ``until`` (``replies.same_answer_until``) never outlasts the freshness
+        judged when the answer was made, for the same stored bytes (and a ticket's
+        request carries no directive that could end it earlier)."""
+        if self._entries.recent:
+            self._entries.note_repeat(ticket.key, now)
+        self._meter.request(ticket.route.name, "HIT", time.perf_counter() - start)
+
+    def _hit(self, ticket: Ticket, raw: bytes, now: float, start: float) -> ProxyResponse | None:
+        """The HIT ``raw`` makes for ``ticket``'s request, if it is a fresh entry as
+        ``decide_lookup`` judges it; else ``None``."""
+        key = ticket.key
+        cached = self._entries.decoded.get(key, raw)
+        if not isinstance(cached, CachedResponse) or cached.variant:
+            return None
+        ex = ticket.ex
+        if not is_fresh_hit(ex, ticket.route.config, cached, now):
+            return None
+        if self._entries.recent:
+            self._entries.note_repeat(key, now)
+        response = from_cache(ex, cached, now, "HIT", HIT)
+        self._observe(ex, ticket.route.name, response, start)
+        return response
