@@ -353,6 +353,23 @@ def render(found: Mapping[str, Any]) -> str:
     """The human-readable form of ``as_json()`` (and of /explain's ``held`` part)."""
     request = found["request"]
     lines = [f"{request['method']} {request['url']}  (host {request['host']})"]
+    lines += _render_route(found)
+    lines.append(f"decision:   {found['decision']}: {found['reason']}")
+    if found["key"] is not None:
+        lines += _render_key(found)
+    if found["ttl"] is not None:
+        lines += _render_ttl(found["ttl"])
+    for note in found["conditions"]:
+        lines.append(f"condition:  {note}")
+    if found["index_tags"]:
+        lines.append("tags:       " + " ".join(found["index_tags"]))
+    if (held := found.get("now")) is not None:
+        lines.append(_render_held(held))
+    return "\n".join(lines) + "\n"
+
+
+def _render_route(found: Mapping[str, Any]) -> list[str]:
+    lines = []
     match = found["match"]
     if match.get("kind") == "none":
         lines.append(f"route:      {found['route']}  ({match['note']})")
@@ -378,40 +395,38 @@ def render(found: Mapping[str, Any]) -> str:
             f"not taken:  {near['route']}: path matches, {near['differs']} "
             f"is not {near['route_wants']}"
         )
-    lines.append(f"decision:   {found['decision']}: {found['reason']}")
+    return lines
+
+
+def _render_key(found: Mapping[str, Any]) -> list[str]:
     key = found["key"]
-    if key is not None:
-        lines.append(f"store key:  {found['store_key']}  (backend {found['backend']})")
-        lines.append(
-            f"key parts:  {key['method_class']}, "
-            + (f"host {key['host']}" if key["host"] is not None else "any host (key.host: false)")
-            + f", path {key['path']}, "
-            f"query {key['query']!r} ({_rule(key['query_rule'])})"
-        )
-        for kind in ("headers", "cookies"):
-            for name, value in key[kind].items():
-                lines.append(f"            {kind[:-1]} {name}: {value!r}")
-        if key["identity"]:
-            lines.append(f"            identity: {key['identity']}")
-    ttl = found["ttl"]
-    if ttl is not None:
-        lines.append(
-            f"freshness:  {ttl['freshness']}"
-            + (f", capped at max_ttl {ttl['max_ttl']:g}s" if ttl["max_ttl"] else "")
-        )
-        for status, seconds in ttl["status_ttls"].items():
-            lines.append(f"            status {status}: {seconds:g}s")
-        lines.append(
-            f"stale:      stale_while_revalidate {ttl['stale_while_revalidate']:g}s, "
-            f"stale_if_error {ttl['stale_if_error']:g}s"
-        )
-    for note in found["conditions"]:
-        lines.append(f"condition:  {note}")
-    if found["index_tags"]:
-        lines.append("tags:       " + " ".join(found["index_tags"]))
-    if (held := found.get("now")) is not None:
-        lines.append(_render_held(held))
-    return "\n".join(lines) + "\n"
+    lines = [
+        f"store key:  {found['store_key']}  (backend {found['backend']})",
+        f"key parts:  {key['method_class']}, "
+        + (f"host {key['host']}" if key["host"] is not None else "any host (key.host: false)")
+        + f", path {key['path']}, "
+        f"query {key['query']!r} ({_rule(key['query_rule'])})",
+    ]
+    for kind in ("headers", "cookies"):
+        for name, value in key[kind].items():
+            lines.append(f"            {kind[:-1]} {name}: {value!r}")
+    if key["identity"]:
+        lines.append(f"            identity: {key['identity']}")
+    return lines
+
+
+def _render_ttl(ttl: Mapping[str, Any]) -> list[str]:
+    lines = [
+        f"freshness:  {ttl['freshness']}"
+        + (f", capped at max_ttl {ttl['max_ttl']:g}s" if ttl["max_ttl"] else "")
+    ]
+    for status, seconds in ttl["status_ttls"].items():
+        lines.append(f"            status {status}: {seconds:g}s")
+    lines.append(
+        f"stale:      stale_while_revalidate {ttl['stale_while_revalidate']:g}s, "
+        f"stale_if_error {ttl['stale_if_error']:g}s"
+    )
+    return lines
 
 
 def _rule(rule: object) -> str:
