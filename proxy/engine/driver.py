@@ -106,14 +106,6 @@ class Engine:
     def origin(self) -> OriginClient:
         return self.forward.origin
 
-    @property
-    def purge_hook(self) -> PurgeHook | None:
-        return self.forward.purge_hook
-
-    @purge_hook.setter
-    def purge_hook(self, hook: PurgeHook | None) -> None:
-        self.forward.purge_hook = hook
-
     # ------------------------------------------------------------ the general path
 
     async def handle(self, ex: Exchange) -> ProxyResponse:

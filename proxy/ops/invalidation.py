@@ -201,8 +201,7 @@ class Invalidator:
         self.bus = bus
         self.subscriber: Subscriber | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        engine.purge_hook = self._after_unsafe
-        engine.purge_method = self.purge_method
+        engine.handle_purges(self._after_unsafe, self.purge_method)
 
     # ------------------------------------------------------------ lifecycle
 
