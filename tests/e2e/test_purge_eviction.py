@@ -120,7 +120,9 @@ async def warm(session: aiohttp.ClientSession, a: ProxyProcess, b: ProxyProcess)
             if cache != "HIT":
                 _, bodies[path] = await get(session, a.url + path)
             else:
-                bodies.setdefault(path, body)
+                # the body cached now: an entry evicted and stored again (by B's own miss in
+                # the check below) holds a newer body than the first one seen
+                bodies[path] = body
         served = [await get(session, b.url + path) for path in ALL]
         if all(answer == ("HIT", bodies[path]) for path, answer in zip(ALL, served, strict=True)):
             return bodies
