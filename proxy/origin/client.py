@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from proxy.errors import OriginTimeout, OriginUnreachable
@@ -31,13 +30,24 @@ def _default_tls() -> ssl.SSLContext:
     return _TLS
 
 
-@dataclass(slots=True)
 class OriginResponse:
     """Status and headers of an origin answer, with its body still on the wire."""
 
-    status: int
-    headers: list[tuple[str, str]]
-    _stream: Stream
+    __slots__ = ("_stream", "status")
+
+    def __init__(self, stream: Stream) -> None:
+        self.status = stream.status
+        self._stream = stream
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The answer's fields (decoded on first use)."""
+        return self._stream.headers
+
+    @property
+    def raw(self) -> list[tuple[bytes, bytes]]:
+        """The answer's fields as the origin sent them."""
+        return self._stream.raw
 
     def complete_body(self) -> bytes | None:
         """The whole body when it has already arrived (the connection is back in the
@@ -118,14 +128,15 @@ class OriginClient:
         self,
         method: str,
         target: str,
-        headers: Sequence[tuple[str, str]],
+        headers: Sequence[tuple[str, str]] | bytes,
         body: bytes | AsyncIterable[bytes] | None,
         timeout: Timeout,
         *,
         interim: Interim | None = None,
     ) -> OriginResponse:
         """Send one request (``target`` is path plus query, already encoded); the
-        origin's interim (1xx) answers to it go to ``interim`` as they arrive."""
+        origin's interim (1xx) answers to it go to ``interim`` as they arrive.
+        ``headers`` as bytes: the field lines of a request without a body, relayed."""
         path = self.base_path + target
         try:
             stream = await self._pool.request(
@@ -135,7 +146,7 @@ class OriginClient:
             raise OriginTimeout(str(exc) or "origin timed out") from exc
         except OSError as exc:  # refused, reset, TLS, a malformed answer (BadResponse)
             raise OriginUnreachable(f"origin unreachable: {exc!r}") from exc
-        return OriginResponse(stream.status, stream.headers, stream)
+        return OriginResponse(stream)
 
     async def aclose(self) -> None:
         await self._pool.aclose()

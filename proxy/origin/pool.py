@@ -14,6 +14,7 @@ from typing import Final
 
 from proxy.origin.upstream import Connection, Stream
 from proxy.wire.codec import Body, Interim, encode_head
+from proxy.wire.relay import request_head
 
 IDLE_TIMEOUT: Final = 30.0  # an idle pooled connection is closed after this
 SWEEP_EVERY: Final = 1.0
@@ -45,7 +46,7 @@ class Pool:
         self,
         method: str,
         target: str,
-        headers: Sequence[tuple[str, str]],
+        headers: Sequence[tuple[str, str]] | bytes,
         body: Body,
         connect_timeout: float,
         total: float,
@@ -53,7 +54,10 @@ class Pool:
     ) -> Stream:
         """Send one request; answer once the response head arrived. Interim answers
         (1xx) that come before it are handed to ``interim``."""
-        head, length, chunked = encode_head(method, target, headers, body)
+        if isinstance(headers, bytes):  # a bodyless request's field lines, as relayed
+            head, length, chunked = request_head(method, target, headers), None, False
+        else:
+            head, length, chunked = encode_head(method, target, headers, body)
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()

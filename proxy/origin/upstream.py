@@ -39,7 +39,7 @@ class Stream(ByteQueue):
     """One exchange: the response head once it arrived, then its body as it arrives
     (a byte queue pausing the connection's reading while the consumer lags)."""
 
-    __slots__ = ("_conn", "head", "headers", "interim", "status")
+    __slots__ = ("_conn", "_headers", "head", "interim", "raw", "status")
 
     def __init__(
         self, conn: Connection, read_timeout: float, interim: Interim | None = None
@@ -49,8 +49,17 @@ class Stream(ByteQueue):
         # resolved with None when the head arrived, or with the error that ended the exchange
         self.head: asyncio.Future[BaseException | None] = conn.loop.create_future()
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
+        self.raw: list[tuple[bytes, bytes]] = []  # the answer's fields as they came
+        self._headers: list[tuple[str, str]] | None = None
         self.interim = interim  # where the 1xx answers before the final one go
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The answer's fields as text, decoded when first asked for (a pass-through
+        relays ``raw`` and never asks)."""
+        if self._headers is None:
+            self._headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw]
+        return self._headers
 
     # ---------------------------------------------------------------- the connection's side
 
@@ -196,7 +205,7 @@ class Connection(asyncio.Protocol):
         self._keep_alive = parser.should_keep_alive()
         self._framing(raw, status)
         stream.status = status
-        stream.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+        stream.raw = raw
         self._cancel_timer()  # the head came in time; body reads have their own timer
         if not stream.head.done():  # cancelled if the caller gave up waiting
             stream.head.set_result(None)
