@@ -95,6 +95,12 @@ class Exchange:
             self._headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw)
         return self._headers
 
+    @property
+    def wire_fields(self) -> Sequence[tuple[bytes, bytes]] | None:
+        """The fields as a server read them off the wire, to relay as they are; ``None``
+        when the exchange was built from text fields (``headers`` holds them)."""
+        return self._raw if self._raw or self._headers is None else None
+
     def interim(self, status: int, fields: Sequence[tuple[bytes, bytes]]) -> None:
         """An interim (1xx) answer of the origin to this request: to the client, when
         its server relays them (RFC 9110 §15.2), else dropped."""

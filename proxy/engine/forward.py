@@ -44,8 +44,10 @@ from proxy.engine.entries import Entries
 from proxy.errors import OriginError, StoreError
 from proxy.obs.metrics import Meter
 from proxy.origin.client import OriginClient, OriginResponse
+from proxy.policy.load import RouteConfig
 from proxy.stores.base import Store
 from proxy.wire.codec import find_length
+from proxy.wire.relay import FRAMING, answer_lines, connection_options, field_lines, lowered
 
 log = logging.getLogger("sidecache")
 
@@ -55,6 +57,10 @@ _CONDITIONALS: Final = frozenset(
     {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range", "range"}
 )
 _RANGE_REQUEST: Final = frozenset({"range", "if-range"})
+# the client's own are replaced by ours (its values carried into them)
+_REPLACED: Final = frozenset({"x-forwarded-for", "x-forwarded-proto", "via"})
+_RELAYED_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # no body to frame
+_ANSWER_DROP: Final = lowered(HOP_BY_HOP) | FRAMING
 PurgeHook = Callable[[Sequence[str]], Awaitable[object]]
 
 
@@ -70,6 +76,10 @@ class Forwarder:
         # Where unsafe-method purges go (every worker and replica, when the invalidation
         # wiring sets it); without it they purge this process's stores only.
         self.purge_hook: PurgeHook | None = None
+        # per route config (by identity, kept alive here): the request fields never
+        # forwarded, as lowered bytes, and whether we add X-Forwarded-Host
+        self._drops: dict[int, tuple[RouteConfig, frozenset[bytes], bool]] = {}
+        self._members: dict[tuple[str, int, str | None], str] = {}
 
     # ------------------------------------------------------------ pass-through
 
@@ -77,7 +87,9 @@ class Forwarder:
         self, ex: Exchange, route: Route, fwd: str, detail: str | None
     ) -> ProxyResponse:
         cfg = route.config
-        headers = self.forward_headers(ex, route, strip_conditionals=False)
+        headers = self._relayed(ex, cfg) or self.forward_headers(
+            ex, route, strip_conditionals=False
+        )
         began = time.perf_counter()
         try:
             response = await self.origin.request(
@@ -90,6 +102,9 @@ class Forwarder:
         if ex.method not in SAFE_METHODS and 200 <= response.status < 400:
             await self._invalidate_after_unsafe(ex, route, response.headers)
         label = "BYPASS" if fwd in ("bypass", "method", "request") else "MISS"
+        relayed = self._relay_answer(ex, response, label, fwd, detail)
+        if relayed is not None:
+            return relayed
         status = CacheStatus(fwd=fwd, fwd_status=response.status, detail=detail)
         return self.live(ex, response, label, status)
 
@@ -259,23 +274,74 @@ class Forwarder:
         cfg = route.config
         connection = {t.strip().lower() for t in ex.hmap.get("connection", "").split(",")}
         allowed = {h.lower() for h in cfg.forward_headers}
-        drop = set(_NOT_FORWARDED) | connection | {"x-forwarded-for", "x-forwarded-proto"}
+        drop = set(_NOT_FORWARDED) | connection | _REPLACED
         drop |= {h.lower() for h in cfg.strip_headers} - allowed
         if strip_conditionals:
             drop |= _CONDITIONALS
         out = [(k, v) for k, v in ex.headers if k.lower() not in drop]
-        out.append(("Host", self.origin.host))
+        return out + self._added(ex, "x-forwarded-host" not in allowed)
+
+    def _added(self, ex: Exchange, forwarded_host: bool) -> list[tuple[str, str]]:
+        """Host, X-Forwarded-For/-Proto (and -Host unless the route forwards the
+        client's), and Via."""
+        out = [("Host", self.origin.host)]
         forwarded_for = ex.hmap.get("x-forwarded-for")
         if ex.client:
             forwarded_for = f"{forwarded_for}, {ex.client}" if forwarded_for else ex.client
         if forwarded_for:
             out.append(("X-Forwarded-For", forwarded_for))
         out.append(("X-Forwarded-Proto", ex.scheme))
-        if ex.host and "x-forwarded-host" not in allowed:
+        if ex.host and forwarded_host:
             out.append(("X-Forwarded-Host", ex.host))
         via = ex.hmap.get("via")
         out.append(("Via", f"{via}, {VIA}" if via else VIA))
         return out
+
+    def _relayed(self, ex: Exchange, cfg: RouteConfig) -> bytes | None:
+        """``forward_headers`` of a pass-through without a body, as the field lines
+        relayed byte for byte (``None``: it cannot be, and takes ``forward_headers``)."""
+        fields = ex.wire_fields
+        if fields is None or ex.body is not None or ex.method not in _RELAYED_METHODS:
+            return None
+        held = self._drops.get(id(cfg))
+        if held is None or held[0] is not cfg:
+            allowed = {h.lower() for h in cfg.forward_headers}
+            drop = set(_NOT_FORWARDED) | _REPLACED
+            drop |= {h.lower() for h in cfg.strip_headers} - allowed
+            held = self._drops[id(cfg)] = (cfg, lowered(drop), "x-forwarded-host" not in allowed)
+        _, drop_lines, forwarded_host = held
+        connection = ex.hmap.get("connection")
+        if connection is not None and connection.lower() not in ("keep-alive", "close"):
+            drop_lines = drop_lines | connection_options(fields)  # they address this hop
+        lines = field_lines(fields, drop_lines)
+        if lines is None:
+            return None
+        added = "".join([f"{k}: {v}\r\n" for k, v in self._added(ex, forwarded_host)])
+        return lines + added.encode("latin-1")
+
+    def _relay_answer(
+        self, ex: Exchange, response: OriginResponse, label: str, fwd: str, detail: str | None
+    ) -> ProxyResponse | None:
+        """``live`` for a pass-through whose whole body is here: the origin's field
+        lines relayed as they came, without decoding them (``None``: ``live`` it is)."""
+        code = response.status
+        if ex.method == "HEAD" or code in (204, 304) or code < 200:
+            return None
+        relayed = answer_lines(response.raw, _ANSWER_DROP)
+        if relayed is None:
+            return None
+        body = response.complete_body()
+        if body is None:
+            return None
+        block, dated = relayed
+        # a pass-through's few (fwd, origin status, detail) make the same text every time
+        member = self._members.get((fwd, code, detail))
+        if member is None:
+            member = CacheStatus(fwd=fwd, fwd_status=code, detail=detail).member()
+            if len(self._members) < 1024:
+                self._members[(fwd, code, detail)] = member
+        headers = [("X-Cache", label), ("Cache-Status", member)]
+        return ProxyResponse(code, headers, body, cache=label, block=block, dated=dated)
 
     def live(
         self,
