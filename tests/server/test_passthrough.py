@@ -5,47 +5,46 @@ the request heads it gets and answers with crafted bytes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 
 from proxy import __version__
 from proxy.policy.load import parse_policy
 from tests.conftest import MakeProxy, policy_text
+from tests.raworigin import RawOrigin, Start, raw_origins  # noqa: F401  (fixture)
 from tests.security.wire import exchange, parse, talk
+
+Writer = asyncio.StreamWriter
 
 VIA = f"1.1 sidecache/{__version__}"
 
 
-@dataclass
-class RawOrigin:
-    """Answers every request head with ``answer``; keeps the heads it got."""
+class Relayed:
+    """A raw origin answering every request with ``answer``, and the heads it got."""
 
-    answer: bytes = b""
-    heads: list[bytes] = field(default_factory=list)
-    url: str = ""
+    def __init__(self, origin: RawOrigin, answer: bytes) -> None:
+        self.origin = origin
+        self.answer = answer
+        self.url = origin.url
+
+    @property
+    def heads(self) -> list[bytes]:
+        return self.origin.requests
 
     def fields(self, index: int = -1) -> list[tuple[str, str]]:
         lines = self.heads[index].decode("latin-1").split("\r\n")[1:]
         return [(n, v.strip()) for n, _, v in (line.partition(":") for line in lines if line)]
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                self.heads.append(await reader.readuntil(b"\r\n\r\n"))
-                writer.write(self.answer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
 
 @pytest.fixture
-async def raw_origin() -> AsyncIterator[RawOrigin]:
-    state = RawOrigin()
-    server = await asyncio.start_server(state.serve, "127.0.0.1", 0)
-    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    yield state
-    server.close()
+async def raw_origin(raw: Start) -> Relayed:
+    async def serve(origin: RawOrigin, reader: asyncio.StreamReader, writer: Writer) -> None:
+        while True:
+            await origin.read_request(reader)
+            writer.write(relayed.answer)
+
+    relayed = Relayed(await raw(serve), b"")
+    return relayed
 
 
 POLICY = """\
@@ -65,13 +64,13 @@ def _answer(*fields: str, body: bytes = b"hello") -> bytes:
     return head.encode("latin-1") + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
-async def _proxy(make_proxy: MakeProxy, origin: RawOrigin) -> str:
+async def _proxy(make_proxy: MakeProxy, origin: Relayed) -> str:
     loaded = parse_policy(policy_text(origin.url, POLICY), "relay.yaml")
     return (await make_proxy(loaded=loaded)).url
 
 
 async def test_request_fields_reach_the_origin_in_order_without_hop_by_hop(
-    make_proxy: MakeProxy, raw_origin: RawOrigin
+    make_proxy: MakeProxy, raw_origin: Relayed
 ):
     raw_origin.answer = _answer()
     url = await _proxy(make_proxy, raw_origin)
@@ -99,7 +98,7 @@ async def test_request_fields_reach_the_origin_in_order_without_hop_by_hop(
     ]
 
 
-async def test_route_strip_and_forward_lists_apply(make_proxy: MakeProxy, raw_origin: RawOrigin):
+async def test_route_strip_and_forward_lists_apply(make_proxy: MakeProxy, raw_origin: Relayed):
     raw_origin.answer = _answer()
     url = await _proxy(make_proxy, raw_origin)
     request = (
@@ -114,7 +113,7 @@ async def test_route_strip_and_forward_lists_apply(make_proxy: MakeProxy, raw_or
 
 
 async def test_answer_fields_reach_the_client_in_order_without_hop_by_hop(
-    make_proxy: MakeProxy, raw_origin: RawOrigin
+    make_proxy: MakeProxy, raw_origin: Relayed
 ):
     raw_origin.answer = _answer(
         "Date: Tue, 01 Dec 2026 10:00:00 GMT",
@@ -144,7 +143,7 @@ async def test_answer_fields_reach_the_client_in_order_without_hop_by_hop(
     assert answer.header("Cache-Status") == "sidecache; fwd=bypass; fwd-status=200; detail=route"
 
 
-async def test_our_date_when_the_origin_sends_none(make_proxy: MakeProxy, raw_origin: RawOrigin):
+async def test_our_date_when_the_origin_sends_none(make_proxy: MakeProxy, raw_origin: Relayed):
     raw_origin.answer = _answer("Content-Type: text/plain")
     url = await _proxy(make_proxy, raw_origin)
     answers, _ = await talk(url, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -152,7 +151,7 @@ async def test_our_date_when_the_origin_sends_none(make_proxy: MakeProxy, raw_or
 
 
 async def test_keep_alive_and_pipelined_pass_throughs_stay_in_order(
-    make_proxy: MakeProxy, raw_origin: RawOrigin
+    make_proxy: MakeProxy, raw_origin: Relayed
 ):
     raw_origin.answer = _answer("Content-Type: text/plain")
     url = await _proxy(make_proxy, raw_origin)
@@ -163,7 +162,7 @@ async def test_keep_alive_and_pipelined_pass_throughs_stay_in_order(
     assert [h.split(b" ")[1] for h in raw_origin.heads] == [b"/p/%d" % i for i in range(5)]
 
 
-async def test_http10_client_gets_a_closed_connection(make_proxy: MakeProxy, raw_origin: RawOrigin):
+async def test_http10_client_gets_a_closed_connection(make_proxy: MakeProxy, raw_origin: Relayed):
     raw_origin.answer = _answer("Content-Type: text/plain")
     url = await _proxy(make_proxy, raw_origin)
     data, closed = await exchange(url, b"GET /a HTTP/1.0\r\n\r\n")
