@@ -8,6 +8,7 @@ arguments and prints no policy errors: that is ``cli.py``'s.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from proxy.ops.reload import Loader
 from proxy.policy.load import LoadedPolicy
 from proxy.server.worker import bind, serve
 
+FULL_GC_EVERY: Final = 100  # generation-1 passes per full pass (CPython's default: 10)
 RESTART_DELAY: Final = 0.2  # seconds before a dead worker's replacement starts
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 
@@ -39,7 +41,25 @@ def run_worker(
     """Serve in this process until SIGTERM/SIGINT (``server.serve`` on uvloop)."""
     import uvloop
 
+    settle_gc()
     uvloop.run(serve(loaded, proxy_sock, admin_sock, loader=loader, bus=bus, replica=replica))
+
+
+def settle_gc() -> None:
+    """Keep the cyclic collector's full passes out of the request path's tail latency.
+
+    A full (generation 2) collection walks every tracked object: with the ~60,000 that
+    the imports leave (modules, functions, classes, the policy) it paused a worker for
+    15-45 ms every ~60,000 requests under load, and those pauses were the p99 of the
+    realistic benchmark. What exists when the worker starts lives as long as it does:
+    it is frozen (``gc.freeze``: never walked again), and a full pass waits for 100
+    younger passes instead of 10 (cycles are still collected; reference counting frees
+    everything else at once, as before).
+    """
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_GC_EVERY)
 
 
 class Supervisor:
