@@ -32,6 +32,19 @@ class EntryError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """What every plain HIT on one stored entry version writes, in one view (plain or
+    our gzip): the status line with the stored fields, the Content-Length line, the body,
+    and whether Date is among the stored fields. Built by ``replies.prepared_hit``; only
+    Age, X-Cache, Cache-Status and the framing are written per answer."""
+
+    head: bytes
+    length: bytes
+    body: bytes
+    dated: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CachedResponse:
     """A stored response and the facts freshness needs (RFC 9111 §4.2.3).
 
@@ -60,6 +73,10 @@ class CachedResponse:
     # init=False: ``dataclasses.replace`` (a 304 freshening the headers) starts a new,
     # empty cache.
     views: dict[bool, tuple[Headers, bytes, bool]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+    # The plain HIT's parts per view (``replies.prepared_hit``), with the same lifetime.
+    answers: dict[bool, Prepared] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
 

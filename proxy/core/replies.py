@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from proxy.core.cachecontrol import CACHE_NAME, accepts_gzip, format_cache_status
-from proxy.core.entry import CachedResponse
+from proxy.core.entry import CachedResponse, Prepared
 from proxy.core.exchange import Exchange, Headers, ProxyResponse
 from proxy.core.freshness import is_not_modified, transform_forbidden
 from proxy.core.ranges import Ranged, Unsatisfiable, requested
 from proxy.core.storedfields import HOP_BY_HOP, header_values
 from proxy.errors import OriginError, OriginTimeout
-from proxy.wire.codec import is_clean, serialize_fields
+from proxy.wire.codec import is_clean, serialize_fields, status_line
 
 _RANGE_FIELDS: Final = frozenset({"accept-ranges", "content-range"})
 # RFC 9110 §15.4.5: the fields a 304 answered from cache carries
@@ -66,6 +66,8 @@ class CacheStatus:
 
 
 HIT: Final = CacheStatus(hit=True)
+# A plain HIT's answer as written: its prepared parts, Age and Cache-Status' ttl
+PlainHit = tuple[Prepared, int, int]
 
 
 def cache_headers(label: str, status: CacheStatus) -> list[tuple[str, str]]:
@@ -98,11 +100,7 @@ def from_cache(
     filled here); a 304 for a client's matching conditional request (§4.3.2)."""
     age = entry.age(now)
     hmap = ex.hmap
-    gzip = (
-        entry.body_encoding == "gzip"
-        and accepts_gzip(hmap.get("accept-encoding", ""))
-        and not ("cache-control" in hmap and transform_forbidden(ex.headers))
-    )
+    gzip = serves_gzip(ex, entry)
     body = entry.body if gzip else entry.plain_body()
     stored, block, dated = stored_view(entry, gzip)
     ttl = math.floor(entry.lifetime - age)
@@ -134,6 +132,45 @@ def from_cache(
             entry.status, headers, head_length=len(body), cache=label, block=block, dated=dated
         )
     return ProxyResponse(entry.status, headers, body, cache=label, block=block, dated=dated)
+
+
+def serves_gzip(ex: Exchange, entry: CachedResponse) -> bool:
+    """Whether ``ex`` gets our stored gzip body as it is: the client accepts gzip and its
+    request does not forbid transforming the content (RFC 9110 §7.7)."""
+    if entry.body_encoding != "gzip":
+        return False
+    hmap = ex.hmap
+    return accepts_gzip(hmap.get("accept-encoding", "")) and not (
+        "cache-control" in hmap and transform_forbidden(ex.headers)
+    )
+
+
+def plain_hit(ex: Exchange, entry: CachedResponse, now: float) -> PlainHit | None:
+    """The HIT ``from_cache`` makes of a fresh ``entry`` for ``ex``, as its parts prepared
+    once per entry version with Age and the ttl of ``Cache-Status`` (RFC 9111 §5.1,
+    RFC 9211 §2.7), when nothing but those differs between answers; ``None`` when
+    ``from_cache`` has more to decide: a conditional request (§4.3.2), a Range, a status
+    answered without a body."""
+    hmap = ex.hmap
+    if "range" in hmap or "if-none-match" in hmap or "if-modified-since" in hmap:
+        return None
+    if entry.status in (204, 304):
+        return None
+    prepared = prepared_hit(entry, serves_gzip(ex, entry))
+    age = entry.age(now)
+    return prepared, int(age), math.floor(entry.lifetime - age)
+
+
+def prepared_hit(entry: CachedResponse, gzip: bool) -> Prepared:
+    """What every plain HIT on ``entry`` writes in a view, built once per entry version."""
+    prepared = entry.answers.get(gzip)
+    if prepared is None:
+        _, block, dated = stored_view(entry, gzip)
+        body = entry.body if gzip else entry.plain_body()
+        length = b"Content-Length: %d\r\n" % len(body)
+        prepared = Prepared(status_line(entry.status) + block, length, body, dated)
+        entry.answers[gzip] = prepared
+    return prepared
 
 
 def ranged(

@@ -17,7 +17,7 @@ from proxy.core.entry import CachedResponse
 from proxy.core.exchange import Exchange, ProxyResponse, Ticket
 from proxy.core.freshness import passed_through
 from proxy.core.keys import derive_key
-from proxy.core.replies import HIT, from_cache, same_answer_until
+from proxy.core.replies import HIT, PlainHit, from_cache, plain_hit, same_answer_until
 from proxy.core.routing import Router
 from proxy.engine.entries import Entries
 from proxy.errors import StoreError
@@ -50,13 +50,35 @@ class HitPath:
         stale entry, Vary, request directives, a shared store) has no answer here and
         the caller goes through ``Engine.handle``."""
         start = time.perf_counter()
+        ticket, raw = self._read(ex)
+        if ticket is None or raw is None:
+            return ticket, None
+        return ticket, self._hit(ticket, raw, self._entries.clock.time(), start)
+
+    def answer_plain(self, ex: Exchange) -> tuple[Ticket | None, ProxyResponse | PlainHit | None]:
+        """``answer_now``, with a plain HIT (``replies.plain_hit``) answered as its parts
+        for the server to write, without a ``ProxyResponse``: for a server that keeps no
+        access log (a plain HIT is counted here, and logged nowhere)."""
+        start = time.perf_counter()
+        ticket, raw = self._read(ex)
+        if ticket is None or raw is None:
+            return ticket, None
+        now = self._entries.clock.time()
+        cached = self._fresh(ticket, raw, now)
+        if cached is None:
+            return ticket, None
+        parts = plain_hit(ex, cached, now)
+        if parts is None:
+            return ticket, self._from_cache(ticket, cached, now, start)
+        self._meter.request(ticket.route.name, "HIT", time.perf_counter() - start)
+        return ticket, parts
+
+    def _read(self, ex: Exchange) -> tuple[Ticket | None, bytes | None]:
+        """The request's ticket, and what process memory holds under its key."""
         ticket = self.ticket(ex)
         if ticket is None or ticket.get_now is None:
             return ticket, None
-        raw = ticket.get_now(ticket.key)
-        if raw is None:
-            return ticket, None
-        return ticket, self._hit(ticket, raw, self._entries.clock.time(), start)
+        return ticket, ticket.get_now(ticket.key)
 
     def ticket(self, ex: Exchange) -> Ticket | None:
         """What a request resolves to on this path (its route, key and the store's
@@ -117,15 +139,25 @@ class HitPath:
     def _hit(self, ticket: Ticket, raw: bytes, now: float, start: float) -> ProxyResponse | None:
         """The HIT ``raw`` makes for ``ticket``'s request, if it is a fresh entry as
         ``decide_lookup`` judges it; else ``None``."""
+        cached = self._fresh(ticket, raw, now)
+        return None if cached is None else self._from_cache(ticket, cached, now, start)
+
+    def _from_cache(
+        self, ticket: Ticket, cached: CachedResponse, now: float, start: float
+    ) -> ProxyResponse:
+        response = from_cache(ticket.ex, cached, now, "HIT", HIT)
+        self._observe(ticket.ex, ticket.route.name, response, start)
+        return response
+
+    def _fresh(self, ticket: Ticket, raw: bytes, now: float) -> CachedResponse | None:
+        """The entry ``raw`` holds, if it answers ``ticket``'s request as a HIT (counted
+        for the report's repeat sample); else ``None``."""
         key = ticket.key
         cached = self._entries.decoded.get(key, raw)
         if not isinstance(cached, CachedResponse) or cached.variant:
             return None
-        ex = ticket.ex
-        if not is_fresh_hit(ex, ticket.route.config, cached, now):
+        if not is_fresh_hit(ticket.ex, ticket.route.config, cached, now):
             return None
         if self._entries.recent:
             self._entries.note_repeat(key, now)
-        response = from_cache(ex, cached, now, "HIT", HIT)
-        self._observe(ex, ticket.route.name, response, start)
-        return response
+        return cached

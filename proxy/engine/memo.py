@@ -3,7 +3,7 @@
 
 A repeated hit is then a dict lookup, a store read and one write. This module holds
 all of that state; the HTTP/1.1 server asks it through ``WireMemo`` (``lookup``,
-``seen_before``, ``remember``, ``keep``) and ``Memo.exact``, and the
+``note``, ``keep``) and ``Memo.exact``, and the
 engine makes every answer it replays (``Engine.answer_ticket``, which asks the one
 freshness decision). A remembered answer is replayed only while it is exact:
 
@@ -84,6 +84,13 @@ class WireMemo:
 
     def lookup(self, head: bytes) -> Memo | None:
         return self.entries.get(head)
+
+    def note(self, head: bytes, ticket: Ticket | None, keep_alive: bool, http11: bool) -> None:
+        """A whole request head alone in its read, and its ticket when it was a hit from
+        memory or (before its answer) its store is a shared one: remembered when it
+        repeats."""
+        if ticket is not None and len(head) <= MEMO_HEAD_MAX and self.seen_before(head):
+            self.remember(Memo(head, ticket, keep_alive, http11))
 
     def seen_before(self, head: bytes) -> bool:
         """Whether a request head was seen lately: only a head that repeats is worth

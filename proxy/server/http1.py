@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from proxy.core.exchange import Exchange, ProxyResponse, Ticket
+from proxy.core.replies import PlainHit
 from proxy.core.storedfields import HOP_BY_HOP
-from proxy.engine.memo import MEMO_HEAD_MAX, MEMO_INLINE, Memo
+from proxy.engine.memo import MEMO_INLINE, Memo
 from proxy.server.requesthead import HttpError, Request, read_head
-from proxy.server.responsehead import refusal, render_answer, render_stream_head
+from proxy.server.responsehead import refusal, render_answer, render_hit, render_stream_head
 from proxy.wire.bytequeue import ByteQueue
 from proxy.wire.codec import LAST_CHUNK, Date, encode_chunk, interim_head
 
@@ -159,21 +160,11 @@ class HttpProtocol(asyncio.Protocol):
                 self._reject(400, f"bad request: {exc}")
         else:
             # One whole request without a body, alone in this chunk, nothing left over:
-            # identical bytes will mean the identical request. Remembered when it was a
-            # hit from memory, or (before its answer) when its store is a shared one.
+            # identical bytes will mean the identical request.
             last = self._last
-            if (
-                memoable
-                and self._began == 1
-                and not self._in_message
-                and last is not None
-                and last.body is None
-                and len(data) <= MEMO_HEAD_MAX
-            ):
-                ticket = self._answered_hit()
-                memos = self.server.memo
-                if ticket is not None and memos.seen_before(data):
-                    memos.remember(Memo(data, ticket, last.keep_alive, last.http11))
+            whole = memoable and self._began == 1 and not self._in_message
+            if whole and last is not None and last.body is None:
+                self.server.memo.note(data, self._answered_hit(), last.keep_alive, last.http11)
 
     def _answered_hit(self) -> Ticket | None:
         """The ticket of the last ``feed_data``'s request: a hit answered from memory, or
@@ -337,7 +328,11 @@ class HttpProtocol(asyncio.Protocol):
                 break  # the client is not reading: resume_writing carries on
             pending = self._pending[0]
             if pending.body is None:
-                ticket, fast = self.engine.answer_now(pending.exchange)
+                engine = self.engine
+                if engine.access_log is None:  # a plain HIT is then written from its parts
+                    ticket, fast = engine.hits.answer_plain(pending.exchange)
+                else:
+                    ticket, fast = engine.answer_now(pending.exchange)
                 if fast is not None:
                     self._pending.popleft()
                     self._answered = ticket
@@ -415,12 +410,16 @@ class HttpProtocol(asyncio.Protocol):
             return
         transport.write(interim_head(status, fields, HOP_BY_HOP))
 
-    def _write_full(self, response: ProxyResponse, pending: Request) -> None:
+    def _write_full(self, response: ProxyResponse | PlainHit, pending: Request) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         keep_alive = pending.keep_alive and not self.server.draining
-        parts, _ = render_answer(response, pending.exchange, keep_alive, FULL_INLINE)
+        ex = pending.exchange
+        if isinstance(response, ProxyResponse):
+            parts, _ = render_answer(response, ex, keep_alive, FULL_INLINE)
+        else:  # a plain HIT, from the parts prepared on its entry
+            parts = render_hit(*response, keep_alive, ex.method == "HEAD", FULL_INLINE)
         for part in parts:  # two writes, never a join copying a large body
             transport.write(part)
         if not keep_alive:

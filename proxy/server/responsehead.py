@@ -6,8 +6,17 @@ request gets. Pure: bytes out, no I/O.
 
 from __future__ import annotations
 
+from typing import Final
+
+from proxy.core.cachecontrol import CACHE_NAME
+from proxy.core.entry import Prepared
 from proxy.core.exchange import Exchange, ProxyResponse
 from proxy.wire.codec import Date, find_length, is_clean, serialize_fields, status_line
+
+# The fields of a plain HIT written per answer (``replies.from_cache``'s, in its order)
+_HIT_FIELDS: Final = f"Age: %d\r\nX-Cache: HIT\r\nCache-Status: {CACHE_NAME}; hit; ttl=%d\r\n"
+_HIT: Final = _HIT_FIELDS.encode()
+_CLOSE_END: Final = b"Connection: close\r\n\r\n"
 
 
 def render_head(
@@ -52,6 +61,28 @@ def render_answer(
         head += response.body
         return (bytes(head),), dated
     return (bytes(head), response.body), dated
+
+
+def render_hit(
+    hit: Prepared, age: int, ttl: int, keep_alive: bool, head_only: bool, inline: int
+) -> tuple[bytes, ...]:
+    """A plain HIT (``replies.plain_hit``) as the pieces to write: the bytes
+    ``render_answer`` writes for ``from_cache``'s answer, without building it."""
+    head = b"".join(
+        (
+            hit.head,
+            _HIT % (age, ttl),
+            b"" if hit.dated else Date.get(),
+            hit.length,
+            b"\r\n" if keep_alive else _CLOSE_END,
+        )
+    )
+    if head_only:
+        return (head,)
+    body = hit.body
+    if len(body) < inline:
+        return (head + body,)
+    return head, body
 
 
 def render_stream_head(

@@ -21,45 +21,11 @@ from proxy.engine.memo import MEMO_BYTES
 from proxy.obs.logs import AccessLog
 from proxy.policy.load import parse_policy
 from tests.conftest import MakeProxy, Origin, Reply, RunningProxy, policy_text
+from tests.server.rawclient import Conn
 
 POLICY = """
 defaults: {ttl: 10s}
 """
-
-
-class Conn:
-    """One keep-alive client connection that sends exact bytes and reads one answer."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, proxy: RunningProxy) -> Conn:
-        host, port = proxy.url.removeprefix("http://").split(":")
-        return cls(*await asyncio.open_connection(host, int(port)))
-
-    async def ask(self, raw: bytes, *, head: bool = False) -> tuple[int, dict[str, str], bytes]:
-        self.writer.write(raw)
-        await self.writer.drain()
-        block = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
-        status_line, *lines = block.decode("latin-1").split("\r\n")[:-2]
-        headers: dict[str, str] = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            assert name.lower() not in headers, f"field twice: {name}"
-            headers[name.lower()] = value.strip()
-        status = int(status_line.split()[1])
-        body = b""
-        if not head and status not in (204, 304):
-            body = await self.reader.readexactly(int(headers["content-length"]))
-        return status, headers, body
-
-    async def closed(self) -> bool:
-        return await asyncio.wait_for(self.reader.read(1), 5) == b""
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 GET = b"GET /r/1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n"
