@@ -10,6 +10,7 @@ from proxy.core.cachecontrol import CacheControl
 from proxy.core.entry import CachedResponse
 from proxy.core.exchange import Exchange
 from proxy.core.routing import Route
+from proxy.errors import StoreError
 from proxy.stores.base import Store
 
 
@@ -25,3 +26,14 @@ class Context:
     request_cc: CacheControl  # the request directives honoured (RFC 9111 §5.2.1)
     stale: CachedResponse | None = None  # a stored response that could not answer
     fwd: str = "uri-miss"  # why the request goes forward (RFC 9211 §2.2)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstRead:
+    """What the store answered under ``key`` when the engine read it before deciding
+    anything (a request resolved by the hit path's ticket): the stored bytes (``None``:
+    nothing there), or the failure, which the general path treats as its own read's."""
+
+    key: str
+    raw: bytes | None
+    error: StoreError | None = None

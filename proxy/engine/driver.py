@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import assert_never
+from typing import Final, assert_never
 
 from proxy.clock import Clock, SystemClock
 from proxy.core.decide import (
@@ -35,7 +35,7 @@ from proxy.core.exchange import Exchange, ProxyResponse, Ticket
 from proxy.core.replies import HIT, CacheStatus, from_cache, plain
 from proxy.core.routing import Route, Router
 from proxy.engine.coalesce import Coalescer, Fill, Leases, Refresher, claim
-from proxy.engine.context import Context
+from proxy.engine.context import Context, FirstRead
 from proxy.engine.entries import Entries
 from proxy.engine.forward import Forwarder, PurgeHook
 from proxy.engine.hitpath import HitPath
@@ -49,6 +49,9 @@ from proxy.stores.base import Store
 log = logging.getLogger("sidecache")
 
 PurgeMethod = Callable[[Exchange], Awaitable[ProxyResponse]]
+# Tickets kept between ``answer_now`` and ``handle``: about one per connection with a
+# request on its way; past this many, the ones of requests never handled are dropped.
+PENDING_TICKETS: Final = 4096
 
 
 class Engine:
@@ -74,6 +77,9 @@ class Engine:
         self.purge_method: PurgeMethod | None = None
         self.access_log: AccessLog | None = None  # off unless server.access_log says so
         self.stores: dict[str, Store] = {}
+        self._shared: frozenset[str] = frozenset()  # backends whose store is shared
+        # id(ex) -> the ticket ``answer_now`` resolved for a request ``handle`` answers next
+        self._tickets: dict[int, Ticket] = {}
         self.hits = HitPath(Router(loaded.routes), {}, self.entries, self.meter, self._observe)
         self.reconfigure(loaded, stores)
 
@@ -92,6 +98,7 @@ class Engine:
         self.loaded = loaded
         self.router = self.hits.router = Router(loaded.routes)
         self.stores = self.forward.stores = self.hits.stores = dict(stores)
+        self._shared = frozenset(name for name, store in stores.items() if store.shared)
         if origin is not None:
             self.forward.origin = origin
         self.access_log = access_log
@@ -110,10 +117,30 @@ class Engine:
 
     async def handle(self, ex: Exchange) -> ProxyResponse:
         start = time.perf_counter()
+        first: FirstRead | None = None
+        ticket = self._tickets.pop(id(ex), None)  # it holds ``ex``: the id is ex's alone
+        if ticket is not None and ticket.router is self.router:
+            # a shared store's hit: answered from the ticket's key and the one read,
+            # judged by the hit path as a synchronous hit is; anything else (a miss, a
+            # stale entry, Vary, a store error) goes on below with the read made
+            first = await self._read(ticket)
+            if first.raw is not None:
+                made = self.hits.answer_ticket(ticket, first.raw, self.clock.time(), start)
+                if made is not None:
+                    return made[0]
         route, params = self.router.match(ex.method, hostname(ex.host), ex.path)
-        response = await self._handle(ex, route, params)
+        response = await self._handle(ex, route, params, first)
         self._observe(ex, route.name, response, start)
         return response
+
+    async def _read(self, ticket: Ticket) -> FirstRead:
+        began = time.perf_counter()
+        try:
+            raw = await ticket.store.get(ticket.key)
+        except StoreError as exc:
+            return FirstRead(ticket.key, None, exc)
+        self.meter.store_time(ticket.route.config.backend, "get", time.perf_counter() - began)
+        return FirstRead(ticket.key, raw)
 
     def _observe(self, ex: Exchange, route: str, response: ProxyResponse, start: float) -> None:
         seconds = time.perf_counter() - start
@@ -130,7 +157,9 @@ class Engine:
                 client=ex.client,
             )
 
-    async def _handle(self, ex: Exchange, route: Route, params: dict[str, str]) -> ProxyResponse:
+    async def _handle(
+        self, ex: Exchange, route: Route, params: dict[str, str], first: FirstRead | None = None
+    ) -> ProxyResponse:
         if ex.method == "PURGE" and self.purge_method is not None:
             return await self.purge_method(ex)
         cfg = route.config
@@ -142,7 +171,7 @@ class Engine:
                 store = self.stores[cfg.backend]
                 ctx = Context(ex, route, params, key, store, request_cc)
                 try:
-                    found = await self._lookup(ctx)
+                    found = await self._lookup(ctx, first)
                 except StoreError as exc:
                     if cfg.store_failure == "closed":
                         return plain(503, "cache unavailable", CacheStatus(detail="store-down"))
@@ -152,7 +181,11 @@ class Engine:
             case _:
                 assert_never(intake)
 
-    async def _lookup(self, ctx: Context) -> Found:
+    async def _lookup(self, ctx: Context, first: FirstRead | None = None) -> Found:
+        if first is not None and first.key == ctx.key:
+            if first.error is not None:
+                raise first.error
+            return await self.entries.select(ctx, first.raw)
         if not ctx.store.shared:
             return await self.entries.lookup(ctx)
         began = time.perf_counter()
@@ -229,8 +262,16 @@ class Engine:
     # (proxy.engine.hitpath; what a server asks, kept here as the engine's interface)
 
     def answer_now(self, ex: Exchange) -> tuple[Ticket | None, ProxyResponse | None]:
-        """``HitPath.answer_now``: a fresh entry in process memory, at once."""
-        return self.hits.answer_now(ex)
+        """``HitPath.answer_now``: a fresh entry in process memory, at once. A request of
+        a shared store's route has no answer yet: its ticket is kept for ``handle``,
+        which then neither matches its route nor derives its key again."""
+        ticket, answer = self.hits.answer_now(ex)
+        if answer is None and ticket is not None and ticket.route.config.backend in self._shared:
+            tickets = self._tickets
+            if len(tickets) >= PENDING_TICKETS:
+                tickets.clear()  # requests never handled (their connection went)
+            tickets[id(ex)] = ticket
+        return ticket, answer
 
     async def fetch_ticket(self, ticket: Ticket) -> bytes | None:
         """``HitPath.fetch_ticket``: a shared store's bytes under a ticket's key."""

@@ -41,8 +41,12 @@ class Entries:
 
     async def lookup(self, ctx: Context) -> Found:
         """The stored response selected for this request (RFC 9111 §4.1) and its key."""
+        return await self.select(ctx, await ctx.store.get(ctx.key))
+
+    async def select(self, ctx: Context, raw: bytes | None) -> Found:
+        """``lookup`` once the store has answered ``raw`` under the request's key (a
+        variant is then read under its own key)."""
         store, key = ctx.store, ctx.key
-        raw = await store.get(key)
         if raw is None:
             return Found(None, key)
         value = self.decoded.get(key, raw)
