@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from typing import Final
 
 from proxy.core.decide import CACHEABLE_METHODS, hostname, is_fresh_hit
 from proxy.core.entry import CachedResponse
@@ -18,13 +19,16 @@ from proxy.core.exchange import Exchange, ProxyResponse, Ticket
 from proxy.core.freshness import passed_through
 from proxy.core.keys import derive_key
 from proxy.core.replies import HIT, PlainHit, from_cache, plain_hit, same_answer_until
-from proxy.core.routing import Router
+from proxy.core.routing import Route, Router
 from proxy.engine.entries import Entries
 from proxy.errors import StoreError
 from proxy.obs.metrics import Meter
 from proxy.stores.base import Store
 
 Observe = Callable[[Exchange, str, ProxyResponse, float], None]
+Reader = Callable[[str], bytes | None]
+
+KEYS_KEPT: Final = 16384  # targets whose key is kept worked out
 
 
 class HitPath:
@@ -38,11 +42,38 @@ class HitPath:
         meter: Meter,
         observe: Observe,
     ) -> None:
-        self.router = router
-        self.stores = stores
+        self._router = router
+        self._stores = stores
         self._entries = entries
         self._meter = meter
         self._observe = observe
+        # Per route of the current policy and stores: its store and synchronous reader,
+        # or None when the route never takes this path (``_plan``).
+        self._plans: dict[int, tuple[Store, Reader | None] | None] = {}
+        # derive_key's answers for routes whose key reads no request field: the key is
+        # then a function of the route and the target alone (``_key``)
+        self._keys: dict[tuple[str, str, str, str], str] = {}
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    @router.setter
+    def router(self, router: Router) -> None:
+        """A new policy: what was worked out per route and per key under the old one
+        goes with it."""
+        self._router = router
+        self._plans.clear()
+        self._keys.clear()
+
+    @property
+    def stores(self) -> Mapping[str, Store]:
+        return self._stores
+
+    @stores.setter
+    def stores(self, stores: Mapping[str, Store]) -> None:
+        self._stores = stores
+        self._plans.clear()
 
     def answer_now(self, ex: Exchange) -> tuple[Ticket | None, ProxyResponse | None]:
         """The request's ticket (``None``: it never takes this path) and, when a fresh
@@ -85,21 +116,48 @@ class HitPath:
         synchronous reader), or ``None`` when it can never take it. It depends on the
         request and the policy only, so a server may keep it for requests identical to
         ``ex`` while ``ticket.router`` is the engine's."""
-        router = self.router
+        router = self._router
         route, _ = router.match(ex.method, hostname(ex.host), ex.path)
-        cfg = route.config
-        if not cfg.cache or ex.method not in CACHEABLE_METHODS or ex.body is not None:
+        try:
+            plan = self._plans[id(route)]
+        except KeyError:
+            plan = self._plans[id(route)] = self._plan(route)
+        if plan is None or ex.method not in CACHEABLE_METHODS or ex.body is not None:
             return None
-        if cfg.client_cache_control == "honor" or cfg.cache_authorized or cfg.early_refresh:
-            return None
-        if passed_through(ex.hmap) is not None or "authorization" in ex.hmap:
+        hmap = ex.hmap
+        if passed_through(hmap) is not None or "authorization" in hmap:
             return None  # preconditions are the origin's; §3.5 needs a look
-        store = self.stores[cfg.backend]
+        store, get_now = plan
+        return Ticket(ex, route, self._key(route, ex), get_now, store, router)
+
+    def _plan(self, route: Route) -> tuple[Store, Reader | None] | None:
+        """A route's store and its synchronous reader; ``None`` when no request on the
+        route takes this path (its config needs the general path's judgement)."""
+        cfg = route.config
+        if not cfg.cache or cfg.client_cache_control == "honor":
+            return None
+        if cfg.cache_authorized or cfg.early_refresh:
+            return None
+        store = self._stores[cfg.backend]
         get_now = store.reader()
         if get_now is None and not store.shared:
             return None
-        key = derive_key(cfg.name, ex.host, ex.path, ex.query, cfg.key, ex.hmap)
-        return Ticket(ex, route, key, get_now, store, router)
+        return store, get_now
+
+    def _key(self, route: Route, ex: Exchange) -> str:
+        """``derive_key`` for ``ex``: worked out once per target for a route whose key
+        reads no request field (bounded: cleared when full)."""
+        cfg = route.config
+        spec = cfg.key
+        if spec.headers or spec.cookies:
+            return derive_key(cfg.name, ex.host, ex.path, ex.query, spec, ex.hmap)
+        target = (cfg.name, ex.host, ex.path, ex.query)
+        key = self._keys.get(target)
+        if key is None:
+            if len(self._keys) >= KEYS_KEPT:
+                self._keys.clear()
+            key = self._keys[target] = derive_key(*target, spec, ex.hmap)
+        return key
 
     async def fetch_ticket(self, ticket: Ticket) -> bytes | None:
         """What a shared store holds under a ticket's key (``None``: a miss, or the store

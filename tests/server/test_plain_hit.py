@@ -23,9 +23,13 @@ from proxy.clock import FakeClock
 from proxy.core.entry import CachedResponse, decode, encode
 from proxy.core.exchange import Exchange
 from proxy.core.replies import HIT, from_cache, plain_hit
+from proxy.core.routing import Router
+from proxy.engine.driver import Engine
+from proxy.origin.client import OriginClient
 from proxy.policy.load import parse_policy
 from proxy.server.responsehead import render_answer, render_hit
 from proxy.stores.base import Store
+from proxy.stores.factory import build_stores, close_stores
 from proxy.wire.codec import Date
 from tests.conftest import MakeProxy, Origin, Reply, RunningProxy, policy_text
 from tests.server.rawclient import Conn
@@ -338,3 +342,57 @@ async def test_hits_are_counted(make_proxy: MakeProxy, origin: Origin):
     text = proxy.engine.meter.exposition().decode()
     hits = [line for line in text.splitlines() if line.startswith("sidecache_requests_total")]
     assert any('cache="HIT"' in line and line.endswith(" 3.0") for line in hits), hits
+
+
+async def test_a_new_key_spec_applies_at_once(make_proxy: MakeProxy, origin: Origin):
+    # the hit path keeps each target's key worked out: a reload must drop them
+    proxy = await make_proxy(POLICY)
+    conn = await Conn.open(proxy)
+    for label in ("MISS", "HIT"):
+        assert (await conn.ask(_head("/r/1?a=1&b=1")))[1]["x-cache"] == label
+    only_a = "defaults: {ttl: 10s, key: {query: [a]}, compression: {algorithm: none}}"
+    loaded = parse_policy(policy_text(origin.url, only_a), "p.yaml")
+    proxy.engine.reconfigure(loaded, proxy.engine.stores)
+    _, headers, body = await conn.ask(_head("/r/1?a=1&b=2"))
+    assert (headers["x-cache"], b"b=2" in body) == ("MISS", True)
+    # b is no longer in the key: b=1 is the entry b=2 filled, not the one stored before
+    _, headers, body = await conn.ask(_head("/r/1?a=1&b=1"))
+    assert (headers["x-cache"], b"b=2" in body) == ("HIT", True)
+    assert origin.hits["/r/1"] == 2
+    conn.close()
+
+
+def test_the_hit_path_follows_its_router_and_stores():
+    # what it keeps per route (store, reader) is dropped with either
+    text = policy_text("http://127.0.0.1:9", "defaults: {ttl: 10s}")
+    loaded = parse_policy(text, "p.yaml")
+    engine = Engine(
+        loaded, build_stores(loaded.policy.backends), OriginClient(loaded.policy.origin)
+    )
+    ex = Exchange.build("GET", "/r/1", "", (("Host", "a"),), host="a")
+    first = engine.hits.ticket(ex)
+    assert first is not None
+    fresh = build_stores(loaded.policy.backends)
+    engine.hits.stores = fresh
+    again = engine.hits.ticket(ex)
+    assert again is not None
+    assert again.store is fresh[first.route.config.backend] is not first.store
+    off = parse_policy(policy_text("http://127.0.0.1:9", "defaults: {cache: false}"), "p.yaml")
+    engine.hits.router = Router(off.routes)
+    assert engine.hits.ticket(ex) is None
+
+
+async def test_new_stores_apply_at_once(make_proxy: MakeProxy, origin: Origin):
+    # the hit path keeps each route's store and reader: new stores must replace them
+    proxy = await make_proxy(POLICY)
+    conn = await Conn.open(proxy)
+    for label in ("MISS", "HIT"):
+        assert (await conn.ask(_head()))[1]["x-cache"] == label
+    loaded = proxy.engine.loaded
+    fresh = build_stores(loaded.policy.backends)
+    proxy.engine.reconfigure(loaded, fresh)
+    for label in ("MISS", "HIT"):
+        assert (await conn.ask(_head()))[1]["x-cache"] == label
+    assert origin.hits["/r/1"] == 2
+    conn.close()
+    await close_stores(fresh)  # the fixture closes the ones it built
