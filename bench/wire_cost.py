@@ -2,8 +2,8 @@
 (``bench/micro.py`` measures ``Engine.answer_now`` alone).
 
 - ``hit``: a memory hit answered inside ``HttpProtocol.data_received`` (a transport that
-  only counts what is written), 1,000 warm URLs, every request with its own X-Request-Id
-  and traceparent, so the wire memo never answers it.
+  only counts what is written), 1,000 warm URLs (``--urls``) asked at random, every
+  request with its own X-Request-Id and traceparent, so the wire memo never answers it.
 - ``pass``: a pass-through route (``cache: false``) over real loopback sockets: a raw
   asyncio origin sending prebuilt bytes, the proxy's server and origin client, one
   keep-alive client. The origin and the client cost the same for every tree, so a
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import time
 import uuid
@@ -113,19 +114,19 @@ def _engine(port: int, defaults: str) -> tuple[Engine, Any]:
     return engine, loaded.policy.server
 
 
-async def hits(size: int, rounds: int, requests: int) -> list[float]:
+async def hits(size: int, rounds: int, requests: int, urls: int = URLS) -> list[float]:
     origin, port = await _origin(size)
     engine, settings = _engine(port, "{ttl: 1h, compression: {algorithm: none}}")
     protocol = _server(engine, settings)()
     transport = _Counting()
     protocol.connection_made(transport)
-    for i in range(URLS):  # warm: each a miss answered in a task
+    for i in range(urls):  # warm: each a miss answered in a task
         transport.written.clear()
         protocol.data_received(_request(i))
         await asyncio.wait_for(transport.written.wait(), 10)
     out = []
     for _ in range(rounds):
-        batch = [_request(j % URLS) for j in range(requests)]
+        batch = [_request(random.randrange(urls)) for _ in range(requests)]
         before = transport.writes
         started = time.process_time()
         for data in batch:
@@ -172,10 +173,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="body bytes")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=0, help="per round")
+    parser.add_argument("--urls", type=int, default=URLS, help="hit: distinct warm URLs")
     args = parser.parse_args()
     requests = args.requests or (30000 if args.mode == "hit" else 2000)
-    measure = hits if args.mode == "hit" else passes
-    out = uvloop.run(measure(args.size, args.rounds, requests))
+    if args.mode == "hit":
+        out = uvloop.run(hits(args.size, args.rounds, requests, args.urls))
+    else:
+        out = uvloop.run(passes(args.size, args.rounds, requests))
     print(
         f"{args.mode} {args.size} B: {min(out):.2f} µs CPU per request (best), "
         f"{statistics.median(out):.2f} (median of {args.rounds})"
