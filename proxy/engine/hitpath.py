@@ -1,6 +1,8 @@
 """The synchronous hit path: a request answered from process memory without an await
-(``answer_now``), and what a server that remembers answers asks to replay them
-(``ticket``, ``fetch_ticket``, ``answer_ticket``, ``served_again``).
+(``answer_now``; ``answer_plain`` answers a plain HIT as the parts prepared on its
+entry), and what a server that remembers answers asks to replay them (``ticket``,
+``fetch_ticket``, ``answer_ticket``, ``served_again``). What depends only on the policy
+and the stores (each route's store and reader, each target's key) is worked out once.
 
 It decides nothing of its own: a stored response answers here only when
 ``decide.is_fresh_hit`` (the judgement ``decide_lookup`` makes) says it is a plain HIT;
