@@ -32,13 +32,13 @@ from proxy.core.decide import (
     hostname,
 )
 from proxy.core.exchange import Exchange, ProxyResponse, Ticket
-from proxy.core.replies import HIT, CacheStatus, from_cache, plain
+from proxy.core.replies import HIT, CacheStatus, PlainHit, from_cache, plain
 from proxy.core.routing import Route, Router
 from proxy.engine.coalesce import Coalescer, Fill, Leases, Refresher, claim
 from proxy.engine.context import Context, FirstRead
 from proxy.engine.entries import Entries
 from proxy.engine.forward import Forwarder, PurgeHook
-from proxy.engine.hitpath import HitPath
+from proxy.engine.hitpath import HitPath, Observe
 from proxy.errors import StoreError
 from proxy.obs.logs import AccessLog
 from proxy.obs.metrics import Meter
@@ -77,10 +77,9 @@ class Engine:
         self.purge_method: PurgeMethod | None = None
         self.access_log: AccessLog | None = None  # off unless server.access_log says so
         self.stores: dict[str, Store] = {}
-        self._shared: frozenset[str] = frozenset()  # backends whose store is shared
-        # id(ex) -> the ticket ``answer_now`` resolved for a request ``handle`` answers next
-        self._tickets: dict[int, Ticket] = {}
-        self.hits = HitPath(Router(loaded.routes), {}, self.entries, self.meter, self._observe)
+        self.hits = KeepingHitPath(
+            Router(loaded.routes), {}, self.entries, self.meter, self._observe
+        )
         self.reconfigure(loaded, stores)
 
     # ------------------------------------------------------------ wiring
@@ -98,7 +97,7 @@ class Engine:
         self.loaded = loaded
         self.router = self.hits.router = Router(loaded.routes)
         self.stores = self.forward.stores = self.hits.stores = dict(stores)
-        self._shared = frozenset(name for name, store in stores.items() if store.shared)
+        self.hits.shared = frozenset(name for name, store in stores.items() if store.shared)
         if origin is not None:
             self.forward.origin = origin
         self.access_log = access_log
@@ -118,7 +117,7 @@ class Engine:
     async def handle(self, ex: Exchange) -> ProxyResponse:
         start = time.perf_counter()
         first: FirstRead | None = None
-        ticket = self._tickets.pop(id(ex), None)  # it holds ``ex``: the id is ex's alone
+        ticket = self.hits.kept.pop(id(ex), None)  # it holds ``ex``: the id is ex's alone
         if ticket is not None and ticket.router is self.router:
             # a shared store's hit: answered from the ticket's key and the one read,
             # judged by the hit path as a synchronous hit is; anything else (a miss, a
@@ -262,16 +261,8 @@ class Engine:
     # (proxy.engine.hitpath; what a server asks, kept here as the engine's interface)
 
     def answer_now(self, ex: Exchange) -> tuple[Ticket | None, ProxyResponse | None]:
-        """``HitPath.answer_now``: a fresh entry in process memory, at once. A request of
-        a shared store's route has no answer yet: its ticket is kept for ``handle``,
-        which then neither matches its route nor derives its key again."""
-        ticket, answer = self.hits.answer_now(ex)
-        if answer is None and ticket is not None and ticket.route.config.backend in self._shared:
-            tickets = self._tickets
-            if len(tickets) >= PENDING_TICKETS:
-                tickets.clear()  # requests never handled (their connection went)
-            tickets[id(ex)] = ticket
-        return ticket, answer
+        """``HitPath.answer_now``: a fresh entry in process memory, at once."""
+        return self.hits.answer_now(ex)
 
     async def fetch_ticket(self, ticket: Ticket) -> bytes | None:
         """``HitPath.fetch_ticket``: a shared store's bytes under a ticket's key."""
@@ -290,3 +281,40 @@ class Engine:
     async def aclose(self) -> None:
         self.refresher.cancel()
         await self.forward.origin.aclose()
+
+
+class KeepingHitPath(HitPath):
+    """``HitPath``, keeping for ``Engine.handle`` the ticket of a request it could not
+    answer at once when its store is a shared one (whichever entry point a server
+    asks): ``handle`` then neither matches its route nor derives its key again."""
+
+    def __init__(
+        self,
+        router: Router,
+        stores: Mapping[str, Store],
+        entries: Entries,
+        meter: Meter,
+        observe: Observe,
+    ) -> None:
+        super().__init__(router, stores, entries, meter, observe)
+        self.shared: frozenset[str] = frozenset()  # backends whose store is shared
+        self.kept: dict[int, Ticket] = {}  # id(ex) -> its ticket, until ``handle`` takes it
+
+    def answer_now(self, ex: Exchange) -> tuple[Ticket | None, ProxyResponse | None]:
+        ticket, answer = super().answer_now(ex)
+        if answer is None and ticket is not None:
+            self._keep(ex, ticket)
+        return ticket, answer
+
+    def answer_plain(self, ex: Exchange) -> tuple[Ticket | None, ProxyResponse | PlainHit | None]:
+        ticket, answer = super().answer_plain(ex)
+        if answer is None and ticket is not None:
+            self._keep(ex, ticket)
+        return ticket, answer
+
+    def _keep(self, ex: Exchange, ticket: Ticket) -> None:
+        if ticket.route.config.backend in self.shared:
+            kept = self.kept
+            if len(kept) >= PENDING_TICKETS:
+                kept.clear()  # requests never handled (their connection went)
+            kept[id(ex)] = ticket

@@ -5,8 +5,13 @@ reload in between, a stale entry, a store error on a fail-closed route, one read
 
 from __future__ import annotations
 
+from collections import Counter
+
+import pytest
+
 from proxy.clock import FakeClock
 from proxy.core.exchange import Exchange
+from proxy.core.routing import Router
 from proxy.policy.load import parse_policy
 from proxy.stores.base import Store
 from tests.conftest import MakeProxy, Origin, free_port, policy_text
@@ -27,11 +32,33 @@ async def test_a_hit_reads_the_store_once(make_proxy: MakeProxy, origin: Origin,
     proxy = await make_proxy(_policy(redis_url))
     assert (await proxy.get("/a")).headers["X-Cache"] == "MISS"
     before = _reads(proxy.stores["shared"])
-    for _ in range(3):
-        answer = await proxy.get("/a", headers={"X-Request-Id": "one of its own"})
+    for i in range(3):  # each its own id: none replayed by the wire memo
+        answer = await proxy.get("/a", headers={"X-Request-Id": f"r{i}"})
         assert answer.headers["X-Cache"] == "HIT"
     assert _reads(proxy.stores["shared"]) - before == 3
     assert origin.hits["/a"] == 1
+
+
+async def test_the_server_hands_the_ticket_to_handle(
+    make_proxy: MakeProxy, origin: Origin, redis_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    # whichever hit-path entry the server asks first, ``handle`` takes the request's
+    # ticket from it: its route is matched once (else twice: the ticket was lost)
+    proxy = await make_proxy(_policy(redis_url))
+    await proxy.get("/a")
+    matched = Counter[str]()
+    match = Router.match
+
+    def counting(router: Router, method: str, host: str, path: str) -> object:
+        matched[path] += 1
+        return match(router, method, host, path)
+
+    monkeypatch.setattr(Router, "match", counting)
+    for i in range(3):  # each its own id: no two heads alike, none replayed by the memo
+        answer = await proxy.get("/a", headers={"X-Request-Id": f"r{i}"})
+        assert answer.headers["X-Cache"] == "HIT"
+    assert matched["/a"] == 3
+    assert not proxy.engine.hits.kept  # every kept ticket was taken
 
 
 async def test_a_miss_reads_its_key_once_before_the_fill(
