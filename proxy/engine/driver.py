@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import Final, assert_never
+from typing import Any, Final, assert_never
 
 from proxy.clock import Clock, SystemClock
 from proxy.core.decide import (
@@ -38,7 +38,7 @@ from proxy.engine.coalesce import Coalescer, Fill, Leases, Refresher, claim
 from proxy.engine.context import Context, FirstRead
 from proxy.engine.entries import Entries
 from proxy.engine.forward import Forwarder, PurgeHook
-from proxy.engine.hitpath import HitPath, Observe
+from proxy.engine.hitpath import HitPath
 from proxy.errors import StoreError
 from proxy.obs.logs import AccessLog
 from proxy.obs.metrics import Meter
@@ -288,15 +288,8 @@ class KeepingHitPath(HitPath):
     answer at once when its store is a shared one (whichever entry point a server
     asks): ``handle`` then neither matches its route nor derives its key again."""
 
-    def __init__(
-        self,
-        router: Router,
-        stores: Mapping[str, Store],
-        entries: Entries,
-        meter: Meter,
-        observe: Observe,
-    ) -> None:
-        super().__init__(router, stores, entries, meter, observe)
+    def __init__(self, *args: Any) -> None:  # HitPath's
+        super().__init__(*args)
         self.shared: frozenset[str] = frozenset()  # backends whose store is shared
         self.kept: dict[int, Ticket] = {}  # id(ex) -> its ticket, until ``handle`` takes it
 
